@@ -1,0 +1,1 @@
+//! compile() and providers: see docs/architecture.md.

@@ -1,1 +1,19 @@
-//! The data plane.
+//! The Portcullis data plane: serves a [`portcullis_model::RouteTable`].
+//!
+//! Tables arrive over a `tokio::sync::watch` channel and are swapped
+//! atomically ([`state::Shared`]); listeners follow the table's ports
+//! ([`server`]); each request goes through [`proxy::handle`]. This crate
+//! never depends on kube.
+
+pub mod body;
+pub mod filters;
+pub mod mirror;
+pub mod normalize;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod state;
+pub mod tls;
+pub mod upstream;
+
+pub use server::{DataPlane, DataPlaneConfig};

@@ -1,0 +1,499 @@
+//! The per-request path: normalize, route, filter, pick a backend and an
+//! endpoint, forward with timeouts, filter the response.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use portcullis_model::{AppProtocol, Backend, BackendTarget, Filter, Mirror, PathMatch, Route, RouteKind, Rule, WeightedBackend};
+use tokio::io::copy_bidirectional;
+
+use crate::body::{self, Body};
+use crate::filters::{self, RedirectInput};
+use crate::mirror::TeeBody;
+use crate::normalize::normalize_path;
+use crate::router::{canonical_host, RequestParts};
+use crate::state::Shared;
+
+/// What the proxy knows about the client connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local_port: u16,
+    pub tls: bool,
+}
+
+impl ConnInfo {
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Entry point from hyper: never fails, every error is an HTTP answer.
+pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    Ok(match route_and_forward(&shared, &conn, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    })
+}
+
+/// A request that ends at the gateway with an error status.
+#[derive(Debug)]
+struct ProxyError {
+    status: StatusCode,
+    message: &'static str,
+    detail: String,
+}
+
+impl ProxyError {
+    fn new(status: StatusCode, message: &'static str, detail: impl Into<String>) -> ProxyError {
+        ProxyError { status, message, detail: detail.into() }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        // Client errors are the client's business: debug. Gateway-side
+        // failures are the operator's: warn.
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), detail = %self.detail, "{}", self.message);
+        } else {
+            tracing::debug!(status = self.status.as_u16(), detail = %self.detail, "{}", self.message);
+        }
+        error_response(self.status, self.message)
+    }
+}
+
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let mut resp = Response::new(body::full(format!("{message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+async fn route_and_forward(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    // In-flight requests keep the table they started with.
+    let state = shared.current();
+    let port = state
+        .port(conn.local_port)
+        .ok_or_else(|| ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("port {} has no configuration", conn.local_port)))?;
+
+    let raw_host = request_host(&req)
+        .ok_or_else(|| ProxyError::new(StatusCode::BAD_REQUEST, "missing Host header", "request without host"))?;
+    let host = canonical_host(&raw_host).ok_or_else(|| ProxyError::new(StatusCode::BAD_REQUEST, "invalid Host header", raw_host.clone()))?;
+    let path = normalize_path(req.uri().path()).map_err(|e| ProxyError::new(StatusCode::BAD_REQUEST, "invalid request path", e.to_string()))?;
+    let query = req.uri().query().map(str::to_string);
+
+    let route: &Route = port
+        .routes
+        .lookup(&RequestParts { host: &host, path: &path, query: query.as_deref(), method: req.method(), headers: req.headers() })
+        .ok_or_else(|| ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("{host}{path}")))?;
+    let rule = route.rule.clone();
+    let matched = route.matcher.path.clone();
+
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut ctx = RequestContext {
+        host: raw_host,
+        path,
+        query,
+        response_filters: Vec::new(),
+        cors: None,
+        mirrors: Vec::new(),
+    };
+
+    if let Some(redirect) = apply_request_filters(&rule.filters, &mut ctx, &mut req, &matched, &host, conn) {
+        return Ok(redirect);
+    }
+    if let (Some(cors), Some(origin)) = (ctx.cors.clone(), origin.as_ref()) {
+        if is_preflight(&req) {
+            return Ok(preflight_response(&cors, origin, req.headers()));
+        }
+    }
+
+    let backend = pick_weighted(&rule.backends)
+        .ok_or_else(|| ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "no backend available for this route", rule.id.to_string()))?;
+    if let Some(redirect) = apply_request_filters(&backend.filters, &mut ctx, &mut req, &matched, &host, conn) {
+        return Ok(redirect);
+    }
+    let target = match &backend.target {
+        BackendTarget::Service(b) => b.clone(),
+        BackendTarget::Invalid { reason } => {
+            return Err(ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend reference is invalid", format!("{}: {reason}", rule.id)));
+        }
+    };
+    let endpoint = state
+        .round_robin
+        .pick(&target)
+        .ok_or_else(|| ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", format!("{} has no ready endpoint", target.name)))?;
+    let protocol = upstream_protocol(&rule, &target);
+
+    let upstream_req = build_upstream_request(req, &ctx, conn, endpoint, protocol, &shared.upstreams, &state)?;
+    let forward = forward(shared, upstream_req, protocol, &rule);
+    let mut resp = match rule.timeouts.request {
+        Some(limit) => tokio::time::timeout(limit, forward)
+            .await
+            .map_err(|_| ProxyError::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", format!("{} after {limit:?}", rule.id)))??,
+        None => forward.await?,
+    };
+
+    for m in &ctx.response_filters {
+        filters::modify_headers(resp.headers_mut(), m);
+    }
+    if let (Some(cors), Some(origin)) = (&ctx.cors, &origin) {
+        if filters::cors_origin_allowed(cors, origin.to_str().unwrap_or("")) {
+            filters::cors_response_headers(cors, origin, resp.headers_mut());
+        }
+    }
+    Ok(resp)
+}
+
+/// State accumulated while filters run.
+struct RequestContext {
+    /// Host to send upstream (the client's, unless rewritten), with port.
+    host: String,
+    /// Normalized (and possibly rewritten) path.
+    path: String,
+    query: Option<String>,
+    response_filters: Vec<portcullis_model::HeaderModifier>,
+    cors: Option<portcullis_model::Cors>,
+    mirrors: Vec<Mirror>,
+}
+
+/// Applies request-side filters; returns a response when one of them ends
+/// the request (a redirect).
+fn apply_request_filters(
+    filters_list: &[Filter],
+    ctx: &mut RequestContext,
+    req: &mut Request<Incoming>,
+    matched: &PathMatch,
+    host: &str,
+    conn: &ConnInfo,
+) -> Option<Response<Body>> {
+    for filter in filters_list {
+        match filter {
+            Filter::RequestHeaderModifier(m) => filters::modify_headers(req.headers_mut(), m),
+            Filter::ResponseHeaderModifier(m) => ctx.response_filters.push(m.clone()),
+            Filter::UrlRewrite(rw) => {
+                if let Some(h) = &rw.hostname {
+                    ctx.host = h.clone();
+                }
+                if let Some(p) = &rw.path {
+                    ctx.path = filters::rewrite_path(&ctx.path, p, matched);
+                }
+            }
+            Filter::RequestRedirect(r) => {
+                let location = filters::redirect_location(
+                    r,
+                    &RedirectInput {
+                        scheme: conn.scheme(),
+                        host,
+                        path: &ctx.path,
+                        query: ctx.query.as_deref(),
+                        listener_port: conn.local_port,
+                        matched,
+                    },
+                );
+                let mut resp = Response::new(body::empty());
+                *resp.status_mut() = StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::FOUND);
+                match HeaderValue::from_str(&location) {
+                    Ok(v) => {
+                        resp.headers_mut().insert(header::LOCATION, v);
+                    }
+                    Err(_) => return Some(error_response(StatusCode::BAD_REQUEST, "cannot build redirect location")),
+                }
+                return Some(resp);
+            }
+            Filter::RequestMirror(m) => ctx.mirrors.push(m.clone()),
+            Filter::Cors(c) => ctx.cors = Some(c.clone()),
+        }
+    }
+    None
+}
+
+fn is_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+fn preflight_response(cors: &portcullis_model::Cors, origin: &HeaderValue, request_headers: &HeaderMap) -> Response<Body> {
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::OK;
+    if filters::cors_origin_allowed(cors, origin.to_str().unwrap_or("")) {
+        *resp.headers_mut() = filters::cors_preflight_headers(cors, origin, request_headers);
+    }
+    resp
+}
+
+/// The host the client asked for: the URI authority (HTTP/2, absolute-form)
+/// or the Host header.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    if let Some(authority) = req.uri().authority() {
+        return Some(authority.as_str().to_string());
+    }
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
+}
+
+/// Weighted random choice among backends with weight > 0. `None` when the
+/// rule has no backend or all weights are zero (both answered 500).
+fn pick_weighted(backends: &[WeightedBackend]) -> Option<&WeightedBackend> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut ticket = rand::random::<u64>() % total;
+    for b in backends {
+        let w = u64::from(b.weight);
+        if ticket < w {
+            return Some(b);
+        }
+        ticket -= w;
+    }
+    None
+}
+
+/// gRPC needs HTTP/2 end to end whatever the Service says.
+fn upstream_protocol(rule: &Rule, backend: &Backend) -> AppProtocol {
+    if rule.id.kind == RouteKind::Grpc {
+        AppProtocol::H2c
+    } else {
+        backend.protocol
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// An upstream request plus what is needed to finish an upgrade.
+struct UpstreamRequest {
+    req: Request<Body>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+fn build_upstream_request(
+    mut req: Request<Incoming>,
+    ctx: &RequestContext,
+    conn: &ConnInfo,
+    endpoint: SocketAddr,
+    protocol: AppProtocol,
+    upstreams: &crate::upstream::Upstreams,
+    state: &crate::state::Prepared,
+) -> Result<UpstreamRequest, ProxyError> {
+    let upgrade = is_upgrade(&req) && protocol != AppProtocol::H2c;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let upgrade_header = req.headers().get(header::UPGRADE).cloned();
+
+    let path_and_query = match &ctx.query {
+        Some(q) => format!("{}?{q}", ctx.path),
+        None => ctx.path.clone(),
+    };
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ProxyError::new(StatusCode::BAD_REQUEST, "invalid request target", e.to_string()))?;
+
+    let (mut parts, incoming) = req.into_parts();
+    filters::remove_hop_by_hop(&mut parts.headers);
+    if upgrade {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(u) = upgrade_header {
+            parts.headers.insert(header::UPGRADE, u);
+        }
+    }
+    if protocol == AppProtocol::H2c {
+        // gRPC relies on trailers: tell the backend we accept them.
+        if parts.headers.get(header::CONTENT_TYPE).is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")) {
+            parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        parts.headers.remove(header::HOST);
+        parts.version = Version::HTTP_2;
+    } else {
+        let host = HeaderValue::from_str(&ctx.host).map_err(|_| ProxyError::new(StatusCode::BAD_REQUEST, "invalid Host header", ctx.host.clone()))?;
+        parts.headers.insert(header::HOST, host);
+        parts.version = Version::HTTP_11;
+    }
+    append_forwarded(&mut parts.headers, conn, &ctx.host);
+    parts.uri = uri;
+
+    let body = if ctx.mirrors.is_empty() {
+        body::boxed(incoming)
+    } else {
+        let mut tee = TeeBody::new(incoming);
+        for mirror in &ctx.mirrors {
+            if !mirror_selected(mirror) {
+                continue;
+            }
+            let Some(mirror_endpoint) = state.round_robin.pick(&mirror.backend) else {
+                tracing::debug!(backend = %mirror.backend.name, "mirror has no ready endpoint");
+                continue;
+            };
+            let mirror_body = tee.add_mirror();
+            send_mirror(upstreams, &parts, ctx, mirror, mirror_endpoint, body::boxed(mirror_body));
+        }
+        body::boxed(tee)
+    };
+    Ok(UpstreamRequest { req: Request::from_parts(parts, body), client_upgrade })
+}
+
+fn mirror_selected(mirror: &Mirror) -> bool {
+    if mirror.numerator >= mirror.denominator {
+        return true;
+    }
+    mirror.denominator > 0 && rand::random::<u32>() % mirror.denominator < mirror.numerator
+}
+
+fn send_mirror(
+    upstreams: &crate::upstream::Upstreams,
+    parts: &http::request::Parts,
+    ctx: &RequestContext,
+    mirror: &Mirror,
+    endpoint: SocketAddr,
+    body: Body,
+) {
+    let path_and_query = match &ctx.query {
+        Some(q) => format!("{}?{q}", ctx.path),
+        None => ctx.path.clone(),
+    };
+    let Ok(uri) = Uri::builder().scheme("http").authority(endpoint.to_string()).path_and_query(path_and_query).build() else {
+        return;
+    };
+    let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers.clone();
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    let protocol = mirror.backend.protocol;
+    builder = builder.version(if protocol == AppProtocol::H2c { Version::HTTP_2 } else { Version::HTTP_11 });
+    let Ok(req) = builder.body(body) else {
+        return;
+    };
+    let client = upstreams.client(protocol).clone();
+    let name = mirror.backend.name.clone();
+    tokio::spawn(async move {
+        // Mirrors must not pile up: bound each one's lifetime.
+        match tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
+            Ok(Ok(resp)) => {
+                // Drain so the pooled connection can be reused.
+                let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+            }
+            Ok(Err(e)) => tracing::debug!(backend = %name, error = %e, "mirror request failed"),
+            Err(_) => tracing::debug!(backend = %name, "mirror request timed out"),
+        }
+    });
+}
+
+/// X-Forwarded-For gets the client address appended; -Proto and -Host
+/// describe the connection the client made to us.
+fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, host: &str) {
+    let ip = conn.remote.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme()));
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+    }
+}
+
+async fn forward(shared: &Shared, upstream: UpstreamRequest, protocol: AppProtocol, rule: &Rule) -> Result<Response<Body>, ProxyError> {
+    let UpstreamRequest { req, client_upgrade } = upstream;
+    let client = shared.upstreams.client(protocol);
+    let attempt = client.request(req);
+    let result = match rule.timeouts.backend_request {
+        Some(limit) => tokio::time::timeout(limit, attempt)
+            .await
+            .map_err(|_| ProxyError::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", format!("{} backend attempt after {limit:?}", rule.id)))?,
+        None => attempt.await,
+    };
+    let mut resp = result.map_err(|e| {
+        if e.is_connect() {
+            ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error", format!("{}: {e:?}", rule.id))
+        } else {
+            ProxyError::new(StatusCode::BAD_GATEWAY, "upstream error", format!("{}: {e:?}", rule.id))
+        }
+    })?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client_io, upstream_io)) => {
+                        let mut client_io = hyper_util::rt::TokioIo::new(client_io);
+                        let mut upstream_io = hyper_util::rt::TokioIo::new(upstream_io);
+                        if let Err(e) = copy_bidirectional(&mut client_io, &mut upstream_io).await {
+                            tracing::debug!(error = %e, "upgraded connection closed with error");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            let (parts, body) = resp.into_parts();
+            return Ok(Response::from_parts(parts, body::boxed(body)));
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    filters::remove_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body::boxed(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_model::BackendTarget;
+
+    fn wb(weight: u32, reason: &str) -> WeightedBackend {
+        WeightedBackend { weight, target: BackendTarget::Invalid { reason: reason.to_string() }, filters: vec![] }
+    }
+
+    #[test]
+    fn weights_are_respected_and_zero_never_picked() {
+        let backends = vec![wb(0, "zero"), wb(1, "one"), wb(3, "three")];
+        let mut counts = [0u32; 3];
+        for _ in 0..4000 {
+            let picked = pick_weighted(&backends).unwrap();
+            let BackendTarget::Invalid { reason } = &picked.target else { unreachable!() };
+            match reason.as_str() {
+                "zero" => counts[0] += 1,
+                "one" => counts[1] += 1,
+                _ => counts[2] += 1,
+            }
+        }
+        assert_eq!(counts[0], 0);
+        // 1:3 split; with 4000 draws the share of "one" is 0.25 +- 0.05
+        // with overwhelming probability.
+        let share = f64::from(counts[1]) / 4000.0;
+        assert!((0.2..0.3).contains(&share), "share {share}");
+    }
+
+    #[test]
+    fn all_zero_weights_pick_nothing() {
+        assert!(pick_weighted(&[wb(0, "a"), wb(0, "b")]).is_none());
+        assert!(pick_weighted(&[]).is_none());
+    }
+}

@@ -1,0 +1,69 @@
+//! The table being served, prepared for the data path, swapped atomically.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use portcullis_model::RouteTable;
+
+use crate::router::PortRoutes;
+use crate::upstream::{RoundRobin, Upstreams};
+
+/// A `RouteTable` plus the indexes and TLS configs derived from it, built
+/// once per table so requests only read.
+pub struct Prepared {
+    pub table: Arc<RouteTable>,
+    ports: HashMap<u16, Arc<PortState>>,
+    pub round_robin: RoundRobin,
+}
+
+pub struct PortState {
+    pub routes: PortRoutes,
+    /// Present for HTTPS ports whose certificates parsed.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Prepared {
+    pub fn new(table: Arc<RouteTable>, previous: Option<&Prepared>) -> Prepared {
+        let mut ports = HashMap::new();
+        for (i, port) in table.ports.iter().enumerate() {
+            let tls = port.tls.as_ref().and_then(|tls| match crate::tls::server_config(tls) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(port = port.port, error = %e, "HTTPS port has no usable certificate; its connections will be refused");
+                    None
+                }
+            });
+            ports.insert(port.port, Arc::new(PortState { routes: PortRoutes::new(table.clone(), i), tls }));
+        }
+        let round_robin = RoundRobin::for_table(&table, previous.map(|p| &p.round_robin));
+        Prepared { table, ports, round_robin }
+    }
+
+    pub fn port(&self, port: u16) -> Option<&Arc<PortState>> {
+        self.ports.get(&port)
+    }
+}
+
+/// Shared by every connection of the process.
+pub struct Shared {
+    current: ArcSwap<Prepared>,
+    pub upstreams: Upstreams,
+}
+
+impl Shared {
+    pub fn new(table: Arc<RouteTable>) -> Shared {
+        Shared { current: ArcSwap::from_pointee(Prepared::new(table, None)), upstreams: Upstreams::new() }
+    }
+
+    pub fn current(&self) -> Arc<Prepared> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new table. Requests already running keep the old one.
+    pub fn swap(&self, table: Arc<RouteTable>) {
+        let previous = self.current.load();
+        let next = Prepared::new(table, Some(&previous));
+        self.current.store(Arc::new(next));
+    }
+}

@@ -1,0 +1,82 @@
+//! The admin listener (a separate port, never the data path): health,
+//! readiness, the compiled table being served and the computed statuses.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis_controller::StatusUpdate;
+use portcullis_dataplane::body::{self, Body};
+use portcullis_dataplane::state::Shared;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub shared: Arc<Shared>,
+    pub statuses: watch::Receiver<Arc<Vec<StatusUpdate>>>,
+    /// True once the first complete table is being served.
+    pub ready: watch::Receiver<bool>,
+}
+
+pub async fn serve(listener: TcpListener, state: AdminState) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(req, state.clone()));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn answer(req: Request<Incoming>, state: AdminState) -> Result<Response<Body>, Infallible> {
+    if req.method() != Method::GET {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"));
+    }
+    Ok(match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if *state.ready.borrow() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/config_dump" => json(&*state.shared.current().table),
+        "/status" => json(&*state.statuses.borrow().clone()),
+        _ => text(StatusCode::NOT_FOUND, "endpoints: /healthz /readyz /config_dump /status\n"),
+    })
+}
+
+fn text(status: StatusCode, body_text: &'static str) -> Response<Body> {
+    let mut resp = Response::new(body::full(body_text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response<Body> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(bytes) => {
+            let mut resp = Response::new(body::full(bytes));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize admin answer");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "serialization failed\n")
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The `portcullis` binary's commands, as a library so that integration tests
+//! can start the same servers in-process.
+
+pub mod admin;
+pub mod echo;
+pub mod standalone;
+pub mod validate;
+pub mod websocket;

@@ -1,0 +1,121 @@
+//! Hostname rules of the Gateway API: listener/route intersection,
+//! specificity, and the order of virtual hosts.
+
+use std::cmp::Ordering;
+
+use portcullis_model::HostMatch;
+
+/// The hostnames a route is served under on a listener: the intersection of
+/// the route's `hostnames` with the listener's `hostname`. Empty means the
+/// route does not attach to this listener (`NoMatchingListenerHostname`).
+pub(crate) fn effective_hostnames(
+    listener: &HostMatch,
+    route_hostnames: &[HostMatch],
+) -> Vec<HostMatch> {
+    if route_hostnames.is_empty() {
+        return vec![listener.clone()];
+    }
+    let mut out: Vec<HostMatch> = Vec::new();
+    for route in route_hostnames {
+        if let Some(h) = intersect(listener, route) {
+            if !out.contains(&h) {
+                out.push(h);
+            }
+        }
+    }
+    out
+}
+
+/// The more specific of two hostname patterns when one contains the other.
+fn intersect(listener: &HostMatch, route: &HostMatch) -> Option<HostMatch> {
+    match (listener, route) {
+        (HostMatch::Any, r) => Some(r.clone()),
+        (l, HostMatch::Any) => Some(l.clone()),
+        (HostMatch::Exact(l), HostMatch::Exact(r)) => (l == r).then(|| listener.clone()),
+        (HostMatch::Exact(l), HostMatch::Wildcard(_)) => route.matches(l).then(|| listener.clone()),
+        (HostMatch::Wildcard(_), HostMatch::Exact(r)) => listener.matches(r).then(|| route.clone()),
+        (HostMatch::Wildcard(l), HostMatch::Wildcard(r)) => {
+            if r.ends_with(l.as_str()) {
+                Some(route.clone())
+            } else if l.ends_with(r.as_str()) {
+                Some(listener.clone())
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Does every host matched by `inner` also match `outer`?
+pub(crate) fn covers(outer: &HostMatch, inner: &HostMatch) -> bool {
+    match (outer, inner) {
+        (HostMatch::Any, _) => true,
+        (_, HostMatch::Any) => false,
+        (HostMatch::Exact(o), HostMatch::Exact(i)) => o == i,
+        (HostMatch::Exact(_), HostMatch::Wildcard(_)) => false,
+        (HostMatch::Wildcard(_), HostMatch::Exact(i)) => outer.matches(i),
+        (HostMatch::Wildcard(o), HostMatch::Wildcard(i)) => i.ends_with(o.as_str()),
+    }
+}
+
+/// Virtual host order: exact hostnames first (alphabetical, for
+/// determinism), then wildcards by descending suffix length, then the
+/// catch-all. `Less` means "more specific".
+pub(crate) fn specificity_order(a: &HostMatch, b: &HostMatch) -> Ordering {
+    fn rank(h: &HostMatch) -> u8 {
+        match h {
+            HostMatch::Exact(_) => 0,
+            HostMatch::Wildcard(_) => 1,
+            HostMatch::Any => 2,
+        }
+    }
+    rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
+        (HostMatch::Exact(x), HostMatch::Exact(y)) => x.cmp(y),
+        (HostMatch::Wildcard(x), HostMatch::Wildcard(y)) => {
+            y.len().cmp(&x.len()).then_with(|| x.cmp(y))
+        }
+        _ => Ordering::Equal,
+    })
+}
+
+/// Parses a hostname from a Gateway API object: lowercase, `*.` wildcard.
+pub(crate) fn parse(hostname: Option<&str>) -> HostMatch {
+    HostMatch::parse(hostname.map(str::trim))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> HostMatch {
+        HostMatch::parse(Some(s))
+    }
+
+    #[test]
+    fn wildcard_listener_narrows_to_route_hostname() {
+        assert_eq!(
+            effective_hostnames(&h("*.example.com"), &[h("foo.example.com")]),
+            vec![h("foo.example.com")]
+        );
+        assert_eq!(
+            effective_hostnames(&h("*.example.com"), &[h("*.foo.example.com")]),
+            vec![h("*.foo.example.com")]
+        );
+        assert_eq!(
+            effective_hostnames(&h("foo.example.com"), &[h("*.example.com")]),
+            vec![h("foo.example.com")]
+        );
+        assert!(effective_hostnames(&h("foo.example.com"), &[h("bar.example.com")]).is_empty());
+        assert!(effective_hostnames(&h("*.example.com"), &[h("example.com")]).is_empty());
+    }
+
+    #[test]
+    fn order_is_exact_then_longer_wildcards_then_any() {
+        let mut v = vec![HostMatch::Any, h("*.com"), h("a.com"), h("*.a.com")];
+        v.sort_by(specificity_order);
+        assert_eq!(
+            v,
+            vec![h("a.com"), h("*.a.com"), h("*.com"), HostMatch::Any]
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! `compile()`: Snapshot -> routing table + statuses.
+//!
+//! Pure, total and deterministic: the same snapshot always gives the same
+//! table and statuses; an invalid object is reported in its status and left
+//! out, everything valid is still served.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use portcullis_model::{
+    HostMatch, PortConfig, Protocol, Route, RouteTable, ServerCertificate, TlsConfig, VirtualHost,
+};
+use serde_json::{json, Value};
+
+use crate::snapshot::{ObjectKey, Snapshot};
+use crate::status::{conditions_json, reasons, Condition, StatusKind, StatusUpdate};
+
+mod backends;
+mod filters;
+mod gateway;
+mod hostname;
+mod matches;
+mod precedence;
+mod refs;
+mod route;
+mod tls;
+
+pub use tls::validate_pem;
+
+use gateway::GatewayState;
+use route::{Attachment, CompiledRules, RouteSource};
+
+/// What to compile and how.
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    /// GatewayClasses with this `spec.controllerName` are ours.
+    pub controller_name: String,
+    /// Proxy mode: compile only this Gateway.
+    pub gateway: Option<ObjectKey>,
+    /// Put in `RouteTable::generation`.
+    pub generation: u64,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            controller_name: portcullis_api::CONTROLLER_NAME.to_string(),
+            gateway: None,
+            generation: 0,
+        }
+    }
+}
+
+/// The output of [`compile`].
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    pub table: RouteTable,
+    /// GatewayClasses, Gateways, then routes, each in namespace/name order.
+    pub statuses: Vec<StatusUpdate>,
+}
+
+impl Compiled {
+    /// The status of one object, if compile produced one.
+    pub fn status(
+        &self,
+        kind: StatusKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<&StatusUpdate> {
+        self.statuses
+            .iter()
+            .find(|s| s.kind == kind && s.namespace.as_deref() == namespace && s.name == name)
+    }
+}
+
+/// A route placed on a listener with its effective hostnames.
+struct Placement {
+    gateway: usize,
+    listener: usize,
+    route: usize,
+    hostnames: Vec<HostMatch>,
+}
+
+/// Compiles a snapshot. Never panics, never fails as a whole.
+pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
+    let (our_classes, mut statuses) = gateway::gateway_classes(snapshot, options);
+    let mut gateways = gateway::gateways(snapshot, options, &our_classes);
+
+    let sources: Vec<RouteSource> = snapshot
+        .http_routes
+        .iter()
+        .map(|(key, r)| route::from_http(key, r))
+        .chain(
+            snapshot
+                .grpc_routes
+                .iter()
+                .map(|(key, r)| route::from_grpc(key, r)),
+        )
+        .collect();
+    let compiled: Vec<CompiledRules> = sources
+        .iter()
+        .map(|s| route::compile_rules(snapshot, s))
+        .collect();
+
+    let mut placements = Vec::new();
+    let mut route_statuses = Vec::new();
+    for (index, (source, rules)) in sources.iter().zip(&compiled).enumerate() {
+        let status = route_status(
+            snapshot,
+            &mut gateways,
+            index,
+            source,
+            rules,
+            &mut placements,
+        );
+        if let Some(status) = status {
+            route_statuses.push(status);
+        }
+    }
+
+    let table = build_table(
+        &gateways,
+        &sources,
+        &compiled,
+        &placements,
+        options.generation,
+    );
+    statuses.extend(gateways.iter().map(gateway::gateway_status));
+    statuses.extend(route_statuses);
+    Compiled { table, statuses }
+}
+
+/// Attaches one route to its parents (recording placements and attached
+/// route counts) and renders its status.
+fn route_status(
+    snapshot: &Snapshot,
+    gateways: &mut [GatewayState<'_>],
+    index: usize,
+    source: &RouteSource,
+    rules: &CompiledRules,
+    placements: &mut Vec<Placement>,
+) -> Option<StatusUpdate> {
+    let mut problems = Vec::new();
+    let mut parents = Vec::new();
+    let resolved = match rules.ref_problems.first() {
+        None => Condition::new(
+            reasons::RESOLVED_REFS,
+            true,
+            reasons::RESOLVED_REFS,
+            "All references resolved",
+        ),
+        Some(first) => {
+            let messages: Vec<_> = rules
+                .ref_problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect();
+            Condition::new(
+                reasons::RESOLVED_REFS,
+                false,
+                first.reason,
+                messages.join("; "),
+            )
+        }
+    };
+    for (pi, parent) in source.parent_refs.iter().enumerate() {
+        let accepted = match route::attach(snapshot, gateways, source, parent) {
+            Attachment::NotOurs(message) => {
+                problems.push(format!("parentRefs[{pi}]: {message}"));
+                continue;
+            }
+            Attachment::Refused(reason, message) => {
+                problems.push(format!("parentRefs[{pi}]: {reason}: {message}"));
+                Condition::new(reasons::ACCEPTED, false, reason, message)
+            }
+            Attachment::Attached(_) if !rules.invalid.is_empty() => Condition::new(
+                reasons::ACCEPTED,
+                false,
+                reasons::UNSUPPORTED_VALUE,
+                rules.invalid.join("; "),
+            ),
+            Attachment::Attached(listeners) => {
+                for (gi, li, hostnames) in listeners {
+                    if let Some(l) = gateways.get_mut(gi).and_then(|g| g.listeners.get_mut(li)) {
+                        l.attached_routes
+                            .insert((route::kind_name(source.kind), source.key.clone()));
+                    }
+                    placements.push(Placement {
+                        gateway: gi,
+                        listener: li,
+                        route: index,
+                        hostnames,
+                    });
+                }
+                Condition::new(
+                    reasons::ACCEPTED,
+                    true,
+                    reasons::ACCEPTED,
+                    "Route is attached",
+                )
+            }
+        };
+        let generation = source.generation;
+        parents.push(json!({
+            "parentRef": parent.raw,
+            "controllerName": portcullis_api::CONTROLLER_NAME,
+            "conditions": conditions_json(&[accepted, resolved.clone()], generation),
+        }));
+    }
+    if !rules.invalid.is_empty() {
+        problems.extend(
+            rules
+                .invalid
+                .iter()
+                .map(|m| format!("{}: {m}", reasons::UNSUPPORTED_VALUE)),
+        );
+    }
+    problems.extend(
+        rules
+            .ref_problems
+            .iter()
+            .map(|p| format!("{}: {}", p.reason, p.message)),
+    );
+    if parents.is_empty() && problems.is_empty() {
+        return None;
+    }
+    let kind = match source.kind {
+        portcullis_model::RouteKind::Http => StatusKind::HttpRoute,
+        portcullis_model::RouteKind::Grpc => StatusKind::GrpcRoute,
+    };
+    Some(StatusUpdate {
+        kind,
+        namespace: Some(source.key.namespace.clone()),
+        name: source.key.name.clone(),
+        status: json!({ "parents": Value::Array(parents) }),
+        problems,
+    })
+}
+
+/// Routes and certificates of one port while it is being built.
+struct PortBuild {
+    protocol: Protocol,
+    certificates: Vec<ServerCertificate>,
+    /// Hostnames of the listeners served on this port (for isolation).
+    listener_hosts: Vec<HostMatch>,
+    vhosts: BTreeMap<String, (HostMatch, Vec<(precedence::OrderKey, Route)>)>,
+    placed: BTreeSet<(usize, String)>,
+}
+
+fn vhost_key(h: &HostMatch) -> String {
+    h.to_string()
+}
+
+fn build_table(
+    gateways: &[GatewayState<'_>],
+    sources: &[RouteSource],
+    compiled: &[CompiledRules],
+    placements: &[Placement],
+    generation: u64,
+) -> RouteTable {
+    let mut ports: BTreeMap<u16, PortBuild> = BTreeMap::new();
+    let served = |g: &GatewayState<'_>, li: usize| {
+        g.rejected.is_none()
+            && g.listeners
+                .get(li)
+                .is_some_and(|l| l.is_programmed() && !l.shadowed)
+    };
+    for g in gateways {
+        for (li, l) in g.listeners.iter().enumerate() {
+            let (true, Some(protocol)) = (served(g, li), l.protocol) else {
+                continue;
+            };
+            let port = ports.entry(l.port).or_insert_with(|| PortBuild {
+                protocol,
+                certificates: Vec::new(),
+                listener_hosts: Vec::new(),
+                vhosts: BTreeMap::new(),
+                placed: BTreeSet::new(),
+            });
+            port.certificates.extend(l.certificates.iter().cloned());
+            port.listener_hosts.push(l.hostname.clone());
+            // Every listener gets its virtual host, even without routes:
+            // requests for its hostname must not fall through to a less
+            // specific listener's routes (listener isolation).
+            port.vhosts
+                .entry(vhost_key(&l.hostname))
+                .or_insert_with(|| (l.hostname.clone(), Vec::new()));
+        }
+    }
+    for p in placements {
+        let Some(g) = gateways.get(p.gateway) else {
+            continue;
+        };
+        if !served(g, p.listener) {
+            continue;
+        }
+        let Some(listener) = g.listeners.get(p.listener) else {
+            continue;
+        };
+        let Some(port) = ports.get_mut(&listener.port) else {
+            continue;
+        };
+        let (Some(source), Some(rules)) = (sources.get(p.route), compiled.get(p.route)) else {
+            continue;
+        };
+        if !rules.invalid.is_empty() {
+            continue;
+        }
+        for host in &p.hostnames {
+            // Listener isolation: a more specific listener that covers this
+            // hostname owns its requests.
+            let isolated = port.listener_hosts.iter().any(|other| {
+                *other != listener.hostname
+                    && hostname::specificity_order(other, &listener.hostname).is_lt()
+                    && hostname::covers(other, host)
+            });
+            if isolated || !port.placed.insert((p.route, vhost_key(host))) {
+                continue;
+            }
+            let entry = port
+                .vhosts
+                .entry(vhost_key(host))
+                .or_insert_with(|| (host.clone(), Vec::new()));
+            for (ri, rule) in rules.rules.iter().enumerate() {
+                for (mi, m) in rule.matches.iter().enumerate() {
+                    let key = precedence::order_key(source, ri, mi, m);
+                    entry.1.push((
+                        key,
+                        Route {
+                            matcher: m.clone(),
+                            rule: rule.rule.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    let ports = ports
+        .into_iter()
+        .map(|(number, build)| {
+            let mut vhosts: Vec<VirtualHost> = build
+                .vhosts
+                .into_values()
+                .map(|(hostname, mut routes)| {
+                    routes.sort_by(|a, b| a.0.cmp(&b.0));
+                    VirtualHost {
+                        hostname,
+                        routes: routes.into_iter().map(|(_, r)| r).collect(),
+                    }
+                })
+                .collect();
+            vhosts.sort_by(|a, b| hostname::specificity_order(&a.hostname, &b.hostname));
+            let mut certificates = build.certificates;
+            certificates.sort_by(|a, b| hostname::specificity_order(&a.hostname, &b.hostname));
+            let tls = (build.protocol == Protocol::Https).then_some(TlsConfig { certificates });
+            PortConfig {
+                port: number,
+                protocol: build.protocol,
+                tls,
+                virtual_hosts: vhosts,
+            }
+        })
+        .collect();
+    RouteTable { generation, ports }
+}

@@ -1,0 +1,512 @@
+//! HTTPRoute and GRPCRoute: one normalized shape, rule compilation, and
+//! attachment to listeners through parentRefs.
+
+use std::sync::Arc;
+
+use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::httproutes::{
+    HttpRoute, HttpRouteRulesBackendRefs, HttpRouteRulesFilters, HttpRouteRulesMatches,
+    HttpRouteRulesTimeouts,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use portcullis_model::{
+    BackendTarget, HostMatch, PathMatch, RequestMatch, RouteKind, Rule, RuleId, Timeouts,
+    WeightedBackend,
+};
+use serde_json::Value;
+
+use super::backends::{self, BackendRefSpec, RefProblem, Referrer};
+use super::filters::{self, reshape, FilterContext};
+use super::gateway::{namespace_allowed, GatewayState};
+use super::hostname;
+use super::matches::{compile_match, MatchSource};
+use crate::snapshot::{ObjectKey, Snapshot};
+use crate::status::reasons;
+
+/// A route of either kind, in one shape.
+#[derive(Debug)]
+pub(crate) struct RouteSource {
+    pub kind: RouteKind,
+    pub key: ObjectKey,
+    pub generation: i64,
+    pub created: Option<Time>,
+    pub hostnames: Vec<HostMatch>,
+    pub parent_refs: Vec<ParentRef>,
+    pub rules: Vec<RuleSource>,
+    /// Problems found while normalizing (UnsupportedValue).
+    pub invalid: Vec<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ParentRef {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub section_name: Option<String>,
+    pub port: Option<i32>,
+    /// As the user wrote it, echoed in `status.parents[].parentRef`.
+    pub raw: Value,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct RuleSource {
+    pub name: Option<String>,
+    pub matches: Vec<MatchSource>,
+    pub filters: Vec<HttpRouteRulesFilters>,
+    pub backend_refs: Vec<HttpRouteRulesBackendRefs>,
+    pub timeouts: Option<HttpRouteRulesTimeouts>,
+}
+
+pub(crate) fn from_http(key: &ObjectKey, route: &HttpRoute) -> RouteSource {
+    let parent_refs = route.spec.parent_refs.iter().flatten().map(|p| {
+        let raw = serde_json::to_value(p).unwrap_or(Value::Null);
+        (
+            p.group.clone(),
+            p.kind.clone(),
+            p.namespace.clone(),
+            p.name.clone(),
+            p.section_name.clone(),
+            p.port,
+            raw,
+        )
+    });
+    let rules = route
+        .spec
+        .rules
+        .iter()
+        .flatten()
+        .map(|r| RuleSource {
+            name: r.name.clone(),
+            matches: match &r.matches {
+                // No matches means one match of everything.
+                None => vec![MatchSource::Http(HttpRouteRulesMatches::default())],
+                Some(m) if m.is_empty() => {
+                    vec![MatchSource::Http(HttpRouteRulesMatches::default())]
+                }
+                Some(m) => m.iter().cloned().map(MatchSource::Http).collect(),
+            },
+            filters: r.filters.clone().unwrap_or_default(),
+            backend_refs: r.backend_refs.clone().unwrap_or_default(),
+            timeouts: r.timeouts.clone(),
+        })
+        .collect();
+    build(
+        RouteKind::Http,
+        key,
+        &route.metadata,
+        route.spec.hostnames.as_deref(),
+        parent_refs.collect(),
+        rules,
+        Vec::new(),
+    )
+}
+
+/// GRPCRoute filters and backendRefs have the JSON shape of (a subset of)
+/// HTTPRoute's, so they are read through it.
+pub(crate) fn from_grpc(key: &ObjectKey, route: &GrpcRoute) -> RouteSource {
+    let mut invalid = Vec::new();
+    let parent_refs = route.spec.parent_refs.iter().flatten().map(|p| {
+        let raw = serde_json::to_value(p).unwrap_or(Value::Null);
+        (
+            p.group.clone(),
+            p.kind.clone(),
+            p.namespace.clone(),
+            p.name.clone(),
+            p.section_name.clone(),
+            p.port,
+            raw,
+        )
+    });
+    let mut rules = Vec::new();
+    for r in route.spec.rules.iter().flatten() {
+        let filters = r
+            .filters
+            .as_ref()
+            .map(reshape::<_, Vec<HttpRouteRulesFilters>>)
+            .transpose();
+        let backend_refs = r
+            .backend_refs
+            .as_ref()
+            .map(reshape::<_, Vec<HttpRouteRulesBackendRefs>>)
+            .transpose();
+        let (filters, backend_refs) = match (filters, backend_refs) {
+            (Ok(f), Ok(b)) => (f.unwrap_or_default(), b.unwrap_or_default()),
+            (Err(e), _) | (_, Err(e)) => {
+                invalid.push(e);
+                (Vec::new(), Vec::new())
+            }
+        };
+        let matches = match &r.matches {
+            Some(m) if !m.is_empty() => m.iter().cloned().map(MatchSource::Grpc).collect(),
+            _ => vec![MatchSource::Grpc(Default::default())],
+        };
+        rules.push(RuleSource {
+            name: r.name.clone(),
+            matches,
+            filters,
+            backend_refs,
+            timeouts: None,
+        });
+    }
+    build(
+        RouteKind::Grpc,
+        key,
+        &route.metadata,
+        route.spec.hostnames.as_deref(),
+        parent_refs.collect(),
+        rules,
+        invalid,
+    )
+}
+
+type RawParent = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<i32>,
+    Value,
+);
+
+fn build(
+    kind: RouteKind,
+    key: &ObjectKey,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    hostnames: Option<&[String]>,
+    parents: Vec<RawParent>,
+    rules: Vec<RuleSource>,
+    invalid: Vec<String>,
+) -> RouteSource {
+    let parent_refs = parents
+        .into_iter()
+        .map(
+            |(group, kind, namespace, name, section_name, port, raw)| ParentRef {
+                group: group.unwrap_or_else(|| portcullis_api::GATEWAY_GROUP.to_string()),
+                kind: kind.unwrap_or_else(|| "Gateway".to_string()),
+                namespace: namespace
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| key.namespace.clone()),
+                name,
+                section_name: section_name.filter(|s| !s.is_empty()),
+                port,
+                raw,
+            },
+        )
+        .collect();
+    RouteSource {
+        kind,
+        key: key.clone(),
+        generation: meta.generation.unwrap_or(0),
+        created: meta.creation_timestamp.clone(),
+        hostnames: hostnames
+            .unwrap_or_default()
+            .iter()
+            .map(|h| hostname::parse(Some(h)))
+            .collect(),
+        parent_refs,
+        rules,
+        invalid,
+    }
+}
+
+/// A rule compiled once per route and shared by every virtual host it is
+/// served under.
+#[derive(Debug)]
+pub(crate) struct CompiledRule {
+    pub rule: Arc<Rule>,
+    pub matches: Vec<RequestMatch>,
+}
+
+/// The result of compiling a route's rules, independent of its parents.
+#[derive(Debug, Default)]
+pub(crate) struct CompiledRules {
+    pub rules: Vec<CompiledRule>,
+    /// UnsupportedValue messages: the route is not accepted.
+    pub invalid: Vec<String>,
+    /// ResolvedRefs problems: the route is served, those backends get 500.
+    pub ref_problems: Vec<RefProblem>,
+}
+
+pub(crate) fn compile_rules(snapshot: &Snapshot, route: &RouteSource) -> CompiledRules {
+    let mut out = CompiledRules {
+        invalid: route.invalid.clone(),
+        ..Default::default()
+    };
+    for (index, source) in route.rules.iter().enumerate() {
+        let at = |msg: String| format!("rules[{index}]: {msg}");
+        let mut matches = Vec::new();
+        for (mi, m) in source.matches.iter().enumerate() {
+            match compile_match(m) {
+                Ok(m) => matches.push(m),
+                Err(e) => out.invalid.push(at(format!("matches[{mi}]: {e}"))),
+            }
+        }
+        let ctx = FilterContext {
+            snapshot,
+            referrer: Referrer {
+                kind: route.kind,
+                namespace: &route.key.namespace,
+            },
+            all_matches_are_prefix: matches
+                .iter()
+                .all(|m| matches!(m.path, PathMatch::Prefix(_))),
+        };
+        let rule_filters = match filters::compile_filters(&ctx, &source.filters) {
+            Ok(f) => f,
+            Err(e) => {
+                out.invalid.push(at(e));
+                continue;
+            }
+        };
+        out.ref_problems.extend(
+            rule_filters
+                .ref_problems
+                .iter()
+                .map(|p| with_prefix(&at, p)),
+        );
+        let mut backends = Vec::new();
+        let force_500 = rule_filters.unresolved_extension;
+        for (bi, b) in source.backend_refs.iter().enumerate() {
+            let bf = b
+                .filters
+                .as_ref()
+                .map(reshape::<_, Vec<HttpRouteRulesFilters>>)
+                .transpose();
+            let bf = match bf
+                .and_then(|f| filters::compile_filters(&ctx, f.as_deref().unwrap_or_default()))
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    out.invalid.push(at(format!("backendRefs[{bi}]: {e}")));
+                    continue;
+                }
+            };
+            out.ref_problems
+                .extend(bf.ref_problems.iter().map(|p| with_prefix(&at, p)));
+            let spec = BackendRefSpec {
+                group: b.group.as_deref(),
+                kind: b.kind.as_deref(),
+                namespace: b.namespace.as_deref(),
+                name: &b.name,
+                port: b.port,
+            };
+            let target = match backends::resolve(snapshot, &ctx.referrer, &spec) {
+                Ok(backend) => BackendTarget::Service(backend),
+                Err(p) => {
+                    let target = BackendTarget::Invalid {
+                        reason: p.reason.to_string(),
+                    };
+                    out.ref_problems.push(with_prefix(&at, &p));
+                    target
+                }
+            };
+            let target = if bf.unresolved_extension {
+                BackendTarget::Invalid {
+                    reason: reasons::INVALID_KIND.to_string(),
+                }
+            } else {
+                target
+            };
+            backends.push(WeightedBackend {
+                weight: b.weight.unwrap_or(1).max(0) as u32,
+                target,
+                filters: bf.filters,
+            });
+        }
+        let timeouts = match timeouts(source.timeouts.as_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                out.invalid.push(at(e));
+                continue;
+            }
+        };
+        let mut filters = rule_filters.filters;
+        if force_500 {
+            // An unimplemented extension filter must not be skipped: no
+            // filters and no backends makes the data plane answer 500.
+            filters.clear();
+            backends.clear();
+        }
+        let rule = Rule {
+            id: RuleId {
+                kind: route.kind,
+                namespace: route.key.namespace.clone(),
+                name: route.key.name.clone(),
+                rule_index: index,
+                rule_name: source.name.clone(),
+            },
+            filters,
+            backends,
+            timeouts,
+        };
+        out.rules.push(CompiledRule {
+            rule: Arc::new(rule),
+            matches,
+        });
+    }
+    out
+}
+
+fn with_prefix(at: &dyn Fn(String) -> String, p: &RefProblem) -> RefProblem {
+    RefProblem {
+        reason: p.reason,
+        message: at(p.message.clone()),
+    }
+}
+
+/// Gateway API durations (`10s`, `1m30s`, `500ms`); `0s` disables a
+/// timeout; backendRequest may not exceed request.
+fn timeouts(t: Option<&HttpRouteRulesTimeouts>) -> Result<Timeouts, String> {
+    let Some(t) = t else {
+        return Ok(Timeouts::default());
+    };
+    let parse = |what: &str, v: Option<&str>| -> Result<Option<std::time::Duration>, String> {
+        let Some(v) = v else { return Ok(None) };
+        let d: gateway_api::Duration = v
+            .parse()
+            .map_err(|e| format!("timeouts.{what} {v:?} is not a valid duration: {e}"))?;
+        let d = std::time::Duration::new(d.as_secs(), d.subsec_nanos());
+        Ok((!d.is_zero()).then_some(d))
+    };
+    let request = parse("request", t.request.as_deref())?;
+    let backend_request = parse("backendRequest", t.backend_request.as_deref())?;
+    if let (Some(r), Some(b)) = (request, backend_request) {
+        if b > r {
+            return Err("timeouts.backendRequest must not be longer than timeouts.request".into());
+        }
+    }
+    Ok(Timeouts {
+        request,
+        backend_request,
+    })
+}
+
+/// The outcome of one parentRef.
+#[derive(Debug)]
+pub(crate) enum Attachment {
+    /// Not one of our Gateways: no status entry is written for it.
+    NotOurs(String),
+    /// Attached to these listeners (gateway index, listener index), each
+    /// with its effective hostnames.
+    Attached(Vec<(usize, usize, Vec<HostMatch>)>),
+    /// One of ours, but refused: Accepted=False with this reason.
+    Refused(&'static str, String),
+}
+
+/// Resolves one parentRef against the Gateways being compiled.
+pub(crate) fn attach(
+    snapshot: &Snapshot,
+    gateways: &[GatewayState<'_>],
+    route: &RouteSource,
+    parent: &ParentRef,
+) -> Attachment {
+    if parent.group != portcullis_api::GATEWAY_GROUP || parent.kind != "Gateway" {
+        return Attachment::NotOurs(format!(
+            "parentRef {}/{} {} is not a Gateway",
+            parent.group, parent.kind, parent.name
+        ));
+    }
+    let Some(gi) = gateways
+        .iter()
+        .position(|g| g.key.namespace == parent.namespace && g.key.name == parent.name)
+    else {
+        return Attachment::NotOurs(format!(
+            "parentRef Gateway {}/{} does not exist or is not of a GatewayClass handled by Portcullis",
+            parent.namespace, parent.name
+        ));
+    };
+    let gateway = &gateways[gi];
+    if let Some((_, message)) = &gateway.rejected {
+        return Attachment::Refused(
+            reasons::NO_MATCHING_PARENT,
+            format!("Gateway {} is not accepted: {message}", gateway.key),
+        );
+    }
+    let candidates: Vec<usize> = gateway
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|(_, l)| parent.port.is_none_or(|p| i32::from(l.port) == p))
+        .map(|(i, _)| i)
+        .collect();
+    if candidates.is_empty() {
+        let what = match (&parent.section_name, parent.port) {
+            (Some(s), Some(p)) => format!("a listener named {s:?} on port {p}"),
+            (Some(s), None) => format!("a listener named {s:?}"),
+            (None, Some(p)) => format!("a listener on port {p}"),
+            (None, None) => "any listener".to_string(),
+        };
+        return Attachment::Refused(
+            reasons::NO_MATCHING_PARENT,
+            format!("Gateway {} has no {what}", gateway.key),
+        );
+    }
+    let usable: Vec<usize> = candidates
+        .iter()
+        .copied()
+        .filter(|&i| gateway.listeners[i].is_usable())
+        .collect();
+    if usable.is_empty() {
+        return Attachment::Refused(
+            reasons::NO_MATCHING_PARENT,
+            format!(
+                "the matching listeners of Gateway {} are not accepted (see the Gateway's status)",
+                gateway.key
+            ),
+        );
+    }
+    let allowed: Vec<usize> = usable
+        .into_iter()
+        .filter(|&i| {
+            let l = &gateway.listeners[i];
+            l.supported_kinds.contains(&route.kind)
+                && namespace_allowed(
+                    snapshot,
+                    &l.allowed_namespaces,
+                    &gateway.key.namespace,
+                    &route.key.namespace,
+                )
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Attachment::Refused(
+            reasons::NOT_ALLOWED_BY_LISTENERS,
+            format!(
+                "no listener of Gateway {} allows {} from namespace {} (see allowedRoutes)",
+                gateway.key,
+                kind_name(route.kind),
+                route.key.namespace
+            ),
+        );
+    }
+    let attached: Vec<(usize, usize, Vec<HostMatch>)> = allowed
+        .into_iter()
+        .filter_map(|i| {
+            let hosts =
+                hostname::effective_hostnames(&gateway.listeners[i].hostname, &route.hostnames);
+            (!hosts.is_empty()).then_some((gi, i, hosts))
+        })
+        .collect();
+    if attached.is_empty() {
+        let hosts: Vec<String> = route.hostnames.iter().map(|h| h.to_string()).collect();
+        return Attachment::Refused(
+            reasons::NO_MATCHING_LISTENER_HOSTNAME,
+            format!(
+                "hostnames {} match no listener hostname of Gateway {}",
+                hosts.join(", "),
+                gateway.key
+            ),
+        );
+    }
+    Attachment::Attached(attached)
+}
+
+pub(crate) fn kind_name(kind: RouteKind) -> &'static str {
+    match kind {
+        RouteKind::Http => "HTTPRoute",
+        RouteKind::Grpc => "GRPCRoute",
+    }
+}

@@ -245,3 +245,27 @@ fn virtual_hosts_ordered_exact_wildcard_any() {
     assert_eq!(answer(&c, 80, &get("x.b.example.com", "/")), "hosts#0");
     assert_eq!(answer(&c, 80, &get("example.org", "/")), "anything#0");
 }
+
+#[test]
+fn hostname_precedence_then_path() {
+    let c = fixture("hostname_precedence_then_path");
+    assert_eq!(
+        answer(&c, 80, &get("foo.example.com", "/a")),
+        "exact-host#0"
+    );
+    assert_eq!(
+        answer(&c, 80, &get("foo.example.com", "/b")),
+        "wildcard-host#0",
+        "falls back to the wildcard route"
+    );
+    assert_eq!(
+        answer(&c, 80, &get("foo.example.com", "/c")),
+        "any-host#0",
+        "and to routes without hostnames"
+    );
+    assert_eq!(
+        answer(&c, 80, &get("bar.example.com", "/a")),
+        "wildcard-host#0"
+    );
+    assert_eq!(answer(&c, 80, &get("example.org", "/a")), "any-host#0");
+}

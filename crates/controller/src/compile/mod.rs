@@ -240,16 +240,34 @@ fn route_status(
 struct PortBuild {
     protocol: Protocol,
     certificates: Vec<ServerCertificate>,
-    /// Hostnames of the listeners served on this port (for isolation).
+    /// Hostnames of the listeners served on this port.
     listener_hosts: Vec<HostMatch>,
-    vhosts: BTreeMap<String, (HostMatch, Vec<(precedence::OrderKey, Route)>)>,
-    placed: BTreeSet<(usize, String)>,
+    /// Routes placed on this port: each under the hostname of the listener
+    /// it attached through and its effective hostname there.
+    entries: Vec<Entry>,
+    placed: BTreeSet<(usize, String, String)>,
 }
 
-fn vhost_key(h: &HostMatch) -> String {
+struct Entry {
+    listener_host: HostMatch,
+    host: HostMatch,
+    key: precedence::OrderKey,
+    route: Route,
+}
+
+fn host_key(h: &HostMatch) -> String {
     h.to_string()
 }
 
+/// Lays the routes out as the data plane reads them: per port, virtual
+/// hosts from most to least specific, the first match wins, no fallback.
+///
+/// A request belongs to the most specific listener whose hostname matches
+/// it (listener isolation). Within that listener every route whose
+/// effective hostname matches the request is a candidate, the most specific
+/// hostname first, then the route precedence. So the virtual host for a
+/// hostname V holds, from the listener owning V, the routes whose hostname
+/// covers V: its own, then those of less specific hostnames.
 fn build_table(
     gateways: &[GatewayState<'_>],
     sources: &[RouteSource],
@@ -273,17 +291,13 @@ fn build_table(
                 protocol,
                 certificates: Vec::new(),
                 listener_hosts: Vec::new(),
-                vhosts: BTreeMap::new(),
+                entries: Vec::new(),
                 placed: BTreeSet::new(),
             });
             port.certificates.extend(l.certificates.iter().cloned());
-            port.listener_hosts.push(l.hostname.clone());
-            // Every listener gets its virtual host, even without routes:
-            // requests for its hostname must not fall through to a less
-            // specific listener's routes (listener isolation).
-            port.vhosts
-                .entry(vhost_key(&l.hostname))
-                .or_insert_with(|| (l.hostname.clone(), Vec::new()));
+            if !port.listener_hosts.contains(&l.hostname) {
+                port.listener_hosts.push(l.hostname.clone());
+            }
         }
     }
     for p in placements {
@@ -307,58 +321,78 @@ fn build_table(
         }
         for host in &p.hostnames {
             // Listener isolation: a more specific listener that covers this
-            // hostname owns its requests.
+            // hostname owns all its requests.
             let isolated = port.listener_hosts.iter().any(|other| {
                 *other != listener.hostname
                     && hostname::specificity_order(other, &listener.hostname).is_lt()
                     && hostname::covers(other, host)
             });
-            if isolated || !port.placed.insert((p.route, vhost_key(host))) {
+            let placement = (p.route, host_key(&listener.hostname), host_key(host));
+            if isolated || !port.placed.insert(placement) {
                 continue;
             }
-            let entry = port
-                .vhosts
-                .entry(vhost_key(host))
-                .or_insert_with(|| (host.clone(), Vec::new()));
             for (ri, rule) in rules.rules.iter().enumerate() {
                 for (mi, m) in rule.matches.iter().enumerate() {
-                    let key = precedence::order_key(source, ri, mi, m);
-                    entry.1.push((
-                        key,
-                        Route {
+                    port.entries.push(Entry {
+                        listener_host: listener.hostname.clone(),
+                        host: host.clone(),
+                        key: precedence::order_key(source, ri, mi, m),
+                        route: Route {
                             matcher: m.clone(),
                             rule: rule.rule.clone(),
                         },
-                    ));
+                    });
                 }
             }
         }
     }
     let ports = ports
         .into_iter()
-        .map(|(number, build)| {
-            let mut vhosts: Vec<VirtualHost> = build
-                .vhosts
-                .into_values()
-                .map(|(hostname, mut routes)| {
-                    routes.sort_by(|a, b| a.0.cmp(&b.0));
-                    VirtualHost {
-                        hostname,
-                        routes: routes.into_iter().map(|(_, r)| r).collect(),
-                    }
-                })
+        .map(|(number, build)| build_port(number, build))
+        .collect();
+    RouteTable { generation, ports }
+}
+
+fn build_port(number: u16, build: PortBuild) -> PortConfig {
+    // Every listener gets a virtual host even without routes, so requests
+    // for its hostname never reach a less specific listener's routes.
+    let mut hosts: Vec<HostMatch> = build.listener_hosts.clone();
+    for e in &build.entries {
+        if !hosts.contains(&e.host) {
+            hosts.push(e.host.clone());
+        }
+    }
+    hosts.sort_by(hostname::specificity_order);
+    let virtual_hosts = hosts
+        .into_iter()
+        .map(|vhost| {
+            // The listener owning this hostname: the most specific covering it.
+            let owner = build
+                .listener_hosts
+                .iter()
+                .filter(|l| hostname::covers(l, &vhost))
+                .min_by(|a, b| hostname::specificity_order(a, b));
+            let mut routes: Vec<&Entry> = build
+                .entries
+                .iter()
+                .filter(|e| Some(&e.listener_host) == owner && hostname::covers(&e.host, &vhost))
                 .collect();
-            vhosts.sort_by(|a, b| hostname::specificity_order(&a.hostname, &b.hostname));
-            let mut certificates = build.certificates;
-            certificates.sort_by(|a, b| hostname::specificity_order(&a.hostname, &b.hostname));
-            let tls = (build.protocol == Protocol::Https).then_some(TlsConfig { certificates });
-            PortConfig {
-                port: number,
-                protocol: build.protocol,
-                tls,
-                virtual_hosts: vhosts,
+            routes.sort_by(|a, b| {
+                hostname::specificity_order(&a.host, &b.host).then_with(|| a.key.cmp(&b.key))
+            });
+            VirtualHost {
+                hostname: vhost,
+                routes: routes.into_iter().map(|e| e.route.clone()).collect(),
             }
         })
         .collect();
-    RouteTable { generation, ports }
+    let mut certificates = build.certificates;
+    certificates.sort_by(|a, b| hostname::specificity_order(&a.hostname, &b.hostname));
+    let tls = (build.protocol == Protocol::Https).then_some(TlsConfig { certificates });
+    PortConfig {
+        port: number,
+        protocol: build.protocol,
+        tls,
+        virtual_hosts,
+    }
 }

@@ -361,3 +361,64 @@ fn proxy_mode_single_gateway() {
         .status(StatusKind::Gateway, Some("default"), "gw")
         .is_none());
 }
+
+#[test]
+fn gateway_frontend_tls_unsupported() {
+    let c = fixture("gateway_frontend_tls_unsupported");
+    let gw = gateway_status(&c, "mtls");
+    assert_eq!(sr(gw.condition("Accepted")), is("False", "Invalid"));
+    assert!(!gw.problems.is_empty());
+    assert!(
+        c.table.port(8080).is_none(),
+        "not served without the client validation it asks for"
+    );
+}
+
+#[test]
+fn route_without_parent_refs_is_reported() {
+    let mut snapshot = snapshot("path_exact_match");
+    let key = ObjectKey::new("default", "exact");
+    if let Some(r) = snapshot.http_routes.get_mut(&key) {
+        r.spec.parent_refs = None;
+    }
+    let c = compile(&snapshot, &CompileOptions::default());
+    assert!(route_status(&c, "exact")
+        .problems
+        .iter()
+        .any(|p| p.contains("no parentRefs")));
+    assert_eq!(answer(&c, 80, &get("h", "/exact")), "404");
+}
+
+/// Every fixture at once: many invalid and conflicting objects side by
+/// side. compile() must not panic, and must be deterministic.
+#[test]
+fn all_fixtures_together_compile() {
+    let mut all = portcullis_controller::Snapshot::default();
+    let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
+        .expect("fixtures")
+        .filter_map(|e| e.ok()?.path().file_stem()?.to_str().map(str::to_string))
+        .collect();
+    names.sort();
+    for name in &names {
+        let s = snapshot(name);
+        for (k, v) in s.gateways {
+            all.gateways.insert(k, v);
+        }
+        for (k, v) in s.http_routes {
+            all.http_routes.insert(k, v);
+        }
+        for (k, v) in s.grpc_routes {
+            all.grpc_routes.insert(k, v);
+        }
+        all.gateway_classes.extend(s.gateway_classes);
+        all.services.extend(s.services);
+        all.endpoint_slices.extend(s.endpoint_slices);
+        all.secrets.extend(s.secrets);
+        all.reference_grants.extend(s.reference_grants);
+        all.namespaces.extend(s.namespaces);
+    }
+    let a = compile(&all, &CompileOptions::default());
+    let b = compile(&all, &CompileOptions::default());
+    assert!(!a.table.ports.is_empty());
+    assert_eq!(a.statuses, b.statuses);
+}

@@ -148,6 +148,18 @@ fn gateway_state<'a>(
             reasons::UNSUPPORTED_ADDRESS,
             "spec.addresses is not supported: Portcullis assigns addresses itself; remove spec.addresses".to_string(),
         ))
+    } else if gateway
+        .spec
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.frontend.is_some())
+    {
+        // Serving without the client certificate validation the user asked
+        // for would let unauthenticated clients in: refuse instead.
+        Some((
+            reasons::INVALID,
+            "spec.tls.frontend (client certificate validation) is not supported yet; the Gateway is not served rather than served without it".to_string(),
+        ))
     } else {
         None
     };

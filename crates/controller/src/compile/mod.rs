@@ -206,6 +206,10 @@ fn route_status(
             "conditions": conditions_json(&[accepted, resolved.clone()], generation),
         }));
     }
+    if source.parent_refs.is_empty() {
+        problems
+            .push("no parentRefs: the route attaches to no Gateway and serves nothing".to_string());
+    }
     if !rules.invalid.is_empty() {
         problems.extend(
             rules

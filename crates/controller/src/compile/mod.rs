@@ -106,6 +106,7 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
     for (index, (source, rules)) in sources.iter().zip(&compiled).enumerate() {
         let status = route_status(
             snapshot,
+            &options.controller_name,
             &mut gateways,
             index,
             source,
@@ -133,6 +134,7 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
 /// route counts) and renders its status.
 fn route_status(
     snapshot: &Snapshot,
+    controller_name: &str,
     gateways: &mut [GatewayState<'_>],
     index: usize,
     source: &RouteSource,
@@ -202,7 +204,7 @@ fn route_status(
         let generation = source.generation;
         parents.push(json!({
             "parentRef": parent.raw,
-            "controllerName": portcullis_api::CONTROLLER_NAME,
+            "controllerName": controller_name,
             "conditions": conditions_json(&[accepted, resolved.clone()], generation),
         }));
     }

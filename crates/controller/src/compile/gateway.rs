@@ -240,7 +240,13 @@ fn listener_state(snapshot: &Snapshot, gateway: &ObjectKey, l: &GatewayListeners
 /// The route kinds a listener accepts: HTTPRoute and GRPCRoute by default,
 /// or the supported subset of `allowedRoutes.kinds`.
 fn route_kinds(l: &GatewayListeners, problems: &mut Vec<(&'static str, String)>) -> Vec<RouteKind> {
-    let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) else {
+    // Unset or empty: the kinds the protocol supports.
+    let kinds = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.kinds.as_ref())
+        .filter(|k| !k.is_empty());
+    let Some(kinds) = kinds else {
         return vec![RouteKind::Http, RouteKind::Grpc];
     };
     let mut out = Vec::new();

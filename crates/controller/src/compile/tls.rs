@@ -163,3 +163,27 @@ fn is_der_sequence(der: &[u8]) -> bool {
     };
     der.len() == header + len
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_sequence_length_must_match() {
+        assert!(is_der_sequence(&[0x30, 0x02, 0x05, 0x00]));
+        assert!(!is_der_sequence(&[0x30, 0x03, 0x05, 0x00]), "truncated");
+        assert!(!is_der_sequence(&[0x04, 0x00]), "not a SEQUENCE");
+        let mut long = vec![0x30, 0x81, 0x80];
+        long.extend(std::iter::repeat_n(0u8, 0x80));
+        assert!(is_der_sequence(&long));
+    }
+
+    #[test]
+    fn text_that_is_not_pem_is_refused() {
+        assert!(validate_pem("Hello world\n", "Hello world\n").is_err());
+        let fake_cert =
+            "-----BEGIN CERTIFICATE-----\nSGVsbG8gd29ybGQK\n-----END CERTIFICATE-----\n";
+        let err = validate_pem(fake_cert, "").expect_err("not DER");
+        assert!(err.contains("not a DER certificate"), "{err}");
+    }
+}

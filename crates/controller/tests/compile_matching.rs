@@ -269,3 +269,12 @@ fn hostname_precedence_then_path() {
     );
     assert_eq!(answer(&c, 80, &get("example.org", "/a")), "any-host#0");
 }
+
+#[test]
+fn hostname_precedence_uses_original_hostname() {
+    let c = fixture("hostname_precedence_uses_original_hostname");
+    assert_eq!(
+        answer(&c, 8080, &get("abc.example.com", "/")),
+        "exact-newer#0"
+    );
+}

@@ -6,24 +6,50 @@ use std::cmp::Ordering;
 use portcullis_model::HostMatch;
 
 /// The hostnames a route is served under on a listener: the intersection of
-/// the route's `hostnames` with the listener's `hostname`. Empty means the
-/// route does not attach to this listener (`NoMatchingListenerHostname`).
+/// the route's `hostnames` with the listener's `hostname`, each with the
+/// route hostname it came from (`Any` when the route names none). Empty
+/// means the route does not attach to this listener
+/// (`NoMatchingListenerHostname`).
 pub(crate) fn effective_hostnames(
     listener: &HostMatch,
     route_hostnames: &[HostMatch],
-) -> Vec<HostMatch> {
+) -> Vec<Effective> {
     if route_hostnames.is_empty() {
-        return vec![listener.clone()];
+        return vec![Effective {
+            host: listener.clone(),
+            original: HostMatch::Any,
+        }];
     }
-    let mut out: Vec<HostMatch> = Vec::new();
+    let mut out: Vec<Effective> = Vec::new();
     for route in route_hostnames {
-        if let Some(h) = intersect(listener, route) {
-            if !out.contains(&h) {
-                out.push(h);
+        let Some(host) = intersect(listener, route) else {
+            continue;
+        };
+        match out.iter_mut().find(|e| e.host == host) {
+            // Two route hostnames narrowing to the same one: the more
+            // specific original counts for precedence.
+            Some(e) => {
+                if specificity_order(route, &e.original).is_lt() {
+                    e.original = route.clone();
+                }
             }
+            None => out.push(Effective {
+                host,
+                original: route.clone(),
+            }),
         }
     }
     out
+}
+
+/// One hostname a route is served under on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Effective {
+    /// The intersection with the listener hostname.
+    pub host: HostMatch,
+    /// The route hostname it came from: among routes with the same
+    /// effective hostname, the more specific original wins.
+    pub original: HostMatch,
 }
 
 /// The more specific of two hostname patterns when one contains the other.
@@ -91,22 +117,43 @@ mod tests {
         HostMatch::parse(Some(s))
     }
 
+    fn hosts(listener: &str, route: &[&str]) -> Vec<(String, String)> {
+        let route: Vec<HostMatch> = route.iter().map(|r| h(r)).collect();
+        effective_hostnames(&h(listener), &route)
+            .into_iter()
+            .map(|e| (e.host.to_string(), e.original.to_string()))
+            .collect()
+    }
+
+    fn pair(host: &str, original: &str) -> (String, String) {
+        (host.to_string(), original.to_string())
+    }
+
     #[test]
     fn wildcard_listener_narrows_to_route_hostname() {
         assert_eq!(
-            effective_hostnames(&h("*.example.com"), &[h("foo.example.com")]),
-            vec![h("foo.example.com")]
+            hosts("*.example.com", &["foo.example.com"]),
+            vec![pair("foo.example.com", "foo.example.com")]
         );
         assert_eq!(
-            effective_hostnames(&h("*.example.com"), &[h("*.foo.example.com")]),
-            vec![h("*.foo.example.com")]
+            hosts("*.example.com", &["*.foo.example.com"]),
+            vec![pair("*.foo.example.com", "*.foo.example.com")]
         );
         assert_eq!(
-            effective_hostnames(&h("foo.example.com"), &[h("*.example.com")]),
-            vec![h("foo.example.com")]
+            hosts("foo.example.com", &["*.example.com"]),
+            vec![pair("foo.example.com", "*.example.com")]
         );
-        assert!(effective_hostnames(&h("foo.example.com"), &[h("bar.example.com")]).is_empty());
-        assert!(effective_hostnames(&h("*.example.com"), &[h("example.com")]).is_empty());
+        assert_eq!(
+            hosts("foo.example.com", &["*.example.com", "foo.example.com"]),
+            vec![pair("foo.example.com", "foo.example.com")],
+            "the most specific original is kept"
+        );
+        assert_eq!(
+            hosts("*.example.com", &[]),
+            vec![pair("*.example.com", "*")]
+        );
+        assert!(hosts("foo.example.com", &["bar.example.com"]).is_empty());
+        assert!(hosts("*.example.com", &["example.com"]).is_empty());
     }
 
     #[test]

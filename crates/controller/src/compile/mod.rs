@@ -77,7 +77,7 @@ struct Placement {
     gateway: usize,
     listener: usize,
     route: usize,
-    hostnames: Vec<HostMatch>,
+    hostnames: Vec<hostname::Effective>,
 }
 
 /// Compiles a snapshot. Never panics, never fails as a whole.
@@ -257,6 +257,8 @@ struct PortBuild {
 struct Entry {
     listener_host: HostMatch,
     host: HostMatch,
+    /// The route hostname `host` came from.
+    original: HostMatch,
     key: precedence::OrderKey,
     route: Route,
 }
@@ -325,7 +327,8 @@ fn build_table(
         if !rules.invalid.is_empty() {
             continue;
         }
-        for host in &p.hostnames {
+        for effective in &p.hostnames {
+            let host = &effective.host;
             // Listener isolation: a more specific listener that covers this
             // hostname owns all its requests.
             let isolated = port.listener_hosts.iter().any(|other| {
@@ -342,6 +345,7 @@ fn build_table(
                     port.entries.push(Entry {
                         listener_host: listener.hostname.clone(),
                         host: host.clone(),
+                        original: effective.original.clone(),
                         key: precedence::order_key(source, ri, mi, m),
                         route: Route {
                             matcher: m.clone(),
@@ -383,8 +387,12 @@ fn build_port(number: u16, build: PortBuild) -> PortConfig {
                 .iter()
                 .filter(|e| Some(&e.listener_host) == owner && hostname::covers(&e.host, &vhost))
                 .collect();
+            // Hostname precedence first (effective, then the route's own
+            // hostname it came from), then route precedence.
             routes.sort_by(|a, b| {
-                hostname::specificity_order(&a.host, &b.host).then_with(|| a.key.cmp(&b.key))
+                hostname::specificity_order(&a.host, &b.host)
+                    .then_with(|| hostname::specificity_order(&a.original, &b.original))
+                    .then_with(|| a.key.cmp(&b.key))
             });
             VirtualHost {
                 hostname: vhost,

@@ -390,7 +390,7 @@ pub(crate) enum Attachment {
     NotOurs(String),
     /// Attached to these listeners (gateway index, listener index), each
     /// with its effective hostnames.
-    Attached(Vec<(usize, usize, Vec<HostMatch>)>),
+    Attached(Vec<(usize, usize, Vec<hostname::Effective>)>),
     /// One of ours, but refused: Accepted=False with this reason.
     Refused(&'static str, String),
 }
@@ -482,7 +482,7 @@ pub(crate) fn attach(
             ),
         );
     }
-    let attached: Vec<(usize, usize, Vec<HostMatch>)> = allowed
+    let attached: Vec<(usize, usize, Vec<hostname::Effective>)> = allowed
         .into_iter()
         .filter_map(|i| {
             let hosts =

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::{
-    HttpRoute, HttpRouteRulesBackendRefs, HttpRouteRulesFilters, HttpRouteRulesMatches,
-    HttpRouteRulesTimeouts,
+    HttpRoute, HttpRouteParentRefs, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
+    HttpRouteRulesMatches, HttpRouteRulesTimeouts,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use portcullis_model::{
@@ -59,18 +59,13 @@ pub(crate) struct RuleSource {
 }
 
 pub(crate) fn from_http(key: &ObjectKey, route: &HttpRoute) -> RouteSource {
-    let parent_refs = route.spec.parent_refs.iter().flatten().map(|p| {
-        let raw = serde_json::to_value(p).unwrap_or(Value::Null);
-        (
-            p.group.clone(),
-            p.kind.clone(),
-            p.namespace.clone(),
-            p.name.clone(),
-            p.section_name.clone(),
-            p.port,
-            raw,
-        )
-    });
+    let parent_refs = route
+        .spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .map(|p| parent_ref(key, p))
+        .collect();
     let rules = route
         .spec
         .rules
@@ -96,7 +91,7 @@ pub(crate) fn from_http(key: &ObjectKey, route: &HttpRoute) -> RouteSource {
         key,
         &route.metadata,
         route.spec.hostnames.as_deref(),
-        parent_refs.collect(),
+        parent_refs,
         rules,
         Vec::new(),
     )
@@ -106,18 +101,19 @@ pub(crate) fn from_http(key: &ObjectKey, route: &HttpRoute) -> RouteSource {
 /// HTTPRoute's, so they are read through it.
 pub(crate) fn from_grpc(key: &ObjectKey, route: &GrpcRoute) -> RouteSource {
     let mut invalid = Vec::new();
-    let parent_refs = route.spec.parent_refs.iter().flatten().map(|p| {
-        let raw = serde_json::to_value(p).unwrap_or(Value::Null);
-        (
-            p.group.clone(),
-            p.kind.clone(),
-            p.namespace.clone(),
-            p.name.clone(),
-            p.section_name.clone(),
-            p.port,
-            raw,
-        )
-    });
+    let parent_refs = match route
+        .spec
+        .parent_refs
+        .as_ref()
+        .map(reshape::<_, Vec<HttpRouteParentRefs>>)
+        .transpose()
+    {
+        Ok(refs) => refs.iter().flatten().map(|p| parent_ref(key, p)).collect(),
+        Err(e) => {
+            invalid.push(e);
+            Vec::new()
+        }
+    };
     let mut rules = Vec::new();
     for r in route.spec.rules.iter().flatten() {
         let filters = r
@@ -154,47 +150,40 @@ pub(crate) fn from_grpc(key: &ObjectKey, route: &GrpcRoute) -> RouteSource {
         key,
         &route.metadata,
         route.spec.hostnames.as_deref(),
-        parent_refs.collect(),
+        parent_refs,
         rules,
         invalid,
     )
 }
 
-type RawParent = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-    Option<String>,
-    Option<i32>,
-    Value,
-);
+fn parent_ref(route: &ObjectKey, p: &HttpRouteParentRefs) -> ParentRef {
+    ParentRef {
+        group: p
+            .group
+            .clone()
+            .unwrap_or_else(|| portcullis_api::GATEWAY_GROUP.to_string()),
+        kind: p.kind.clone().unwrap_or_else(|| "Gateway".to_string()),
+        namespace: p
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| route.namespace.clone()),
+        name: p.name.clone(),
+        section_name: p.section_name.clone().filter(|s| !s.is_empty()),
+        port: p.port,
+        raw: serde_json::to_value(p).unwrap_or(Value::Null),
+    }
+}
 
 fn build(
     kind: RouteKind,
     key: &ObjectKey,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     hostnames: Option<&[String]>,
-    parents: Vec<RawParent>,
+    parent_refs: Vec<ParentRef>,
     rules: Vec<RuleSource>,
     invalid: Vec<String>,
 ) -> RouteSource {
-    let parent_refs = parents
-        .into_iter()
-        .map(
-            |(group, kind, namespace, name, section_name, port, raw)| ParentRef {
-                group: group.unwrap_or_else(|| portcullis_api::GATEWAY_GROUP.to_string()),
-                kind: kind.unwrap_or_else(|| "Gateway".to_string()),
-                namespace: namespace
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or_else(|| key.namespace.clone()),
-                name,
-                section_name: section_name.filter(|s| !s.is_empty()),
-                port,
-                raw,
-            },
-        )
-        .collect();
     RouteSource {
         kind,
         key: key.clone(),

@@ -422,3 +422,41 @@ fn all_fixtures_together_compile() {
     assert!(!a.table.ports.is_empty());
     assert_eq!(a.statuses, b.statuses);
 }
+
+#[test]
+fn http_grpc_hostname_conflict() {
+    let c = fixture("http_grpc_hostname_conflict");
+    let api = status(&c, StatusKind::GrpcRoute, Some("default"), "api");
+    assert_eq!(
+        sr(api.parent_condition("gw", None, "Accepted")),
+        is("False", "HostnameConflict")
+    );
+    assert!(
+        api.problems
+            .iter()
+            .any(|p| p.contains("HTTPRoute default/web")),
+        "{:?}",
+        api.problems
+    );
+    assert_eq!(
+        answer(&c, 80, &get("api.example.com", "/pkg.Svc/Call")),
+        "web#0"
+    );
+    assert_eq!(
+        sr(route_status(&c, "web").parent_condition("gw", None, "Accepted")),
+        is("True", "Accepted")
+    );
+    let elsewhere = status(&c, StatusKind::GrpcRoute, Some("default"), "elsewhere");
+    assert_eq!(
+        sr(elsewhere.parent_condition("gw", None, "Accepted")),
+        is("True", "Accepted")
+    );
+    assert_eq!(
+        answer(&c, 80, &get("grpc.example.org", "/pkg.Svc/Call")),
+        "elsewhere#0"
+    );
+    assert_eq!(
+        gateway_status(&c, "gw").status["listeners"][0]["attachedRoutes"],
+        2
+    );
+}

@@ -53,7 +53,7 @@ pub(crate) struct Effective {
 }
 
 /// The more specific of two hostname patterns when one contains the other.
-fn intersect(listener: &HostMatch, route: &HostMatch) -> Option<HostMatch> {
+pub(crate) fn intersect(listener: &HostMatch, route: &HostMatch) -> Option<HostMatch> {
     match (listener, route) {
         (HostMatch::Any, r) => Some(r.clone()),
         (l, HostMatch::Any) => Some(l.clone()),

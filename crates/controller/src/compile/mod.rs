@@ -15,6 +15,7 @@ use crate::snapshot::{ObjectKey, Snapshot};
 use crate::status::{conditions_json, reasons, Condition, StatusKind, StatusUpdate};
 
 mod backends;
+mod conflicts;
 mod filters;
 mod gateway;
 mod hostname;
@@ -101,16 +102,32 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
         .map(|s| route::compile_rules(snapshot, s))
         .collect();
 
+    let mut attachments: Vec<Vec<Attachment>> = sources
+        .iter()
+        .map(|s| {
+            s.parent_refs
+                .iter()
+                .map(|p| route::attach(snapshot, &gateways, s, p))
+                .collect()
+        })
+        .collect();
+    conflicts::resolve_cross_kind(&sources, &compiled, &mut attachments);
+
     let mut placements = Vec::new();
     let mut route_statuses = Vec::new();
-    for (index, (source, rules)) in sources.iter().zip(&compiled).enumerate() {
-        let status = route_status(
-            snapshot,
-            &options.controller_name,
-            &mut gateways,
+    for (index, ((source, rules), attachments)) in
+        sources.iter().zip(&compiled).zip(attachments).enumerate()
+    {
+        let route = RouteOutcome {
             index,
             source,
             rules,
+            attachments,
+        };
+        let status = route_status(
+            &options.controller_name,
+            &mut gateways,
+            route,
             &mut placements,
         );
         if let Some(status) = status {
@@ -132,15 +149,27 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
 
 /// Attaches one route to its parents (recording placements and attached
 /// route counts) and renders its status.
+/// One route with what compile decided about it.
+struct RouteOutcome<'a> {
+    index: usize,
+    source: &'a RouteSource,
+    rules: &'a CompiledRules,
+    /// One per parentRef.
+    attachments: Vec<Attachment>,
+}
+
 fn route_status(
-    snapshot: &Snapshot,
     controller_name: &str,
     gateways: &mut [GatewayState<'_>],
-    index: usize,
-    source: &RouteSource,
-    rules: &CompiledRules,
+    route: RouteOutcome<'_>,
     placements: &mut Vec<Placement>,
 ) -> Option<StatusUpdate> {
+    let RouteOutcome {
+        index,
+        source,
+        rules,
+        attachments,
+    } = route;
     let mut problems = Vec::new();
     let mut parents = Vec::new();
     let resolved = match rules.ref_problems.first() {
@@ -164,8 +193,8 @@ fn route_status(
             )
         }
     };
-    for (pi, parent) in source.parent_refs.iter().enumerate() {
-        let accepted = match route::attach(snapshot, gateways, source, parent) {
+    for (pi, (parent, attachment)) in source.parent_refs.iter().zip(attachments).enumerate() {
+        let accepted = match attachment {
             Attachment::NotOurs(message) => {
                 problems.push(format!("parentRefs[{pi}]: {message}"));
                 continue;

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make e2e`: build what the cluster needs (cached), start the cluster,
+# install the Gateway API CRDs, run the smoke test (then, as they land, our
+# own e2e tests and the conformance suite), and tear everything down, even on
+# failure. Prints the wall time of each phase.
+#
+# E2E_KEEP=1 keeps the cluster running afterwards (stop it with
+#   scripts/cluster.sh down <state dir>, printed at the end).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+S="$E2E_DIR/scripts"
+
+STATE=$(mktemp -d /tmp/portcullis-e2e.XXXXXX)
+ok=0
+finish() {
+  local rc=$?
+  set +e
+  if [[ $ok != 1 ]]; then
+    log "FAILED (exit $rc): logs of every component follow (state kept in $STATE)"
+    for f in "$STATE"/logs/*.log; do
+      [[ -f $f ]] || continue
+      echo "----- tail of $f -----" >&2; tail -n 30 "$f" >&2
+    done
+  fi
+  if [[ ${E2E_KEEP:-0} == 1 && $ok == 1 ]]; then
+    log "cluster kept running: source $STATE/env; stop it with $S/cluster.sh down $STATE"
+  else
+    phase teardown "$S/cluster.sh" down "$STATE"
+    [[ $ok == 1 ]] && rm -rf "$STATE"
+  fi
+  print_phase_times
+  exit "$rc"
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+# One cluster per machine at a time (the bridge and addresses are fixed).
+mkdir -p "$E2E_CACHE"
+exec 9>"$E2E_CACHE/cluster.lock"
+flock -w 900 9 || die "another e2e cluster has been running on this machine for 15 minutes (lock $E2E_CACHE/cluster.lock)"
+
+phase build-k8s "$S/build-tools.sh" >/dev/null
+phase build-echo "$S/build-echo.sh" >/dev/null
+phase build-agent "$S/build-agent.sh" >/dev/null
+phase cluster-up "$S/cluster.sh" up "$STATE"
+source "$STATE/env"
+phase crds "$S/install-crds.sh"
+phase smoke "$S/smoke.sh"
+ok=1

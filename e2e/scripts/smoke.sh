@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Smoke test of the e2e cluster: a Deployment of the conformance echo server
+# behind a LoadBalancer Service, reached from the host by pod IP and by the
+# LoadBalancer address. Needs `source STATE/env`.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+: "${KUBECONFIG:?source the cluster env first}"
+NS=e2e-smoke
+
+kubectl create namespace "$NS" >/dev/null
+kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers:
+      - name: echo
+        image: gcr.io/k8s-staging-gateway-api/echo-basic:v20260204-monthly-2026.01-60-g28382302
+        env:
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+        readinessProbe:
+          httpGet: {path: /, port: 3000}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  type: LoadBalancer
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 8080, targetPort: 3000}
+YAML
+
+kubectl -n "$NS" rollout status deployment/echo --timeout=60s >&2 || {
+  kubectl -n "$NS" get pods -o wide >&2; kubectl -n "$NS" describe pods >&2; die "echo deployment did not become available"; }
+
+ready_endpoints() {
+  kubectl -n "$NS" get endpointslices -l kubernetes.io/service-name=echo \
+    -o jsonpath='{range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]}{"\n"}{end}' | grep -c .
+}
+wait_for "2 ready endpoints in the EndpointSlice of service echo" 30 test "$(ready_endpoints)" = 2 \
+  || { kubectl -n "$NS" get endpointslices -o yaml >&2; die "EndpointSlice not populated"; }
+
+mapfile -t pods < <(kubectl -n "$NS" get pods -l app=echo -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP}{"\n"}{end}')
+((${#pods[@]} == 2)) || die "expected 2 pods, got: ${pods[*]}"
+seen_ips=()
+for line in "${pods[@]}"; do
+  read -r name ip <<<"$line"
+  [[ $ip == 198.18.* ]] || die "pod $name has IP '$ip', not from the pod CIDR"
+  body=$(curl -sS --max-time 5 "http://$ip:3000/smoke?x=1") || die "curl to pod $name at $ip:3000 failed"
+  python3 - "$body" "$name" "$NS" <<'PY' || die "unexpected echo from pod $name: $body"
+import json, sys
+b, pod, ns = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+assert b["path"] == "/smoke?x=1", b
+assert b["pod"] == pod, (b["pod"], pod)
+assert b["namespace"] == ns, b
+PY
+  seen_ips+=("$ip")
+  log "pod $name at $ip echoes correctly"
+done
+[[ ${seen_ips[0]} != "${seen_ips[1]}" ]] || die "both pods got the same IP"
+
+lb=""
+wait_for "LoadBalancer address of service echo" 30 \
+  bash -c "kubectl -n $NS get svc echo -o jsonpath='{.status.loadBalancer.ingress[0].ip}' | grep -q ." \
+  || die "service echo got no LoadBalancer address"
+lb=$(kubectl -n "$NS" get svc echo -o jsonpath='{.status.loadBalancer.ingress[0].ip}')
+declare -A hits=()
+for i in $(seq 1 6); do
+  body=$(curl -sS --max-time 5 "http://$lb:8080/lb") || die "curl to LoadBalancer $lb:8080 failed"
+  pod=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["pod"])' "$body")
+  hits[$pod]=1
+done
+((${#hits[@]} == 2)) || die "LoadBalancer $lb reached ${!hits[*]} only, expected both pods"
+log "LoadBalancer $lb:8080 reaches both pods"
+
+# Container logs through the API server -> kubelet API path.
+first=${pods[0]%% *}
+kubectl -n "$NS" logs "$first" --tail=5 >/dev/null || die "kubectl logs failed"
+log "kubectl logs works"
+
+# Deleting the namespace stops the processes and frees the pod network.
+kubectl delete namespace "$NS" --timeout=60s >/dev/null || die "namespace $NS was not deleted in 60s"
+for line in "${pods[@]}"; do
+  read -r _ ip <<<"$line"
+  if curl -s --max-time 1 "http://$ip:3000/" >/dev/null; then die "pod at $ip still answers after deletion"; fi
+done
+log "smoke test passed"

@@ -13,8 +13,12 @@ BIN := $(CARGO_TARGET_DIR)/release/portcullis
 build:
 	$(CARGO) build --release -p portcullis
 
+# Serves examples/quickstart on 127.0.0.1:8080, with the echo backend it
+# routes to on 127.0.0.1:3000 and the admin listener on 127.0.0.1:9901.
 run: build
-	$(BIN) run --config-dir examples/quickstart
+	@$(BIN) echo --listen 127.0.0.1:3000 & echo_pid=$$!; \
+	trap 'kill $$echo_pid 2>/dev/null' EXIT INT TERM; \
+	$(BIN) run --config-dir examples/quickstart --bind 127.0.0.1 --admin 127.0.0.1:9901
 
 # Test prerequisites: nothing beyond cargo yet (tests generate their own
 # certificates and start their own servers).
@@ -32,7 +36,7 @@ deps-bench:
 	@bash scripts/install-deps.sh bench
 
 bench: deps-bench build
-	$(CARGO) bench --workspace
+	$(CARGO) bench -p portcullis-tests
 	bash bench/load.sh
 
 e2e:

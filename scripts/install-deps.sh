@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system packages a make target needs, only when missing.
+# Usage: install-deps.sh bench|test
+set -euo pipefail
+
+need=()
+case "${1:-}" in
+  bench) cmds=(wrk:wrk nginx:nginx-light h2load:nghttp2-client curl:curl) ;;
+  test) cmds=(curl:curl) ;;
+  *) echo "usage: $0 bench|test" >&2; exit 2 ;;
+esac
+for pair in "${cmds[@]}"; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "installing: ${need[*]}" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null

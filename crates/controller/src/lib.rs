@@ -4,9 +4,9 @@
 //! [`StatusUpdate`] per object.
 //!
 //! ```text
-//! YAML directory (file::FileProvider) ─┐
-//! Kubernetes watch (later)            ─┴─> Snapshot ─> compile() ─┬─> RouteTable ─> data plane
-//!                                                                  └─> StatusUpdates ─> status writer / `validate`
+//! YAML directory (file::FileProvider)    ─┐
+//! Kubernetes watch (kube::KubeProvider)  ─┴─> Snapshot ─> compile() ─┬─> RouteTable ─> data plane
+//!                                                                    └─> StatusUpdates ─> status writer / `validate`
 //! ```
 //!
 //! Contract of the statuses:
@@ -24,10 +24,12 @@
 //! Module map: [`snapshot`] (objects by kind, YAML decoding), [`compile`]
 //! (gateways and listeners, route attachment, matches, filters, backends,
 //! precedence, table layout), [`status`] (status types and reasons),
-//! [`file`] (directory provider and `load_dir`).
+//! [`file`] (directory provider and `load_dir`), [`kube`] (watches, status
+//! writer, leader election).
 
 pub mod compile;
 pub mod file;
+pub mod kube;
 pub mod snapshot;
 pub mod status;
 

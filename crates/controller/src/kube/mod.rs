@@ -1,0 +1,27 @@
+//! The Kubernetes side of the controller.
+//!
+//! ```text
+//! watcher per kind ─(Change)─> Stores (= Snapshot) ─(debounced)─> compile() ─┬─> Arc<RouteTable>        (tables)
+//!                                                                             ├─> Vec<StatusUpdate>      (statuses)
+//!                                                                             └─> StatusInputs ─> writer (leader only)
+//! Lease ─> leader::Elector ─> leading: watch<bool> ───────────────────────────────────────────────────┘
+//! ```
+//!
+//! - [`store`]: watcher events applied to the Snapshot; relists swap a kind
+//!   atomically; "every kind listed" gate (pure, unit-tested).
+//! - [`provider`]: the watchers and the compile loop; [`KubeProviderHandle`]
+//!   has the shape of [`crate::file::FileProviderHandle`].
+//! - [`status_patch`]: merge of compiled statuses into observed ones,
+//!   transition times, "did anything change" (pure, unit-tested).
+//! - [`writer`]: the status writer loop (leader only).
+//! - [`leader`]: Lease-based leader election, its rules as a pure state
+//!   machine.
+
+pub mod leader;
+pub mod provider;
+pub mod status_patch;
+pub mod store;
+pub mod writer;
+
+pub use provider::{KubeProvider, KubeProviderConfig, KubeProviderHandle};
+pub use writer::StatusInputs;

@@ -1,0 +1,355 @@
+//! The Kubernetes provider: one kube-runtime watcher per kind feeding the
+//! [`Stores`], a compile loop that coalesces changes and publishes tables
+//! and statuses over `tokio::sync::watch`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use portcullis_model::RouteTable;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::store::{Change, Effect, Kind, Stores};
+use super::writer::{observe, StatusInputs};
+use crate::snapshot::{KubeObject, ObjectKey};
+use crate::status::StatusUpdate;
+use crate::{compile, CompileOptions};
+
+/// How the provider watches and compiles.
+#[derive(Debug, Clone)]
+pub struct KubeProviderConfig {
+    pub options: CompileOptions,
+    /// A batch of changes is compiled once no new change arrived for this
+    /// long...
+    pub quiet: Duration,
+    /// ...or once the batch is this old, whichever comes first.
+    pub max_delay: Duration,
+    /// Publish the observed statuses for a status writer (controller
+    /// mode); proxies do not need them.
+    pub observe_status: bool,
+}
+
+impl KubeProviderConfig {
+    pub fn new(options: CompileOptions) -> KubeProviderConfig {
+        KubeProviderConfig {
+            options,
+            quiet: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+            observe_status: false,
+        }
+    }
+}
+
+/// Receivers of what the provider publishes, the same shape as
+/// [`crate::file::FileProviderHandle`]. Dropping the handle stops the
+/// watchers and the compile loop.
+///
+/// Until every watcher has completed its first list, `tables` holds an
+/// empty table of generation 0 and `synced` is false: wait for
+/// [`KubeProviderHandle::wait_synced`] before serving `tables`.
+#[derive(Debug)]
+pub struct KubeProviderHandle {
+    pub tables: watch::Receiver<Arc<RouteTable>>,
+    pub statuses: watch::Receiver<Arc<Vec<StatusUpdate>>>,
+    /// Compiled statuses with the statuses the API server has, for the
+    /// status writer (only filled with `observe_status`).
+    pub status_inputs: watch::Receiver<Arc<StatusInputs>>,
+    pub synced: watch::Receiver<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl KubeProviderHandle {
+    /// Resolves once the first complete table is published.
+    pub async fn wait_synced(&mut self) {
+        let _ = self.synced.wait_for(|s| *s).await;
+    }
+
+    /// Stops watching (also done on drop).
+    pub fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for KubeProviderHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Watches the cluster and publishes compiled tables.
+pub struct KubeProvider;
+
+impl KubeProvider {
+    /// Starts the watchers and the compile loop on the current runtime.
+    pub fn spawn(client: Client, config: KubeProviderConfig) -> KubeProviderHandle {
+        let (change_tx, change_rx) = mpsc::channel(4096);
+        let mut tasks = Vec::new();
+        let all = || watcher::Config::default();
+        let gateway_config = match &config.options.gateway {
+            // Proxy mode: only our own Gateway.
+            Some(ObjectKey { namespace, name }) => all().fields(&format!(
+                "metadata.namespace={namespace},metadata.name={name}"
+            )),
+            None => all(),
+        };
+        tasks.push(watch_kind::<GatewayClass>(
+            Api::all(client.clone()),
+            all(),
+            Kind::GatewayClass,
+            KubeObject::GatewayClass,
+            change_tx.clone(),
+        ));
+        tasks.push(watch_kind::<Gateway>(
+            Api::all(client.clone()),
+            gateway_config,
+            Kind::Gateway,
+            KubeObject::Gateway,
+            change_tx.clone(),
+        ));
+        tasks.push(watch_kind::<HttpRoute>(
+            Api::all(client.clone()),
+            all(),
+            Kind::HttpRoute,
+            KubeObject::HttpRoute,
+            change_tx.clone(),
+        ));
+        tasks.push(watch_kind::<GrpcRoute>(
+            Api::all(client.clone()),
+            all(),
+            Kind::GrpcRoute,
+            KubeObject::GrpcRoute,
+            change_tx.clone(),
+        ));
+        tasks.push(watch_kind::<ReferenceGrant>(
+            Api::all(client.clone()),
+            all(),
+            Kind::ReferenceGrant,
+            KubeObject::ReferenceGrant,
+            change_tx.clone(),
+        ));
+        tasks.push(watch_kind::<Service>(
+            Api::all(client.clone()),
+            all(),
+            Kind::Service,
+            KubeObject::Service,
+            change_tx.clone(),
+        ));
+        // Slices not owned by a Service cannot be a backend.
+        tasks.push(watch_kind::<EndpointSlice>(
+            Api::all(client.clone()),
+            all().labels("kubernetes.io/service-name"),
+            Kind::EndpointSlice,
+            KubeObject::EndpointSlice,
+            change_tx.clone(),
+        ));
+        // Only TLS Secrets: certificates are all compile reads from Secrets.
+        tasks.push(watch_kind::<Secret>(
+            Api::all(client.clone()),
+            all().fields("type=kubernetes.io/tls"),
+            Kind::Secret,
+            KubeObject::Secret,
+            change_tx.clone(),
+        ));
+        tasks.push(watch_kind::<ConfigMap>(
+            Api::all(client.clone()),
+            all(),
+            Kind::ConfigMap,
+            KubeObject::ConfigMap,
+            change_tx.clone(),
+        ));
+        tasks.push(watch_kind::<Namespace>(
+            Api::all(client),
+            all(),
+            Kind::Namespace,
+            KubeObject::Namespace,
+            change_tx,
+        ));
+
+        let (table_tx, tables) = watch::channel(Arc::new(RouteTable::default()));
+        let (status_tx, statuses) = watch::channel(Arc::new(Vec::new()));
+        let (inputs_tx, status_inputs) = watch::channel(Arc::new(StatusInputs::default()));
+        let (synced_tx, synced) = watch::channel(false);
+        let publish = Publish {
+            tables: table_tx,
+            statuses: status_tx,
+            inputs: inputs_tx,
+            synced: synced_tx,
+        };
+        tasks.push(tokio::spawn(compile_loop(
+            change_rx,
+            Stores::new(Kind::ALL),
+            config,
+            publish,
+        )));
+        KubeProviderHandle {
+            tables,
+            statuses,
+            status_inputs,
+            synced,
+            tasks,
+        }
+    }
+}
+
+/// Runs one watcher, turning its events into [`Change`]s. The watcher
+/// re-lists and re-watches by itself after errors (with kube-runtime's
+/// default backoff); errors are logged, the first at once and then at most
+/// every 30 seconds per kind.
+fn watch_kind<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    wrap: fn(K) -> KubeObject,
+    changes: mpsc::Sender<Change>,
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let stream = watcher::watcher(api, config).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        let mut last_error_log: Option<Instant> = None;
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            let change = match event {
+                Ok(Event::Init) => Change::Relisting(kind),
+                Ok(Event::InitApply(o)) => Change::Listed(wrap(o)),
+                Ok(Event::InitDone) => Change::Synced(kind),
+                Ok(Event::Apply(o)) => Change::Applied(wrap(o)),
+                Ok(Event::Delete(o)) => Change::Deleted(wrap(o)),
+                Err(e) => {
+                    failing = true;
+                    if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                        tracing::warn!(%kind, error = %e, "cannot watch {kind} (is the CRD installed, and may this service account list and watch it?); serving the last configuration and retrying");
+                        last_error_log = Some(Instant::now());
+                    }
+                    continue;
+                }
+            };
+            if failing {
+                tracing::info!(%kind, "watching {kind} again");
+                failing = false;
+                last_error_log = None;
+            }
+            if changes.send(change).await.is_err() {
+                return; // the compile loop is gone: shutting down
+            }
+        }
+    })
+}
+
+struct Publish {
+    tables: watch::Sender<Arc<RouteTable>>,
+    statuses: watch::Sender<Arc<Vec<StatusUpdate>>>,
+    inputs: watch::Sender<Arc<StatusInputs>>,
+    synced: watch::Sender<bool>,
+}
+
+/// Applies changes in batches: a batch ends when no change came for
+/// `quiet`, or when it is `max_delay` old. Nothing is published before
+/// every kind has done its first list.
+async fn compile_loop(
+    mut changes: mpsc::Receiver<Change>,
+    mut stores: Stores,
+    config: KubeProviderConfig,
+    publish: Publish,
+) {
+    let mut options = config.options.clone();
+    let mut statuses: Arc<Vec<StatusUpdate>> = Arc::new(Vec::new());
+    let mut last_wait_log = Instant::now();
+    loop {
+        let Some(first) = changes.recv().await else {
+            return;
+        };
+        let started = Instant::now();
+        let mut effect = stores.apply(first);
+        let mut closed = false;
+        while started.elapsed() < config.max_delay {
+            match next_within(&mut changes, config.quiet).await {
+                Some(Some(change)) => effect = effect.max(stores.apply(change)),
+                Some(None) => {
+                    closed = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !stores.is_synced() {
+            if last_wait_log.elapsed() >= Duration::from_secs(10) {
+                tracing::info!(waiting_for = ?stores.unsynced(), "waiting for the first list of every kind before publishing a table");
+                last_wait_log = Instant::now();
+            }
+        } else if effect == Effect::Compile || !*publish.synced.borrow() {
+            options.generation += 1;
+            let compiling = Instant::now();
+            let compiled = compile(stores.snapshot(), &options);
+            let compile_time = compiling.elapsed();
+            statuses = Arc::new(compiled.statuses);
+            let routes = stores.snapshot().http_routes.len() + stores.snapshot().grpc_routes.len();
+            let _ = publish.tables.send(Arc::new(compiled.table));
+            let _ = publish.statuses.send(statuses.clone());
+            if config.observe_status {
+                let observed = observe(stores.snapshot(), &statuses);
+                let _ = publish.inputs.send(Arc::new(StatusInputs {
+                    statuses: statuses.clone(),
+                    observed,
+                }));
+            }
+            if !*publish.synced.borrow() {
+                tracing::info!(routes, "first complete table published");
+                let _ = publish.synced.send(true);
+            }
+            tracing::debug!(
+                generation = options.generation,
+                routes,
+                compile_ms = compile_time.as_secs_f64() * 1000.0,
+                batch_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "configuration compiled"
+            );
+        } else if effect == Effect::StatusOnly && config.observe_status {
+            let observed = observe(stores.snapshot(), &statuses);
+            let _ = publish.inputs.send(Arc::new(StatusInputs {
+                statuses: statuses.clone(),
+                observed,
+            }));
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+/// The next change if one arrives within `quiet`: `Some(Some(change))`;
+/// `Some(None)` when the channel closed; `None` on timeout.
+async fn next_within(
+    changes: &mut mpsc::Receiver<Change>,
+    quiet: Duration,
+) -> Option<Option<Change>> {
+    // Take what is already queued without touching the timer.
+    match changes.try_recv() {
+        Ok(change) => return Some(Some(change)),
+        Err(mpsc::error::TryRecvError::Disconnected) => return Some(None),
+        Err(mpsc::error::TryRecvError::Empty) => {}
+    }
+    timeout(quiet, changes.recv()).await
+}
+
+async fn timeout<T>(duration: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(duration, fut).await.ok()
+}

@@ -29,7 +29,8 @@ build_date=${build_date:-1970-01-01T00:00:00Z}
 ld="-s -w"
 for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
   ld+=" -X '$pkg.gitVersion=$KUBE_VERSION' -X '$pkg.gitMajor=$MAJOR' -X '$pkg.gitMinor=$MINOR'"
-  ld+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=$build_date'"
+  # The module proxy has no git commit: say where the source came from instead.
+  ld+=" -X '$pkg.gitTreeState=clean' -X '$pkg.buildDate=$build_date' -X '$pkg.gitCommit=module-k8s.io/kubernetes@$KUBE_VERSION'"
 done
 tmp="$out.tmp.$$"
 rm -rf "$tmp"; mkdir -p "$tmp"

@@ -39,7 +39,7 @@ start() {
 
 alive() { # alive NAME: the recorded process still runs
   local pid; pid=$(awk -v n="$1" '$1==n {print $2}' "$STATE/pids" | tail -1)
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+  [[ -n $pid ]] && running "$pid"
 }
 
 # wait_up NAME TIMEOUT CMD...: like wait_for, but fails fast if NAME died.
@@ -88,18 +88,27 @@ net_cleanup() {
   ip link del "$BRIDGE" 2>/dev/null || true
 }
 
+# running PID: exists and is not a zombie (PID 1 here may reap orphans late).
+running() {
+  local st
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [[ -n $st && $st != Z ]]
+}
+
 stop_recorded() { # stop every process in STATE/pids, newest first
   local dir=$1
   [[ -f $dir/pids ]] || return 0
   local name pid
   tac "$dir/pids" | while read -r name pid; do
-    kill -0 "$pid" 2>/dev/null || continue
+    running "$pid" || continue
+    local t0; t0=$(now_ms)
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then
+    for _ in $(seq 1 100); do running "$pid" || break; sleep 0.1; done
+    if running "$pid"; then
       log "$name (pid $pid) did not stop in 10s: SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
     fi
+    log "stopped $name in $(( $(now_ms) - t0 )) ms"
   done
   : >"$dir/pids.stopped"; mv "$dir/pids" "$dir/pids.stopped"
 }

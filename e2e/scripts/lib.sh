@@ -23,8 +23,9 @@ phase() {
   local rc=0
   "$@" || rc=$?
   local dt=$(( $(now_ms) - t0 ))
-  PHASE_TIMES+=("$(printf '%-14s %7.1fs %s' "$name" "$(bc <<<"scale=1; $dt/1000" 2>/dev/null || echo $((dt/1000)))" "$([ $rc = 0 ] && echo ok || echo FAILED)")")
-  log "phase $name: $([ $rc = 0 ] && echo done || echo FAILED) in $((dt/1000)).$(( (dt%1000)/100 ))s"
+  local secs="$((dt / 1000)).$(( (dt % 1000) / 100 ))"
+  PHASE_TIMES+=("$(printf '%-14s %8ss  %s' "$name" "$secs" "$([ $rc = 0 ] && echo ok || echo FAILED)")")
+  log "phase $name: $([ $rc = 0 ] && echo done || echo FAILED) in ${secs}s"
   return $rc
 }
 print_phase_times() {

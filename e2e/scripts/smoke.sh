@@ -45,7 +45,8 @@ ready_endpoints() {
   kubectl -n "$NS" get endpointslices -l kubernetes.io/service-name=echo \
     -o jsonpath='{range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]}{"\n"}{end}' | grep -c .
 }
-wait_for "2 ready endpoints in the EndpointSlice of service echo" 30 test "$(ready_endpoints)" = 2 \
+two_ready_endpoints() { [[ $(ready_endpoints) == 2 ]]; }
+wait_for "2 ready endpoints in the EndpointSlice of service echo" 30 two_ready_endpoints \
   || { kubectl -n "$NS" get endpointslices -o yaml >&2; die "EndpointSlice not populated"; }
 
 mapfile -t pods < <(kubectl -n "$NS" get pods -l app=echo -o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP}{"\n"}{end}')
@@ -86,10 +87,14 @@ first=${pods[0]%% *}
 kubectl -n "$NS" logs "$first" --tail=5 >/dev/null || die "kubectl logs failed"
 log "kubectl logs works"
 
-# Deleting the namespace stops the processes and frees the pod network.
-kubectl delete namespace "$NS" --timeout=60s >/dev/null || die "namespace $NS was not deleted in 60s"
+# Pods that go away take their processes and addresses with them.
+kubectl -n "$NS" scale deployment echo --replicas=0 >/dev/null
+no_echo_pods() { [[ -z $(kubectl -n "$NS" get pods -l app=echo -o name) ]]; }
+wait_for "echo pods to be deleted" 60 no_echo_pods \
+  || { kubectl -n "$NS" get pods -o wide >&2; die "echo pods were not deleted within 60s"; }
 for line in "${pods[@]}"; do
   read -r _ ip <<<"$line"
   if curl -s --max-time 1 "http://$ip:3000/" >/dev/null; then die "pod at $ip still answers after deletion"; fi
 done
+kubectl delete namespace "$NS" --wait=false >/dev/null
 log "smoke test passed"

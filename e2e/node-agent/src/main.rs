@@ -68,7 +68,7 @@ async fn run() -> Result<()> {
         }
     });
 
-    let mut workers: HashMap<String, tokio::sync::mpsc::UnboundedSender<pod::Msg>> = HashMap::new();
+    let mut workers: HashMap<String, Worker> = HashMap::new();
     let pods: Api<Pod> = Api::all(client.clone());
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let stream = watcher(pods, wc);
@@ -92,7 +92,7 @@ async fn run() -> Result<()> {
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(seen) = relist.take() {
-                    workers.retain(|uid, tx| {
+                    workers.retain(|uid, (tx, _)| {
                         if seen.contains(uid) {
                             true
                         } else {
@@ -104,7 +104,7 @@ async fn run() -> Result<()> {
             }
             Ok(watcher::Event::Apply(p)) => upsert(&sh, &mut workers, p),
             Ok(watcher::Event::Delete(p)) => {
-                if let Some(tx) = workers.remove(&p.uid().unwrap_or_default()) {
+                if let Some((tx, _)) = workers.remove(&p.uid().unwrap_or_default()) {
                     let _ = tx.send(pod::Msg::Gone);
                 }
             }
@@ -115,17 +115,24 @@ async fn run() -> Result<()> {
         }
     }
     info!("shutting down: stopping every pod");
-    for (_, tx) in workers.drain() {
+    let mut handles = vec![];
+    for (_, (tx, h)) in workers.drain() {
         let _ = tx.send(pod::Msg::Gone);
+        handles.push(h);
     }
-    // Give the workers a moment to kill their process groups and delete netns.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Bounded: the workers kill their process groups and delete their netns.
+    let all = futures_util::future::join_all(handles);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), all).await.is_err() {
+        warn!("some pods did not stop within 10s");
+    }
     Ok(())
 }
 
-fn upsert(sh: &Arc<pod::Shared>, workers: &mut HashMap<String, tokio::sync::mpsc::UnboundedSender<pod::Msg>>, p: Pod) {
+type Worker = (tokio::sync::mpsc::UnboundedSender<pod::Msg>, tokio::task::JoinHandle<()>);
+
+fn upsert(sh: &Arc<pod::Shared>, workers: &mut HashMap<String, Worker>, p: Pod) {
     let uid = p.uid().unwrap_or_default();
-    if let Some(tx) = workers.get(&uid) {
+    if let Some((tx, _)) = workers.get(&uid) {
         if tx.send(pod::Msg::Update(Box::new(p.clone()))).is_ok() {
             return;
         }

@@ -154,9 +154,10 @@ pub struct Worker {
     start_time: Time,
     setup_error: Option<(String, String)>,
     next_setup: Instant,
+    created_paths: Vec<PathBuf>,
 }
 
-pub fn spawn(sh: Arc<Shared>, pod: Pod) -> mpsc::UnboundedSender<Msg> {
+pub fn spawn(sh: Arc<Shared>, pod: Pod) -> (mpsc::UnboundedSender<Msg>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -184,9 +185,10 @@ pub fn spawn(sh: Arc<Shared>, pod: Pod) -> mpsc::UnboundedSender<Msg> {
         start_time: now(),
         setup_error: None,
         next_setup: Instant::now(),
+        created_paths: vec![],
     };
-    tokio::spawn(w.run(rx));
-    tx
+    let handle = tokio::spawn(w.run(rx));
+    (tx, handle)
 }
 
 impl Worker {
@@ -341,7 +343,8 @@ impl Worker {
         let netns = std::fs::File::open(net::netns_path(&self.uid)).context("opening the pod's netns")?;
         let mut mnts: Vec<(CString, CString, bool)> = vec![];
         for m in &mounts {
-            prepare_mount_point(m)?;
+            let created = prepare_mount_point(m)?;
+            self.created_paths.extend(created);
             mnts.push((cstr(m.src.as_os_str().as_bytes())?, cstr(m.dst.as_os_str().as_bytes())?, m.read_only));
         }
         let hostname = cstr(self.name.as_bytes())?;
@@ -731,6 +734,9 @@ impl Worker {
             c.stop_tasks();
         }
         net::teardown_pod(&self.uid).await;
+        remove_mount_points(&self.created_paths);
+        // Volumes go; container logs stay in the state dir for post-mortems.
+        let _ = std::fs::remove_dir_all(self.dir.join("volumes"));
         if let Some(ip) = self.ip.take() {
             self.sh.ips.release(ip);
         }
@@ -778,17 +784,42 @@ fn cstr(b: &[u8]) -> Result<CString> {
 
 /// The mount point must exist (on the host; the mount itself is private to
 /// the container): a directory for a directory, an empty file for a file.
-fn prepare_mount_point(m: &Mount) -> Result<()> {
+/// Returns what it created, so that it can be removed when the pod goes.
+fn prepare_mount_point(m: &Mount) -> Result<Vec<PathBuf>> {
+    let mut created = vec![];
     if m.dst.exists() {
-        return Ok(());
+        return Ok(created);
     }
-    if m.src.is_dir() {
-        std::fs::create_dir_all(&m.dst).with_context(|| format!("creating mount point {}", m.dst.display()))
-    } else {
-        if let Some(p) = m.dst.parent() {
-            std::fs::create_dir_all(p)?;
+    let dir = if m.src.is_dir() { m.dst.as_path() } else { m.dst.parent().unwrap_or(std::path::Path::new("/")) };
+    let mut missing = vec![];
+    let mut p = Some(dir);
+    while let Some(d) = p {
+        if d.exists() {
+            break;
         }
-        std::fs::write(&m.dst, b"").with_context(|| format!("creating mount point {}", m.dst.display()))
+        missing.push(d.to_path_buf());
+        p = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        std::fs::create_dir(&d).with_context(|| format!("creating mount point {}", d.display()))?;
+        created.push(d);
+    }
+    if !m.src.is_dir() {
+        std::fs::write(&m.dst, b"").with_context(|| format!("creating mount point {}", m.dst.display()))?;
+        created.push(m.dst.clone());
+    }
+    Ok(created)
+}
+
+/// Removes mount points created for a pod, deepest first, only while they are
+/// still empty (another pod may be using the same path: then they stay).
+fn remove_mount_points(paths: &[PathBuf]) {
+    for p in paths.iter().rev() {
+        if p.is_dir() {
+            let _ = std::fs::remove_dir(p);
+        } else if std::fs::metadata(p).map(|m| m.len() == 0).unwrap_or(false) {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

@@ -2,7 +2,10 @@
 //! can start the same servers in-process.
 
 pub mod admin;
+pub mod controller_cmd;
 pub mod echo;
+pub mod kube_client;
+pub mod proxy_cmd;
 pub mod standalone;
 pub mod validate;
 pub mod websocket;

@@ -38,6 +38,46 @@ enum Command {
     /// Compile a directory once and print every object's status; exits
     /// non-zero when anything is invalid.
     Validate { dir: PathBuf },
+    /// The Kubernetes controller: watches the cluster, compiles, and as
+    /// leader (a Lease) writes Gateway API status. Kubeconfig from
+    /// --kubeconfig, KUBECONFIG, ~/.kube/config or the pod's service account.
+    Controller {
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// GatewayClasses with this spec.controllerName are ours.
+        #[arg(long, default_value = portcullis_api::CONTROLLER_NAME)]
+        controller_name: String,
+        /// Namespace of the leader Lease (default: the pod's, from
+        /// POD_NAMESPACE).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
+        leader_election_namespace: String,
+        #[arg(long, default_value = "portcullis-controller")]
+        lease_name: String,
+        /// Write status without an election (one replica only).
+        #[arg(long)]
+        no_leader_election: bool,
+        /// Admin listener: /healthz /readyz /config_dump /status.
+        #[arg(long, default_value = "0.0.0.0:9902")]
+        admin: SocketAddr,
+    },
+    /// The data plane of one Gateway: watches the cluster, compiles only
+    /// that Gateway and serves it. Never writes to the API server.
+    Proxy {
+        /// The Gateway to serve, as NAMESPACE/NAME.
+        #[arg(long, value_parser = portcullis::proxy_cmd::parse_gateway)]
+        gateway: portcullis_controller::ObjectKey,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[arg(long, default_value = portcullis_api::CONTROLLER_NAME)]
+        controller_name: String,
+        /// Address the Gateway listener ports are bound on.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: IpAddr,
+        /// Admin listener: /healthz /readyz /config_dump /status (up, and
+        /// ready, once the first complete table is served).
+        #[arg(long, default_value = "0.0.0.0:9901")]
+        admin: SocketAddr,
+    },
     /// An echo backend answering with a JSON description of each request
     /// (the Gateway API conformance echo format).
     Echo {
@@ -47,8 +87,11 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -59,18 +102,64 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Validate { dir } => match portcullis::validate::validate(&dir, &mut std::io::stdout()) {
-            Ok(0) => ExitCode::SUCCESS,
-            Ok(_) => ExitCode::FAILURE,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
+        Command::Validate { dir } => {
+            match portcullis::validate::validate(&dir, &mut std::io::stdout()) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
             }
-        },
-        Command::Run { config_dir, bind, admin } => run_async(async move {
+        }
+        Command::Run {
+            config_dir,
+            bind,
+            admin,
+        } => run_async(async move {
             let _running = portcullis::standalone::start(config_dir, bind, admin, None).await?;
             shutdown_signal().await;
             tracing::info!("shutting down");
+            Ok(())
+        }),
+        Command::Controller {
+            kubeconfig,
+            controller_name,
+            leader_election_namespace,
+            lease_name,
+            no_leader_election,
+            admin,
+        } => {
+            let args = portcullis::controller_cmd::ControllerArgs {
+                kubeconfig,
+                controller_name,
+                leader_election: (!no_leader_election)
+                    .then_some((leader_election_namespace, lease_name)),
+                admin,
+            };
+            run_async(portcullis::controller_cmd::run(args, shutdown_signal()))
+        }
+        Command::Proxy {
+            gateway,
+            kubeconfig,
+            controller_name,
+            bind,
+            admin,
+        } => run_async(async move {
+            let args = portcullis::proxy_cmd::ProxyArgs {
+                kubeconfig,
+                gateway,
+                controller_name,
+                bind,
+                admin,
+            };
+            let proxy = tokio::select! {
+                proxy = portcullis::proxy_cmd::start(args) => proxy?,
+                _ = shutdown_signal() => return Ok(()),
+            };
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            drop(proxy);
             Ok(())
         }),
         Command::Echo { listen } => run_async(portcullis::echo::run(listen)),
@@ -78,7 +167,10 @@ fn main() -> ExitCode {
 }
 
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");
@@ -99,7 +191,9 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

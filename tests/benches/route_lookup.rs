@@ -49,7 +49,11 @@ endpoints: [{addresses: [127.0.0.1]}]
 fn snapshot(n: usize, one_host: bool) -> Snapshot {
     let mut yaml = base();
     for i in 0..n {
-        let host = if one_host { "shared.example.com".to_string() } else { format!("svc-{i}.example.com") };
+        let host = if one_host {
+            "shared.example.com".to_string()
+        } else {
+            format!("svc-{i}.example.com")
+        };
         yaml.push_str(&format!(
             "---
 apiVersion: gateway.networking.k8s.io/v1
@@ -77,7 +81,10 @@ spec:
 
 fn table(snapshot: &Snapshot) -> Arc<RouteTable> {
     let compiled = compile(snapshot, &CompileOptions::default());
-    assert!(!compiled.table.ports.is_empty(), "bench config compiled to no ports");
+    assert!(
+        !compiled.table.ports.is_empty(),
+        "bench config compiled to no ports"
+    );
     Arc::new(compiled.table)
 }
 
@@ -85,17 +92,33 @@ fn lookup(c: &mut Criterion) {
     let headers = HeaderMap::new();
     let method = Method::GET;
     for one_host in [false, true] {
-        let shape = if one_host { "lookup_one_host" } else { "lookup_host_per_route" };
+        let shape = if one_host {
+            "lookup_one_host"
+        } else {
+            "lookup_host_per_route"
+        };
         let mut group = c.benchmark_group(shape);
         for n in SIZES {
             let routes = PortRoutes::new(table(&snapshot(n, one_host)), 0);
             // The last route: the worst position for any linear scan.
             let i = n - 1;
-            let host = if one_host { "shared.example.com".to_string() } else { format!("svc-{i}.example.com") };
+            let host = if one_host {
+                "shared.example.com".to_string()
+            } else {
+                format!("svc-{i}.example.com")
+            };
             let path = format!("/r{i}/items/42");
-            let req = RequestParts { host: &host, path: &path, query: None, method: &method, headers: &headers };
+            let req = RequestParts {
+                host: &host,
+                path: &path,
+                query: None,
+                method: &method,
+                headers: &headers,
+            };
             assert!(routes.lookup(&req).is_some(), "bench request must match");
-            group.bench_with_input(BenchmarkId::from_parameter(n), &req, |b, req| b.iter(|| black_box(routes.lookup(black_box(req)))));
+            group.bench_with_input(BenchmarkId::from_parameter(n), &req, |b, req| {
+                b.iter(|| black_box(routes.lookup(black_box(req))))
+            });
         }
         group.finish();
     }
@@ -106,7 +129,9 @@ fn compile_time(c: &mut Criterion) {
     group.sample_size(10);
     for n in SIZES {
         let snap = snapshot(n, false);
-        group.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| b.iter(|| black_box(compile(snap, &CompileOptions::default()))));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| {
+            b.iter(|| black_box(compile(snap, &CompileOptions::default())))
+        });
     }
     group.finish();
 }

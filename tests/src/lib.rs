@@ -30,7 +30,11 @@ pub fn free_listener() -> std::net::TcpListener {
 pub async fn start_echo(pod: &str) -> SocketAddr {
     let listener = TcpListener::bind((LOOPBACK, 0)).await.expect("bind echo");
     let addr = listener.local_addr().expect("echo address");
-    let identity = EchoIdentity { namespace: "default".into(), pod: pod.into(), service: String::new() };
+    let identity = EchoIdentity {
+        namespace: "default".into(),
+        pod: pod.into(),
+        service: String::new(),
+    };
     tokio::spawn(portcullis::echo::serve(listener, identity));
     addr
 }
@@ -52,29 +56,47 @@ pub struct RecordedRequest {
 
 impl Recorder {
     pub async fn start() -> (Recorder, SocketAddr) {
-        let listener = TcpListener::bind((LOOPBACK, 0)).await.expect("bind recorder");
+        let listener = TcpListener::bind((LOOPBACK, 0))
+            .await
+            .expect("bind recorder");
         let addr = listener.local_addr().expect("recorder address");
         let recorder = Recorder::default();
         let r = recorder.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let r = r.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let r = r.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            r.requests.lock().expect("recorder lock").push(RecordedRequest {
-                                method: parts.method.to_string(),
-                                path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-                                headers: parts.headers,
-                                body,
-                            });
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"recorded"))))
-                        }
-                    });
+                    let service =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let r = r.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                r.requests
+                                    .lock()
+                                    .expect("recorder lock")
+                                    .push(RecordedRequest {
+                                        method: parts.method.to_string(),
+                                        path: parts
+                                            .uri
+                                            .path_and_query()
+                                            .map(|p| p.to_string())
+                                            .unwrap_or_default(),
+                                        headers: parts.headers,
+                                        body,
+                                    });
+                                Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                    Bytes::from_static(b"recorded"),
+                                )))
+                            }
+                        });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -114,10 +136,24 @@ spec:
 /// YAML of a selector-less Service `name` (port 80, optional appProtocol)
 /// with an EndpointSlice listing `endpoints`.
 pub fn service_yaml(name: &str, endpoints: &[SocketAddr], app_protocol: Option<&str>) -> String {
-    let app = app_protocol.map(|p| format!("\n    appProtocol: {p}")).unwrap_or_default();
+    let app = app_protocol
+        .map(|p| format!("\n    appProtocol: {p}"))
+        .unwrap_or_default();
     let target_port = endpoints.first().map(|e| e.port()).unwrap_or(8080);
-    let addresses: String = endpoints.iter().map(|e| format!("\n  - addresses: [\"{}\"]\n    conditions: {{ready: true}}", e.ip())).collect();
-    let endpoints_yaml = if endpoints.is_empty() { " []".to_string() } else { addresses };
+    let addresses: String = endpoints
+        .iter()
+        .map(|e| {
+            format!(
+                "\n  - addresses: [\"{}\"]\n    conditions: {{ready: true}}",
+                e.ip()
+            )
+        })
+        .collect();
+    let endpoints_yaml = if endpoints.is_empty() {
+        " []".to_string()
+    } else {
+        addresses
+    };
     format!(
         "
 ---
@@ -170,12 +206,24 @@ impl TestGateway {
             preopened.insert(port, l);
         }
         let gw = TestGateway::write_config(dir.path(), yaml, &ports);
-        let config = DataPlaneConfig { bind_ip: LOOPBACK, preopened };
-        let running = portcullis::standalone::start(dir.path().to_path_buf(), LOOPBACK, SocketAddr::new(LOOPBACK, 0), Some(config))
-            .await
-            .expect("start gateway");
+        let config = DataPlaneConfig {
+            bind_ip: LOOPBACK,
+            preopened,
+        };
+        let running = portcullis::standalone::start(
+            dir.path().to_path_buf(),
+            LOOPBACK,
+            SocketAddr::new(LOOPBACK, 0),
+            Some(config),
+        )
+        .await
+        .expect("start gateway");
         let _ = gw;
-        TestGateway { dir, ports, running }
+        TestGateway {
+            dir,
+            ports,
+            running,
+        }
     }
 
     fn write_config(dir: &Path, yaml: &str, ports: &HashMap<String, u16>) -> PathBuf {
@@ -199,7 +247,10 @@ impl TestGateway {
     pub async fn wait_for_generation_above(&self, generation: u64) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while self.running.dataplane.shared.current().table.generation <= generation {
-            assert!(tokio::time::Instant::now() < deadline, "configuration change not picked up within 10s");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "configuration change not picked up within 10s"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -232,7 +283,9 @@ pub fn http1_client() -> Client<HttpConnector, Full<Bytes>> {
 
 /// An h2c prior-knowledge client.
 pub fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
 }
 
 /// A response read completely.
@@ -246,7 +299,12 @@ pub struct Answer {
 impl Answer {
     /// The echo backend's JSON.
     pub fn echo(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not echo JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not echo JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// Pod name the echo backend reported.
@@ -258,19 +316,29 @@ impl Answer {
     pub fn echoed_header(&self, name: &str) -> Option<String> {
         let echo = self.echo();
         let headers = echo["headers"].as_object()?;
-        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).and_then(|(_, v)| v[0].as_str().map(str::to_string))
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v[0].as_str().map(str::to_string))
     }
 }
 
 /// Sends a request (bounded by a 10 s timeout) and reads the whole answer.
-pub async fn send(client: &Client<HttpConnector, Full<Bytes>>, req: Request<Full<Bytes>>) -> Answer {
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Answer {
     let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
         .await
         .expect("request timed out")
         .expect("request failed");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("read body").to_bytes();
-    Answer { status: parts.status, headers: parts.headers, body }
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 /// GET `url` with `Host: host` and extra headers.
@@ -279,7 +347,11 @@ pub async fn get(url: &str, host: &str, headers: &[(&str, &str)]) -> Answer {
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    send(&http1_client(), builder.body(Full::new(Bytes::new())).expect("request")).await
+    send(
+        &http1_client(),
+        builder.body(Full::new(Bytes::new())).expect("request"),
+    )
+    .await
 }
 
 /// Counts outcomes of a load loop.
@@ -308,7 +380,9 @@ impl TestPki {
     pub fn new() -> TestPki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "portcullis test CA");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "portcullis test CA");
         let ca_key = rcgen::KeyPair::generate().expect("ca key");
         let ca_cert = params.self_signed(&ca_key).expect("ca cert");
         TestPki { ca_cert, ca_key }
@@ -316,9 +390,13 @@ impl TestPki {
 
     /// (certificate PEM, key PEM) for these DNS names.
     pub fn server_cert(&self, names: &[&str]) -> (String, String) {
-        let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
         let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).expect("sign");
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("sign");
         (cert.pem(), key.serialize_pem())
     }
 
@@ -345,7 +423,12 @@ impl Default for TestPki {
 
 /// YAML of a kubernetes.io/tls Secret.
 pub fn tls_secret_yaml(name: &str, cert_pem: &str, key_pem: &str) -> String {
-    let indent = |s: &str| s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+    let indent = |s: &str| {
+        s.lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     format!(
         "
 ---

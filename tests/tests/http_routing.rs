@@ -76,19 +76,42 @@ async fn path_header_query_method_and_regex_matches_pick_the_right_backend() {
     let url = |p: &str| gw.url("HTTP_PORT", p);
     assert_eq!(get(&url("/exact"), "example.com", &[]).await.pod(), "a");
     // Exact is exact: a trailing segment falls through to the catch-all.
-    assert_eq!(get(&url("/exact/more"), "example.com", &[]).await.pod(), "a");
+    assert_eq!(
+        get(&url("/exact/more"), "example.com", &[]).await.pod(),
+        "a"
+    );
     assert_eq!(get(&url("/prefix"), "example.com", &[]).await.pod(), "b");
-    assert_eq!(get(&url("/prefix/deeper"), "example.com", &[]).await.pod(), "b");
+    assert_eq!(
+        get(&url("/prefix/deeper"), "example.com", &[]).await.pod(),
+        "b"
+    );
     // Segment-aware: /prefixed is not under /prefix.
     assert_eq!(get(&url("/prefixed"), "example.com", &[]).await.pod(), "a");
     // More header matches win over fewer at equal path length.
-    assert_eq!(get(&url("/prefix/x"), "example.com", &[("x-version", "2")]).await.pod(), "c");
-    assert_eq!(get(&url("/q?tier=gold"), "example.com", &[]).await.pod(), "c");
-    assert_eq!(get(&url("/q?tier=silver"), "example.com", &[]).await.pod(), "a");
+    assert_eq!(
+        get(&url("/prefix/x"), "example.com", &[("x-version", "2")])
+            .await
+            .pod(),
+        "c"
+    );
+    assert_eq!(
+        get(&url("/q?tier=gold"), "example.com", &[]).await.pod(),
+        "c"
+    );
+    assert_eq!(
+        get(&url("/q?tier=silver"), "example.com", &[]).await.pod(),
+        "a"
+    );
     assert_eq!(get(&url("/v12/items"), "example.com", &[]).await.pod(), "c");
-    assert_eq!(get(&url("/v12/items/1"), "example.com", &[]).await.pod(), "a");
+    assert_eq!(
+        get(&url("/v12/items/1"), "example.com", &[]).await.pod(),
+        "a"
+    );
 
-    let post = http::Request::post(url("/m")).header("host", "example.com").body(Default::default()).unwrap();
+    let post = http::Request::post(url("/m"))
+        .header("host", "example.com")
+        .body(Default::default())
+        .unwrap();
     assert_eq!(send(&http1_client(), post).await.pod(), "c");
     assert_eq!(get(&url("/m"), "example.com", &[]).await.pod(), "a");
 }
@@ -108,15 +131,36 @@ async fn path_tricks_are_normalized_before_matching() {
     let gw = routing_gateway().await;
     let url = |p: &str| gw.url("HTTP_PORT", p);
     // Each of these must reach the /prefix route exactly as /prefix/x would.
-    for trick in ["/other/../prefix/x", "//prefix/x", "/%70refix/x", "/./prefix/./x", "/prefix//x"] {
+    for trick in [
+        "/other/../prefix/x",
+        "//prefix/x",
+        "/%70refix/x",
+        "/./prefix/./x",
+        "/prefix//x",
+    ] {
         let answer = get(&url(trick), "example.com", &[]).await;
         assert_eq!(answer.pod(), "b", "{trick}");
-        assert!(answer.echo()["path"].as_str().unwrap().starts_with("/prefix/"), "{trick} reached backend as {}", answer.echo()["path"]);
+        assert!(
+            answer.echo()["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("/prefix/"),
+            "{trick} reached backend as {}",
+            answer.echo()["path"]
+        );
     }
     // Encoded dots are dot segments too.
-    assert_eq!(get(&url("/prefix/%2e%2e/exact"), "example.com", &[]).await.pod(), "a");
+    assert_eq!(
+        get(&url("/prefix/%2e%2e/exact"), "example.com", &[])
+            .await
+            .pod(),
+        "a"
+    );
     // An encoded slash is ambiguous: refused.
-    assert_eq!(get(&url("/prefix%2Fx"), "example.com", &[]).await.status, 400);
+    assert_eq!(
+        get(&url("/prefix%2Fx"), "example.com", &[]).await.status,
+        400
+    );
 }
 
 #[tokio::test]
@@ -173,22 +217,43 @@ spec:
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     let url = |p: &str| gw.url("HTTP_PORT", p);
 
-    let answer = get(&url("/headers"), "any.host", &[("x-add", "original"), ("x-remove", "secret"), ("x-set", "client")]).await;
+    let answer = get(
+        &url("/headers"),
+        "any.host",
+        &[
+            ("x-add", "original"),
+            ("x-remove", "secret"),
+            ("x-set", "client"),
+        ],
+    )
+    .await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.echoed_header("x-set").as_deref(), Some("set-value"));
-    assert_eq!(answer.echoed_header("x-add").as_deref(), Some("original,added"));
+    assert_eq!(
+        answer.echoed_header("x-add").as_deref(),
+        Some("original,added")
+    );
     assert_eq!(answer.echoed_header("x-remove"), None);
     assert_eq!(answer.headers["x-response"], "from-gateway");
     assert!(!answer.headers.contains_key("x-content-type-options"));
     // Forwarding headers are set by the gateway.
-    assert_eq!(answer.echoed_header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
-    assert_eq!(answer.echoed_header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        answer.echoed_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        answer.echoed_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
     // The Host header reaches the backend unmodified.
     assert_eq!(answer.echo()["host"], "any.host");
 
     let answer = get(&url("/old/page?x=1"), "any.host", &[]).await;
     assert_eq!(answer.status, 301);
-    assert_eq!(answer.headers["location"], "https://new.example.com/new/page?x=1");
+    assert_eq!(
+        answer.headers["location"],
+        "https://new.example.com/new/page?x=1"
+    );
 
     let answer = get(&url("/api/v1/users?id=7"), "any.host", &[]).await;
     assert_eq!(answer.echo()["path"], "/v1/users?id=7");
@@ -234,16 +299,35 @@ spec:
         .unwrap();
     let answer = send(&http1_client(), preflight).await;
     assert!(answer.status.is_success());
-    assert_eq!(answer.headers["access-control-allow-origin"], "https://app.example.com");
-    assert!(answer.headers["access-control-allow-methods"].to_str().unwrap().contains("PUT"));
+    assert_eq!(
+        answer.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(answer.headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("PUT"));
     assert_eq!(answer.headers["access-control-max-age"], "600");
     assert_eq!(recorder.count(), 0, "preflight must not reach the backend");
 
-    let answer = get(&gw.url("HTTP_PORT", "/data"), "h", &[("origin", "https://app.example.com")]).await;
-    assert_eq!(answer.headers["access-control-allow-origin"], "https://app.example.com");
+    let answer = get(
+        &gw.url("HTTP_PORT", "/data"),
+        "h",
+        &[("origin", "https://app.example.com")],
+    )
+    .await;
+    assert_eq!(
+        answer.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
     assert_eq!(answer.headers["access-control-expose-headers"], "x-exposed");
 
-    let answer = get(&gw.url("HTTP_PORT", "/data"), "h", &[("origin", "https://evil.example")]).await;
+    let answer = get(
+        &gw.url("HTTP_PORT", "/data"),
+        "h",
+        &[("origin", "https://evil.example")],
+    )
+    .await;
     assert!(!answer.headers.contains_key("access-control-allow-origin"));
 }
 
@@ -277,7 +361,10 @@ spec:
     let client = http1_client();
     let mut counts = std::collections::HashMap::new();
     for _ in 0..400 {
-        let req = http::Request::get(gw.url("HTTP_PORT", "/")).header("host", "h").body(Default::default()).unwrap();
+        let req = http::Request::get(gw.url("HTTP_PORT", "/"))
+            .header("host", "h")
+            .body(Default::default())
+            .unwrap();
         *counts.entry(send(&client, req).await.pod()).or_insert(0u32) += 1;
     }
     assert_eq!(counts.get("z"), None);
@@ -292,9 +379,17 @@ async fn round_robin_across_ready_endpoints_only() {
     // address (all of 127.0.0.0/8 is local).
     let l1 = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
     let port = l1.local_addr().unwrap().port();
-    let l2 = tokio::net::TcpListener::bind(("127.0.0.3", port)).await.unwrap();
-    let l3 = tokio::net::TcpListener::bind(("127.0.0.4", port)).await.unwrap();
-    let ident = |p: &str| portcullis::echo::EchoIdentity { namespace: "default".into(), pod: p.into(), service: String::new() };
+    let l2 = tokio::net::TcpListener::bind(("127.0.0.3", port))
+        .await
+        .unwrap();
+    let l3 = tokio::net::TcpListener::bind(("127.0.0.4", port))
+        .await
+        .unwrap();
+    let ident = |p: &str| portcullis::echo::EchoIdentity {
+        namespace: "default".into(),
+        pod: p.into(),
+        service: String::new(),
+    };
     tokio::spawn(portcullis::echo::serve(l1, ident("p1")));
     tokio::spawn(portcullis::echo::serve(l2, ident("p2")));
     tokio::spawn(portcullis::echo::serve(l3, ident("not-ready")));
@@ -381,7 +476,11 @@ spec:
     assert_eq!(get(&url("/refused"), "h", &[]).await.status, 503);
     let started = std::time::Instant::now();
     assert_eq!(get(&url("/slow?delay=2s"), "h", &[]).await.status, 504);
-    assert!(started.elapsed() < Duration::from_millis(1500), "timeout not enforced: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "timeout not enforced: {:?}",
+        started.elapsed()
+    );
     assert_eq!(get(&url("/slow?delay=10ms"), "h", &[]).await.status, 200);
     assert_eq!(get(&url("/bad%zz"), "h", &[]).await.status, 400);
 }
@@ -415,12 +514,17 @@ spec:
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     let req = http::Request::post(gw.url("HTTP_PORT", "/upload?x=1"))
         .header("host", "h")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"payload")))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"payload",
+        )))
         .unwrap();
     let answer = send(&http1_client(), req).await;
     assert_eq!(answer.pod(), "primary");
     for m in [&m1, &m2] {
-        assert!(m.wait_for(1, Duration::from_secs(5)).await, "mirror got no request");
+        assert!(
+            m.wait_for(1, Duration::from_secs(5)).await,
+            "mirror got no request"
+        );
         let r = m.requests.lock().unwrap()[0].clone();
         assert_eq!(r.method, "POST");
         assert_eq!(r.path, "/upload?x=1");
@@ -435,8 +539,18 @@ async fn admin_endpoints_report_config_and_status() {
     assert_eq!(dump.status, 200);
     let table: serde_json::Value = serde_json::from_slice(&dump.body).unwrap();
     assert_eq!(table["ports"][0]["port"], gw.port("HTTP_PORT"));
-    assert_eq!(get(&gw.admin_url("/readyz"), "admin", &[]).await.status, 200);
+    assert_eq!(
+        get(&gw.admin_url("/readyz"), "admin", &[]).await.status,
+        200
+    );
     let status = get(&gw.admin_url("/status"), "admin", &[]).await;
     let statuses: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
-    assert!(statuses.as_array().unwrap().iter().any(|s| s["name"] == "matching"), "{statuses}");
+    assert!(
+        statuses
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "matching"),
+        "{statuses}"
+    );
 }

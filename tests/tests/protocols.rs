@@ -52,8 +52,15 @@ spec:
 
 /// Opens a TLS connection with `sni` and returns the stream plus the ALPN
 /// protocol negotiated.
-async fn tls_connect(pki: &TestPki, port: u16, sni: &str, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+async fn tls_connect(
+    pki: &TestPki,
+    port: u16,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     let connector = tokio_rustls::TlsConnector::from(pki.client_config(alpn));
     let name = ServerName::try_from(sni.to_string()).expect("server name");
     tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
@@ -66,25 +73,46 @@ async fn h1_over<S>(io: S, host: &str, path: &str) -> Answer
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.expect("h1 handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .expect("h1 handshake");
     tokio::spawn(conn);
-    let req = Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = sender.send_request(req).await.expect("request");
     let (parts, body) = resp.into_parts();
-    Answer { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
 }
 
 async fn h2_over<S>(io: S, host: &str, path: &str) -> (Answer, http::Version)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.expect("h2 handshake");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(conn);
-    let req = Request::get(format!("https://{host}{path}")).body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get(format!("https://{host}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = sender.send_request(req).await.expect("request");
     let version = resp.version();
     let (parts, body) = resp.into_parts();
-    (Answer { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }, version)
+    (
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        },
+        version,
+    )
 }
 
 #[tokio::test]
@@ -120,7 +148,10 @@ async fn https_selects_the_certificate_by_sni_and_routes_by_host() {
     let tls = tls_connect(&pki, port, "a.example.com", &[b"http/1.1"]).await;
     let answer = h1_over(tls, "a.example.com", "/").await;
     assert_eq!(answer.pod(), "a");
-    assert_eq!(answer.echoed_header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(
+        answer.echoed_header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
 
     let tls = tls_connect(&pki, port, "x.b.example.com", &[b"http/1.1"]).await;
     assert_eq!(h1_over(tls, "x.b.example.com", "/").await.pod(), "b");
@@ -137,10 +168,20 @@ async fn https_selects_the_certificate_by_sni_and_routes_by_host() {
 #[tokio::test]
 async fn h2c_prior_knowledge_is_served() {
     let echo = start_echo("e").await;
-    let yaml = format!("{}{}{}", gateway(PLAIN_LISTENER), service_yaml("echo", &[echo], None), route_to("echo", ""));
+    let yaml = format!(
+        "{}{}{}",
+        gateway(PLAIN_LISTENER),
+        service_yaml("echo", &[echo], None),
+        route_to("echo", "")
+    );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
-    let req = Request::get(gw.url("HTTP_PORT", "/over-h2c")).body(Full::new(Bytes::new())).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), h2c_client().request(req)).await.unwrap().unwrap();
+    let req = Request::get(gw.url("HTTP_PORT", "/over-h2c"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), h2c_client().request(req))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -152,7 +193,12 @@ async fn h2c_prior_knowledge_is_served() {
 #[tokio::test]
 async fn h2c_backends_are_reached_over_http2() {
     let echo = start_echo("e").await;
-    let yaml = format!("{}{}{}", gateway(PLAIN_LISTENER), service_yaml("echo", &[echo], Some("kubernetes.io/h2c")), route_to("echo", ""));
+    let yaml = format!(
+        "{}{}{}",
+        gateway(PLAIN_LISTENER),
+        service_yaml("echo", &[echo], Some("kubernetes.io/h2c")),
+        route_to("echo", "")
+    );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     let answer = get(&gw.url("HTTP_PORT", "/"), "h", &[]).await;
     assert_eq!(answer.echo()["proto"], "HTTP/2.0");
@@ -161,9 +207,16 @@ async fn h2c_backends_are_reached_over_http2() {
 #[tokio::test]
 async fn websocket_upgrade_is_tunneled() {
     let echo = start_echo("ws").await;
-    let yaml = format!("{}{}{}", gateway(PLAIN_LISTENER), service_yaml("echo", &[echo], None), route_to("echo", ""));
+    let yaml = format!(
+        "{}{}{}",
+        gateway(PLAIN_LISTENER),
+        service_yaml("echo", &[echo], None),
+        route_to("echo", "")
+    );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
-    let mut stream = TcpStream::connect(("127.0.0.1", gw.port("HTTP_PORT"))).await.unwrap();
+    let mut stream = TcpStream::connect(("127.0.0.1", gw.port("HTTP_PORT")))
+        .await
+        .unwrap();
     let key = "dGhlIHNhbXBsZSBub25jZQ==";
     stream
         .write_all(
@@ -178,16 +231,37 @@ async fn websocket_upgrade_is_tunneled() {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
         head.push(byte[0]);
         assert!(head.len() < 8192, "response head too long");
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains(&format!("sec-websocket-accept: {}", websocket::accept_key(key.as_bytes()).to_ascii_lowercase())), "{head}");
+    assert!(
+        head.contains(&format!(
+            "sec-websocket-accept: {}",
+            websocket::accept_key(key.as_bytes()).to_ascii_lowercase()
+        )),
+        "{head}"
+    );
     for message in ["hello", "through the gateway"] {
-        stream.write_all(&websocket::encode_frame(websocket::OPCODE_TEXT, message.as_bytes(), Some([7, 1, 9, 3]))).await.unwrap();
-        let frame = tokio::time::timeout(Duration::from_secs(5), websocket::read_frame(&mut stream)).await.unwrap().unwrap().unwrap();
+        stream
+            .write_all(&websocket::encode_frame(
+                websocket::OPCODE_TEXT,
+                message.as_bytes(),
+                Some([7, 1, 9, 3]),
+            ))
+            .await
+            .unwrap();
+        let frame =
+            tokio::time::timeout(Duration::from_secs(5), websocket::read_frame(&mut stream))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
         assert_eq!(frame.opcode, websocket::OPCODE_TEXT);
         assert_eq!(frame.payload, message.as_bytes());
     }
@@ -219,11 +293,17 @@ spec:
         .header("te", "trailers")
         .body(Full::new(message.clone()))
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), h2c_client().request(req)).await.unwrap().unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), h2c_client().request(req))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-echo-grpc-method"], "/demo.Echo/Say");
     let collected = resp.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().cloned().expect("gRPC trailers must reach the client");
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("gRPC trailers must reach the client");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(collected.to_bytes(), message);
 
@@ -232,7 +312,10 @@ spec:
         .header("content-type", "application/grpc")
         .body(Full::new(message))
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), h2c_client().request(req)).await.unwrap().unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), h2c_client().request(req))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.status(), 404);
 }
 
@@ -241,7 +324,11 @@ async fn reload_under_load_drops_nothing() {
     let a = start_echo("a").await;
     let b = start_echo("b").await;
     let config = |n: usize| {
-        let (svc, value) = if n % 2 == 0 { ("svc-a", "even") } else { ("svc-b", "odd") };
+        let (svc, value) = if n.is_multiple_of(2) {
+            ("svc-a", "even")
+        } else {
+            ("svc-b", "odd")
+        };
         format!(
             "{}{}{}
 ---
@@ -271,12 +358,20 @@ spec:
             let client = http1_client();
             // Bounded: stops when told, and never runs past 60 s.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
-                let req = Request::get(gw.url("HTTP_PORT", "/")).header("host", "h").body(Full::new(Bytes::new())).unwrap();
-                let ok = match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
-                    Ok(Ok(resp)) => resp.status() == 200 && resp.into_body().collect().await.is_ok(),
-                    _ => false,
-                };
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && tokio::time::Instant::now() < deadline
+            {
+                let req = Request::get(gw.url("HTTP_PORT", "/"))
+                    .header("host", "h")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let ok =
+                    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+                        Ok(Ok(resp)) => {
+                            resp.status() == 200 && resp.into_body().collect().await.is_ok()
+                        }
+                        _ => false,
+                    };
                 let counter = if ok { &tally.ok } else { &tally.failed };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -287,11 +382,23 @@ spec:
     }
     // The last configuration is the one served.
     let answer = get(&gw.url("HTTP_PORT", "/"), "h", &[]).await;
-    assert_eq!(answer.echoed_header("x-generation").as_deref(), Some("even-100"));
+    assert_eq!(
+        answer.echoed_header("x-generation").as_deref(),
+        Some("even-100")
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
     }
-    assert_eq!(tally.failed(), 0, "requests failed during reloads ({} succeeded)", tally.ok());
-    assert!(tally.ok() > 100, "load too light to prove anything: {}", tally.ok());
+    assert_eq!(
+        tally.failed(),
+        0,
+        "requests failed during reloads ({} succeeded)",
+        tally.ok()
+    );
+    assert!(
+        tally.ok() > 100,
+        "load too light to prove anything: {}",
+        tally.ok()
+    );
 }

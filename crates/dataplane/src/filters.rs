@@ -48,7 +48,11 @@ pub fn rewrite_path(path: &str, modifier: &PathModifier, matched: &PathMatch) ->
                 PathMatch::Exact(p) => p.as_str(),
                 PathMatch::Regex(_) => return replacement.clone(),
             };
-            let rest = if prefix == "/" { path } else { path.get(prefix.len()..).unwrap_or("") };
+            let rest = if prefix == "/" {
+                path
+            } else {
+                path.get(prefix.len()..).unwrap_or("")
+            };
             join_prefix(replacement, rest)
         }
     }
@@ -124,7 +128,9 @@ fn well_known_port(scheme: &str) -> u16 {
 
 /// CORS decision for a request carrying `Origin`.
 pub fn cors_origin_allowed(cors: &Cors, origin: &str) -> bool {
-    cors.allow_origins.iter().any(|allowed| origin_matches(allowed, origin))
+    cors.allow_origins
+        .iter()
+        .any(|allowed| origin_matches(allowed, origin))
 }
 
 /// `*` alone matches any origin; otherwise `*` matches any run of characters
@@ -145,9 +151,16 @@ fn origin_matches(pattern: &str, origin: &str) -> bool {
 
 /// Headers for a preflight answer (the request is `OPTIONS` with `Origin` and
 /// `Access-Control-Request-Method`).
-pub fn cors_preflight_headers(cors: &Cors, origin: &HeaderValue, request_headers: &HeaderMap) -> HeaderMap {
+pub fn cors_preflight_headers(
+    cors: &Cors,
+    origin: &HeaderValue,
+    request_headers: &HeaderMap,
+) -> HeaderMap {
     let mut out = HeaderMap::new();
-    out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin_value(cors, origin));
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        allow_origin_value(cors, origin),
+    );
     let methods = if cors.allow_methods.iter().any(|m| m == "*") {
         request_headers
             .get(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -158,7 +171,9 @@ pub fn cors_preflight_headers(cors: &Cors, origin: &HeaderValue, request_headers
     };
     out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
     let allow_headers = if cors.allow_headers.iter().any(|h| h == "*") {
-        request_headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned()
+        request_headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
     } else if cors.allow_headers.is_empty() {
         None
     } else {
@@ -168,7 +183,10 @@ pub fn cors_preflight_headers(cors: &Cors, origin: &HeaderValue, request_headers
         out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, h);
     }
     if cors.allow_credentials {
-        out.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
     }
     if let Some(age) = cors.max_age_seconds {
         out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age));
@@ -179,12 +197,21 @@ pub fn cors_preflight_headers(cors: &Cors, origin: &HeaderValue, request_headers
 
 /// Headers added to an actual (non-preflight) cross-origin response.
 pub fn cors_response_headers(cors: &Cors, origin: &HeaderValue, headers: &mut HeaderMap) {
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin_value(cors, origin));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        allow_origin_value(cors, origin),
+    );
     if cors.allow_credentials {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
     }
     if !cors.expose_headers.is_empty() {
-        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, join_header(&cors.expose_headers));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            join_header(&cors.expose_headers),
+        );
     }
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
 }
@@ -244,12 +271,18 @@ mod tests {
     #[test]
     fn replace_prefix_match_keeps_one_slash() {
         let m = |r: &str| PathModifier::ReplacePrefixMatch(r.to_string());
-        assert_eq!(rewrite_path("/foo/bar", &m("/xyz"), &prefix("/foo")), "/xyz/bar");
+        assert_eq!(
+            rewrite_path("/foo/bar", &m("/xyz"), &prefix("/foo")),
+            "/xyz/bar"
+        );
         assert_eq!(rewrite_path("/foo", &m("/xyz"), &prefix("/foo")), "/xyz");
         assert_eq!(rewrite_path("/foo/", &m("/xyz"), &prefix("/foo")), "/xyz/");
         assert_eq!(rewrite_path("/foo/bar", &m("/"), &prefix("/foo")), "/bar");
         assert_eq!(rewrite_path("/foo", &m("/"), &prefix("/foo")), "/");
-        assert_eq!(rewrite_path("/foo/bar", &m("/xyz/"), &prefix("/foo")), "/xyz/bar");
+        assert_eq!(
+            rewrite_path("/foo/bar", &m("/xyz/"), &prefix("/foo")),
+            "/xyz/bar"
+        );
         assert_eq!(rewrite_path("/bar", &m("/xyz"), &prefix("/")), "/xyz/bar");
     }
 
@@ -270,10 +303,22 @@ mod tests {
             port,
             status_code: 302,
         };
-        assert_eq!(redirect_location(&r(None, None), &base), "http://example.com:8080/a?x=1");
-        assert_eq!(redirect_location(&r(Some("https"), None), &base), "https://example.com/a?x=1");
-        assert_eq!(redirect_location(&r(Some("https"), Some(8443)), &base), "https://example.com:8443/a?x=1");
-        assert_eq!(redirect_location(&r(None, Some(80)), &base), "http://example.com/a?x=1");
+        assert_eq!(
+            redirect_location(&r(None, None), &base),
+            "http://example.com:8080/a?x=1"
+        );
+        assert_eq!(
+            redirect_location(&r(Some("https"), None), &base),
+            "https://example.com/a?x=1"
+        );
+        assert_eq!(
+            redirect_location(&r(Some("https"), Some(8443)), &base),
+            "https://example.com:8443/a?x=1"
+        );
+        assert_eq!(
+            redirect_location(&r(None, Some(80)), &base),
+            "http://example.com/a?x=1"
+        );
     }
 
     #[test]
@@ -297,15 +342,24 @@ mod tests {
 
     #[test]
     fn origin_wildcards() {
-        assert!(origin_matches("https://*.example.com", "https://a.example.com"));
-        assert!(!origin_matches("https://*.example.com", "http://a.example.com"));
+        assert!(origin_matches(
+            "https://*.example.com",
+            "https://a.example.com"
+        ));
+        assert!(!origin_matches(
+            "https://*.example.com",
+            "http://a.example.com"
+        ));
         assert!(origin_matches("*", "null"));
     }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-keep", HeaderValue::from_static("1"));

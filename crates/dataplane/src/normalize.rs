@@ -103,7 +103,10 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
             out.push_str(&path[start..i]);
             continue;
         }
-        let (hi, lo) = match (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value)) {
+        let (hi, lo) = match (
+            bytes.get(i + 1).copied().and_then(hex_value),
+            bytes.get(i + 2).copied().and_then(hex_value),
+        ) {
             (Some(hi), Some(lo)) => (hi, lo),
             _ => return Err(PathError::BadPercentEncoding),
         };
@@ -172,8 +175,14 @@ mod tests {
 
     #[test]
     fn ambiguous_paths_are_rejected() {
-        assert_eq!(normalize_path("/admin%2Fx"), Err(PathError::EncodedSeparator));
-        assert_eq!(normalize_path("/admin%5cx"), Err(PathError::EncodedSeparator));
+        assert_eq!(
+            normalize_path("/admin%2Fx"),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(
+            normalize_path("/admin%5cx"),
+            Err(PathError::EncodedSeparator)
+        );
         assert_eq!(normalize_path("/a%00"), Err(PathError::ControlCharacter));
         assert_eq!(normalize_path("/a%zz"), Err(PathError::BadPercentEncoding));
         assert_eq!(normalize_path("/a%4"), Err(PathError::BadPercentEncoding));

@@ -9,7 +9,10 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use portcullis_model::{AppProtocol, Backend, BackendTarget, Filter, Mirror, PathMatch, Route, RouteKind, Rule, WeightedBackend};
+use portcullis_model::{
+    AppProtocol, Backend, BackendTarget, Filter, Mirror, PathMatch, Route, RouteKind, Rule,
+    WeightedBackend,
+};
 use tokio::io::copy_bidirectional;
 
 use crate::body::{self, Body};
@@ -42,7 +45,11 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Entry point from hyper: never fails, every error is an HTTP answer.
-pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     Ok(match route_and_forward(&shared, &conn, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -59,7 +66,11 @@ struct ProxyError {
 
 impl ProxyError {
     fn new(status: StatusCode, message: &'static str, detail: impl Into<String>) -> ProxyError {
-        ProxyError { status, message, detail: detail.into() }
+        ProxyError {
+            status,
+            message,
+            detail: detail.into(),
+        }
     }
 
     fn into_response(self) -> Response<Body> {
@@ -77,27 +88,63 @@ impl ProxyError {
 pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
     let mut resp = Response::new(body::full(format!("{message}\n")));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
-async fn route_and_forward(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+async fn route_and_forward(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
     // In-flight requests keep the table they started with.
     let state = shared.current();
-    let port = state
-        .port(conn.local_port)
-        .ok_or_else(|| ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("port {} has no configuration", conn.local_port)))?;
+    let port = state.port(conn.local_port).ok_or_else(|| {
+        ProxyError::new(
+            StatusCode::NOT_FOUND,
+            "no route",
+            format!("port {} has no configuration", conn.local_port),
+        )
+    })?;
 
-    let raw_host = request_host(&req)
-        .ok_or_else(|| ProxyError::new(StatusCode::BAD_REQUEST, "missing Host header", "request without host"))?;
-    let host = canonical_host(&raw_host).ok_or_else(|| ProxyError::new(StatusCode::BAD_REQUEST, "invalid Host header", raw_host.clone()))?;
-    let path = normalize_path(req.uri().path()).map_err(|e| ProxyError::new(StatusCode::BAD_REQUEST, "invalid request path", e.to_string()))?;
+    let raw_host = request_host(&req).ok_or_else(|| {
+        ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "missing Host header",
+            "request without host",
+        )
+    })?;
+    let host = canonical_host(&raw_host).ok_or_else(|| {
+        ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid Host header",
+            raw_host.clone(),
+        )
+    })?;
+    let path = normalize_path(req.uri().path()).map_err(|e| {
+        ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid request path",
+            e.to_string(),
+        )
+    })?;
     let query = req.uri().query().map(str::to_string);
 
     let route: &Route = port
         .routes
-        .lookup(&RequestParts { host: &host, path: &path, query: query.as_deref(), method: req.method(), headers: req.headers() })
-        .ok_or_else(|| ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("{host}{path}")))?;
+        .lookup(&RequestParts {
+            host: &host,
+            path: &path,
+            query: query.as_deref(),
+            method: req.method(),
+            headers: req.headers(),
+        })
+        .ok_or_else(|| {
+            ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("{host}{path}"))
+        })?;
     let rule = route.rule.clone();
     let matched = route.matcher.path.clone();
 
@@ -111,7 +158,9 @@ async fn route_and_forward(shared: &Shared, conn: &ConnInfo, mut req: Request<In
         mirrors: Vec::new(),
     };
 
-    if let Some(redirect) = apply_request_filters(&rule.filters, &mut ctx, &mut req, &matched, &host, conn) {
+    if let Some(redirect) =
+        apply_request_filters(&rule.filters, &mut ctx, &mut req, &matched, &host, conn)
+    {
         return Ok(redirect);
     }
     if let (Some(cors), Some(origin)) = (ctx.cors.clone(), origin.as_ref()) {
@@ -120,29 +169,55 @@ async fn route_and_forward(shared: &Shared, conn: &ConnInfo, mut req: Request<In
         }
     }
 
-    let backend = pick_weighted(&rule.backends)
-        .ok_or_else(|| ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "no backend available for this route", rule.id.to_string()))?;
-    if let Some(redirect) = apply_request_filters(&backend.filters, &mut ctx, &mut req, &matched, &host, conn) {
+    let backend = pick_weighted(&rule.backends).ok_or_else(|| {
+        ProxyError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no backend available for this route",
+            rule.id.to_string(),
+        )
+    })?;
+    if let Some(redirect) =
+        apply_request_filters(&backend.filters, &mut ctx, &mut req, &matched, &host, conn)
+    {
         return Ok(redirect);
     }
     let target = match &backend.target {
         BackendTarget::Service(b) => b.clone(),
         BackendTarget::Invalid { reason } => {
-            return Err(ProxyError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend reference is invalid", format!("{}: {reason}", rule.id)));
+            return Err(ProxyError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "backend reference is invalid",
+                format!("{}: {reason}", rule.id),
+            ));
         }
     };
-    let endpoint = state
-        .round_robin
-        .pick(&target)
-        .ok_or_else(|| ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream", format!("{} has no ready endpoint", target.name)))?;
+    let endpoint = state.round_robin.pick(&target).ok_or_else(|| {
+        ProxyError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream",
+            format!("{} has no ready endpoint", target.name),
+        )
+    })?;
     let protocol = upstream_protocol(&rule, &target);
 
-    let upstream_req = build_upstream_request(req, &ctx, conn, endpoint, protocol, &shared.upstreams, &state)?;
+    let upstream_req = build_upstream_request(
+        req,
+        &ctx,
+        conn,
+        endpoint,
+        protocol,
+        &shared.upstreams,
+        &state,
+    )?;
     let forward = forward(shared, upstream_req, protocol, &rule);
     let mut resp = match rule.timeouts.request {
-        Some(limit) => tokio::time::timeout(limit, forward)
-            .await
-            .map_err(|_| ProxyError::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", format!("{} after {limit:?}", rule.id)))??,
+        Some(limit) => tokio::time::timeout(limit, forward).await.map_err(|_| {
+            ProxyError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                format!("{} after {limit:?}", rule.id),
+            )
+        })??,
         None => forward.await?,
     };
 
@@ -204,12 +279,18 @@ fn apply_request_filters(
                     },
                 );
                 let mut resp = Response::new(body::empty());
-                *resp.status_mut() = StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::FOUND);
+                *resp.status_mut() =
+                    StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::FOUND);
                 match HeaderValue::from_str(&location) {
                     Ok(v) => {
                         resp.headers_mut().insert(header::LOCATION, v);
                     }
-                    Err(_) => return Some(error_response(StatusCode::BAD_REQUEST, "cannot build redirect location")),
+                    Err(_) => {
+                        return Some(error_response(
+                            StatusCode::BAD_REQUEST,
+                            "cannot build redirect location",
+                        ))
+                    }
                 }
                 return Some(resp);
             }
@@ -221,10 +302,17 @@ fn apply_request_filters(
 }
 
 fn is_preflight<B>(req: &Request<B>) -> bool {
-    req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
-fn preflight_response(cors: &portcullis_model::Cors, origin: &HeaderValue, request_headers: &HeaderMap) -> Response<Body> {
+fn preflight_response(
+    cors: &portcullis_model::Cors,
+    origin: &HeaderValue,
+    request_headers: &HeaderMap,
+) -> Response<Body> {
     let mut resp = Response::new(body::empty());
     *resp.status_mut() = StatusCode::OK;
     if filters::cors_origin_allowed(cors, origin.to_str().unwrap_or("")) {
@@ -239,7 +327,10 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     if let Some(authority) = req.uri().authority() {
         return Some(authority.as_str().to_string());
     }
-    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Weighted random choice among backends with weight > 0. `None` when the
@@ -277,7 +368,10 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// An upstream request plus what is needed to finish an upgrade.
@@ -308,25 +402,45 @@ fn build_upstream_request(
         .authority(endpoint.to_string())
         .path_and_query(path_and_query)
         .build()
-        .map_err(|e| ProxyError::new(StatusCode::BAD_REQUEST, "invalid request target", e.to_string()))?;
+        .map_err(|e| {
+            ProxyError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid request target",
+                e.to_string(),
+            )
+        })?;
 
     let (mut parts, incoming) = req.into_parts();
     filters::remove_hop_by_hop(&mut parts.headers);
     if upgrade {
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(u) = upgrade_header {
             parts.headers.insert(header::UPGRADE, u);
         }
     }
     if protocol == AppProtocol::H2c {
         // gRPC relies on trailers: tell the backend we accept them.
-        if parts.headers.get(header::CONTENT_TYPE).is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")) {
-            parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        if parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
+        {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
         }
         parts.headers.remove(header::HOST);
         parts.version = Version::HTTP_2;
     } else {
-        let host = HeaderValue::from_str(&ctx.host).map_err(|_| ProxyError::new(StatusCode::BAD_REQUEST, "invalid Host header", ctx.host.clone()))?;
+        let host = HeaderValue::from_str(&ctx.host).map_err(|_| {
+            ProxyError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid Host header",
+                ctx.host.clone(),
+            )
+        })?;
         parts.headers.insert(header::HOST, host);
         parts.version = Version::HTTP_11;
     }
@@ -346,11 +460,21 @@ fn build_upstream_request(
                 continue;
             };
             let mirror_body = tee.add_mirror();
-            send_mirror(upstreams, &parts, ctx, mirror, mirror_endpoint, body::boxed(mirror_body));
+            send_mirror(
+                upstreams,
+                &parts,
+                ctx,
+                mirror,
+                mirror_endpoint,
+                body::boxed(mirror_body),
+            );
         }
         body::boxed(tee)
     };
-    Ok(UpstreamRequest { req: Request::from_parts(parts, body), client_upgrade })
+    Ok(UpstreamRequest {
+        req: Request::from_parts(parts, body),
+        client_upgrade,
+    })
 }
 
 fn mirror_selected(mirror: &Mirror) -> bool {
@@ -372,7 +496,12 @@ fn send_mirror(
         Some(q) => format!("{}?{q}", ctx.path),
         None => ctx.path.clone(),
     };
-    let Ok(uri) = Uri::builder().scheme("http").authority(endpoint.to_string()).path_and_query(path_and_query).build() else {
+    let Ok(uri) = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.to_string())
+        .path_and_query(path_and_query)
+        .build()
+    else {
         return;
     };
     let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
@@ -382,7 +511,11 @@ fn send_mirror(
         headers.remove(header::UPGRADE);
     }
     let protocol = mirror.backend.protocol;
-    builder = builder.version(if protocol == AppProtocol::H2c { Version::HTTP_2 } else { Version::HTTP_11 });
+    builder = builder.version(if protocol == AppProtocol::H2c {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    });
     let Ok(req) = builder.body(body) else {
         return;
     };
@@ -412,7 +545,10 @@ fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, host: &str) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme()));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(conn.scheme()),
+    );
     if !headers.contains_key(&X_FORWARDED_HOST) {
         if let Ok(v) = HeaderValue::from_str(host) {
             headers.insert(X_FORWARDED_HOST.clone(), v);
@@ -420,21 +556,41 @@ fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, host: &str) {
     }
 }
 
-async fn forward(shared: &Shared, upstream: UpstreamRequest, protocol: AppProtocol, rule: &Rule) -> Result<Response<Body>, ProxyError> {
-    let UpstreamRequest { req, client_upgrade } = upstream;
+async fn forward(
+    shared: &Shared,
+    upstream: UpstreamRequest,
+    protocol: AppProtocol,
+    rule: &Rule,
+) -> Result<Response<Body>, ProxyError> {
+    let UpstreamRequest {
+        req,
+        client_upgrade,
+    } = upstream;
     let client = shared.upstreams.client(protocol);
     let attempt = client.request(req);
     let result = match rule.timeouts.backend_request {
-        Some(limit) => tokio::time::timeout(limit, attempt)
-            .await
-            .map_err(|_| ProxyError::new(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", format!("{} backend attempt after {limit:?}", rule.id)))?,
+        Some(limit) => tokio::time::timeout(limit, attempt).await.map_err(|_| {
+            ProxyError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream request timeout",
+                format!("{} backend attempt after {limit:?}", rule.id),
+            )
+        })?,
         None => attempt.await,
     };
     let mut resp = result.map_err(|e| {
         if e.is_connect() {
-            ProxyError::new(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error", format!("{}: {e:?}", rule.id))
+            ProxyError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error",
+                format!("{}: {e:?}", rule.id),
+            )
         } else {
-            ProxyError::new(StatusCode::BAD_GATEWAY, "upstream error", format!("{}: {e:?}", rule.id))
+            ProxyError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream error",
+                format!("{}: {e:?}", rule.id),
+            )
         }
     })?;
 
@@ -468,7 +624,13 @@ mod tests {
     use portcullis_model::BackendTarget;
 
     fn wb(weight: u32, reason: &str) -> WeightedBackend {
-        WeightedBackend { weight, target: BackendTarget::Invalid { reason: reason.to_string() }, filters: vec![] }
+        WeightedBackend {
+            weight,
+            target: BackendTarget::Invalid {
+                reason: reason.to_string(),
+            },
+            filters: vec![],
+        }
     }
 
     #[test]
@@ -477,7 +639,9 @@ mod tests {
         let mut counts = [0u32; 3];
         for _ in 0..4000 {
             let picked = pick_weighted(&backends).unwrap();
-            let BackendTarget::Invalid { reason } = &picked.target else { unreachable!() };
+            let BackendTarget::Invalid { reason } = &picked.target else {
+                unreachable!()
+            };
             match reason.as_str() {
                 "zero" => counts[0] += 1,
                 "one" => counts[1] += 1,

@@ -32,7 +32,10 @@ pub struct DataPlaneConfig {
 
 impl Default for DataPlaneConfig {
     fn default() -> Self {
-        DataPlaneConfig { bind_ip: IpAddr::from([0, 0, 0, 0]), preopened: HashMap::new() }
+        DataPlaneConfig {
+            bind_ip: IpAddr::from([0, 0, 0, 0]),
+            preopened: HashMap::new(),
+        }
     }
 }
 
@@ -46,24 +49,39 @@ pub struct DataPlane {
 impl DataPlane {
     /// Serves every table received on `tables`, starting with the current
     /// one. Runs until the sender is dropped or the handle is aborted.
-    pub fn spawn(mut tables: watch::Receiver<Arc<RouteTable>>, config: DataPlaneConfig) -> DataPlane {
+    pub fn spawn(
+        mut tables: watch::Receiver<Arc<RouteTable>>,
+        config: DataPlaneConfig,
+    ) -> DataPlane {
         let first = tables.borrow_and_update().clone();
         let shared = Arc::new(Shared::new(first.clone()));
         let (ready_tx, ready) = watch::channel(false);
         let task_shared = shared.clone();
         let task = tokio::spawn(async move {
-            let mut listeners = Listeners { config, accepting: HashMap::new(), shared: task_shared.clone() };
+            let mut listeners = Listeners {
+                config,
+                accepting: HashMap::new(),
+                shared: task_shared.clone(),
+            };
             listeners.reconcile(&first);
             let _ = ready_tx.send(true);
             while tables.changed().await.is_ok() {
                 let table = tables.borrow_and_update().clone();
                 task_shared.swap(table.clone());
                 listeners.reconcile(&table);
-                tracing::info!(generation = table.generation, ports = table.ports.len(), "serving new configuration");
+                tracing::info!(
+                    generation = table.generation,
+                    ports = table.ports.len(),
+                    "serving new configuration"
+                );
             }
             listeners.stop_all();
         });
-        DataPlane { shared, ready, task }
+        DataPlane {
+            shared,
+            ready,
+            task,
+        }
     }
 
     /// Waits until the first table is served (its ports are bound).
@@ -101,7 +119,10 @@ impl Listeners {
             match self.bind(port) {
                 Ok(listener) => {
                     tracing::info!(port, address = ?listener.local_addr().ok(), "listening");
-                    self.accepting.insert(port, tokio::spawn(accept_loop(listener, port, self.shared.clone())));
+                    self.accepting.insert(
+                        port,
+                        tokio::spawn(accept_loop(listener, port, self.shared.clone())),
+                    );
                 }
                 // Retried with the next table; the controller reports the
                 // Gateway's listener status.
@@ -116,7 +137,11 @@ impl Listeners {
             return TcpListener::from_std(std_listener);
         }
         let addr = SocketAddr::new(self.config.bind_ip, port);
-        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
         socket.listen(1024)
@@ -160,21 +185,30 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, shar
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
-        let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(port, %remote, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(port, %remote, "TLS handshake timed out");
-                return;
-            }
-        };
-        let conn = Arc::new(ConnInfo { remote, local_port: port, tls: true });
+        let tls_stream =
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(port, %remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(port, %remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+        let conn = Arc::new(ConnInfo {
+            remote,
+            local_port: port,
+            tls: true,
+        });
         serve_http(TokioIo::new(tls_stream), conn, shared).await;
     } else {
-        let conn = Arc::new(ConnInfo { remote, local_port: port, tls: false });
+        let conn = Arc::new(ConnInfo {
+            remote,
+            local_port: port,
+            tls: false,
+        });
         serve_http(TokioIo::new(stream), conn, shared).await;
     }
 }
@@ -184,8 +218,14 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024);
     let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
     if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
         tracing::debug!(error = %e, "connection ended with error");

@@ -34,10 +34,20 @@ impl Prepared {
                     None
                 }
             });
-            ports.insert(port.port, Arc::new(PortState { routes: PortRoutes::new(table.clone(), i), tls }));
+            ports.insert(
+                port.port,
+                Arc::new(PortState {
+                    routes: PortRoutes::new(table.clone(), i),
+                    tls,
+                }),
+            );
         }
         let round_robin = RoundRobin::for_table(&table, previous.map(|p| &p.round_robin));
-        Prepared { table, ports, round_robin }
+        Prepared {
+            table,
+            ports,
+            round_robin,
+        }
     }
 
     pub fn port(&self, port: u16) -> Option<&Arc<PortState>> {
@@ -53,7 +63,10 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(table: Arc<RouteTable>) -> Shared {
-        Shared { current: ArcSwap::from_pointee(Prepared::new(table, None)), upstreams: Upstreams::new() }
+        Shared {
+            current: ArcSwap::from_pointee(Prepared::new(table, None)),
+            upstreams: Upstreams::new(),
+        }
     }
 
     pub fn current(&self) -> Arc<Prepared> {

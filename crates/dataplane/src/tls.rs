@@ -13,22 +13,34 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("certificate {source_name}: {message}")]
-    BadCertificate { source_name: String, message: String },
+    BadCertificate {
+        source_name: String,
+        message: String,
+    },
     #[error("no usable certificate")]
     NoCertificate,
 }
 
 /// Parses a PEM chain and key into a rustls `CertifiedKey`.
-pub fn certified_key(source_name: &str, chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError> {
-    let bad = |message: String| TlsError::BadCertificate { source_name: source_name.to_string(), message };
+pub fn certified_key(
+    source_name: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<CertifiedKey, TlsError> {
+    let bad = |message: String| TlsError::BadCertificate {
+        source_name: source_name.to_string(),
+        message,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| bad(format!("invalid certificate PEM: {e}")))?;
     if chain.is_empty() {
         return Err(bad("no certificate in PEM".to_string()));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(format!("invalid private key PEM: {e}")))?;
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| bad(format!("unsupported private key: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| bad(format!("invalid private key PEM: {e}")))?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| bad(format!("unsupported private key: {e}")))?;
     Ok(CertifiedKey::new(chain, signing_key))
 }
 
@@ -64,7 +76,11 @@ impl ResolvesServerCert for SniResolver {
 /// parse is logged and skipped (the controller reports it in the Gateway
 /// status); the port still serves with the others.
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut resolver = SniResolver { exact: HashMap::new(), wildcards: Vec::new(), default: None };
+    let mut resolver = SniResolver {
+        exact: HashMap::new(),
+        wildcards: Vec::new(),
+        default: None,
+    };
     let mut first = None;
     for cert in &tls.certificates {
         let key = match certified_key(&cert.source, &cert.cert_chain_pem, &cert.private_key_pem) {
@@ -87,11 +103,16 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
     }
     let first = first.ok_or(TlsError::NoCertificate)?;
     resolver.default.get_or_insert(first);
-    resolver.wildcards.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    resolver
+        .wildcards
+        .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::BadCertificate { source_name: "protocol versions".into(), message: e.to_string() })?
+        .map_err(|e| TlsError::BadCertificate {
+            source_name: "protocol versions".into(),
+            message: e.to_string(),
+        })?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -116,7 +116,9 @@ impl HostMatch {
     pub fn matches(&self, host: &str) -> bool {
         match self {
             HostMatch::Exact(h) => h == host,
-            HostMatch::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            HostMatch::Wildcard(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
             HostMatch::Any => true,
         }
     }
@@ -167,7 +169,11 @@ impl std::fmt::Display for RuleId {
             RouteKind::Http => "httproute",
             RouteKind::Grpc => "grpcroute",
         };
-        write!(f, "{kind}/{}/{}/rule/{}", self.namespace, self.name, self.rule_index)
+        write!(
+            f,
+            "{kind}/{}/{}/rule/{}",
+            self.namespace, self.name, self.rule_index
+        )
     }
 }
 
@@ -353,7 +359,9 @@ pub enum BackendTarget {
     Service(Arc<Backend>),
     /// A reference that cannot be served (not found, not permitted, wrong
     /// kind). Its share of the traffic is answered with 500, per the spec.
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
 }
 
 /// A Service port and its ready endpoints.

@@ -15,7 +15,10 @@ impl Pattern {
             // Bound the memory a hostile or careless pattern can take.
             .size_limit(1 << 20)
             .build()?;
-        Ok(Pattern { source: source.to_string(), anchored })
+        Ok(Pattern {
+            source: source.to_string(),
+            anchored,
+        })
     }
 
     pub fn source(&self) -> &str {

@@ -56,14 +56,20 @@ async fn answer(req: Request<Incoming>, state: AdminState) -> Result<Response<Bo
         }
         "/config_dump" => json(&*state.shared.current().table),
         "/status" => json(&*state.statuses.borrow().clone()),
-        _ => text(StatusCode::NOT_FOUND, "endpoints: /healthz /readyz /config_dump /status\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "endpoints: /healthz /readyz /config_dump /status\n",
+        ),
     })
 }
 
 fn text(status: StatusCode, body_text: &'static str) -> Response<Body> {
     let mut resp = Response::new(body::full(body_text));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -71,7 +77,10 @@ fn json<T: serde::Serialize>(value: &T) -> Response<Body> {
     match serde_json::to_vec_pretty(value) {
         Ok(bytes) => {
             let mut resp = Response::new(body::full(bytes));
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             resp
         }
         Err(e) => {

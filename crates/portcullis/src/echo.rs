@@ -35,7 +35,11 @@ pub struct EchoIdentity {
 impl EchoIdentity {
     pub fn from_env() -> EchoIdentity {
         let var = |k: &str| std::env::var(k).unwrap_or_default();
-        EchoIdentity { namespace: var("NAMESPACE"), pod: var("POD_NAME"), service: var("SERVICE_NAME") }
+        EchoIdentity {
+            namespace: var("NAMESPACE"),
+            pod: var("POD_NAME"),
+            service: var("SERVICE_NAME"),
+        }
     }
 }
 
@@ -62,7 +66,9 @@ pub async fn serve(listener: TcpListener, identity: EchoIdentity) -> std::io::Re
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(req, identity.clone()));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -74,7 +80,10 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn answer(req: Request<Incoming>, identity: Arc<EchoIdentity>) -> Result<Response<Body>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    identity: Arc<EchoIdentity>,
+) -> Result<Response<Body>, Infallible> {
     if let Some(delay) = query_param(req.uri().query(), "delay").and_then(|d| parse_delay(&d)) {
         tokio::time::sleep(delay).await;
     }
@@ -86,15 +95,27 @@ async fn answer(req: Request<Incoming>, identity: Arc<EchoIdentity>) -> Result<R
     }
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in req.headers() {
-        headers.entry(canonical_header_name(name.as_str())).or_default().push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        headers
+            .entry(canonical_header_name(name.as_str()))
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
     }
     let host = req
         .uri()
         .authority()
         .map(|a| a.to_string())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_default();
-    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".into());
     let echo = EchoAnswer {
         path,
         host,
@@ -108,18 +129,33 @@ async fn answer(req: Request<Incoming>, identity: Arc<EchoIdentity>) -> Result<R
     };
     let json = serde_json::to_vec(&echo).unwrap_or_default();
     let mut resp = Response::new(body::full(json));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    for spec in req.headers().get_all("x-echo-set-header").iter().filter_map(|v| v.to_str().ok()) {
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    for spec in req
+        .headers()
+        .get_all("x-echo-set-header")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
         for pair in spec.split(',') {
             if let Some((name, value)) = pair.split_once(':') {
-                if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(name.trim().as_bytes()), HeaderValue::from_str(value.trim())) {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name.trim().as_bytes()),
+                    HeaderValue::from_str(value.trim()),
+                ) {
                     resp.headers_mut().append(n, v);
                 }
             }
         }
     }
-    if let Some(code) = query_param(req.uri().query(), "status").and_then(|s| s.parse::<u16>().ok()) {
+    if let Some(code) = query_param(req.uri().query(), "status").and_then(|s| s.parse::<u16>().ok())
+    {
         if let Ok(code) = StatusCode::from_u16(code) {
             *resp.status_mut() = code;
         }
@@ -166,7 +202,9 @@ fn parse_delay(s: &str) -> Option<Duration> {
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Echoes the request body (length-prefixed gRPC messages, passed through
@@ -183,7 +221,10 @@ async fn grpc_echo(req: Request<Incoming>) -> Response<Body> {
     trailers.insert("grpc-message", HeaderValue::from_static("OK"));
     let frames = futures_stream(vec![Frame::data(body), Frame::trailers(trailers)]);
     let mut resp = Response::new(frames);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     if let Ok(v) = HeaderValue::from_str(&method) {
         resp.headers_mut().insert("x-echo-grpc-method", v);
     }
@@ -196,7 +237,9 @@ fn futures_stream(frames: Vec<Frame<Bytes>>) -> Body {
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    headers.get(header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    headers
+        .get(header::UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 fn websocket_accept(mut req: Request<Incoming>) -> Response<Body> {
@@ -224,7 +267,9 @@ fn websocket_accept(mut req: Request<Incoming>) -> Response<Body> {
 
 /// Reads client frames (masked, RFC 6455) and sends each payload back in an
 /// unmasked frame of the same opcode; answers close with close.
-async fn websocket_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut io: S) -> std::io::Result<()> {
+async fn websocket_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut io: S,
+) -> std::io::Result<()> {
     loop {
         let Some(frame) = crate::websocket::read_frame(&mut io).await? else {
             return Ok(());

@@ -27,7 +27,17 @@ pub fn validate(dir: &Path, out: &mut dyn Write) -> std::io::Result<usize> {
             }
         }
     }
-    let routes: usize = compiled.table.ports.iter().flat_map(|p| &p.virtual_hosts).map(|v| v.routes.len()).sum();
-    writeln!(out, "{} port(s), {routes} route match(es) compiled; {count} problem(s)", compiled.table.ports.len())?;
+    let routes: usize = compiled
+        .table
+        .ports
+        .iter()
+        .flat_map(|p| &p.virtual_hosts)
+        .map(|v| v.routes.len())
+        .sum();
+    writeln!(
+        out,
+        "{} port(s), {routes} route match(es) compiled; {count} problem(s)",
+        compiled.table.ports.len()
+    )?;
     Ok(count)
 }

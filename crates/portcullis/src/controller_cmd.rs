@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use portcullis_controller::kube::leader::{self, LeaderConfig};
+use portcullis_controller::kube::provision::{self, render::ProvisionSettings};
 use portcullis_controller::kube::writer::{self, WriterStats};
 use portcullis_controller::kube::{KubeProvider, KubeProviderConfig};
 use portcullis_controller::CompileOptions;
@@ -24,6 +25,9 @@ pub struct ControllerArgs {
     /// `None`: no election, this replica always writes (a single replica).
     pub leader_election: Option<(String, String)>,
     pub admin: SocketAddr,
+    /// `None`: do not provision proxies (Gateways are served by proxies
+    /// deployed some other way).
+    pub provision: Option<ProvisionSettings>,
 }
 
 pub async fn run(
@@ -90,6 +94,15 @@ pub async fn run(
         }
     };
     let (stats_tx, mut stats_rx) = watch::channel(WriterStats::default());
+    let provisioner = args.provision.map(|settings| {
+        tokio::spawn(provision::run(
+            client.clone(),
+            settings,
+            provider.provision_inputs.clone(),
+            leading_rx.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
     let writer = tokio::spawn(writer::run(
         client,
         args.controller_name,
@@ -121,6 +134,9 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if let Some(provisioner) = provisioner {
+        let _ = tokio::time::timeout(Duration::from_secs(2), provisioner).await;
+    }
     drop(provider);
     Ok(())
 }

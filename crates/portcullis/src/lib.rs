@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod controller_cmd;
+pub mod crds;
 pub mod echo;
 pub mod kube_client;
 pub mod proxy_cmd;

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use portcullis_controller::kube::provision::render::ProvisionSettings;
 
 /// Portcullis: a Kubernetes-native API gateway.
 #[derive(Parser)]
@@ -59,6 +60,16 @@ enum Command {
         /// Admin listener: /healthz /readyz /config_dump /status.
         #[arg(long, default_value = "0.0.0.0:9902")]
         admin: SocketAddr,
+        /// Image of the provisioned proxies (unless GatewayParameters
+        /// name one).
+        #[arg(long, default_value = "portcullis:latest")]
+        proxy_image: String,
+        /// ClusterRole the provisioned proxies' ServiceAccounts are bound to.
+        #[arg(long, default_value = "portcullis-proxy")]
+        proxy_cluster_role: String,
+        /// Do not provision a Deployment and Service per Gateway.
+        #[arg(long)]
+        no_provisioning: bool,
     },
     /// The data plane of one Gateway: watches the cluster, compiles only
     /// that Gateway and serves it. Never writes to the API server.
@@ -78,6 +89,9 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:9901")]
         admin: SocketAddr,
     },
+    /// Print the CustomResourceDefinitions of Portcullis' own resources
+    /// (YAML), e.g. `portcullis crds | kubectl apply -f -`.
+    Crds,
     /// An echo backend answering with a JSON description of each request
     /// (the Gateway API conformance echo format).
     Echo {
@@ -129,6 +143,9 @@ fn main() -> ExitCode {
             lease_name,
             no_leader_election,
             admin,
+            proxy_image,
+            proxy_cluster_role,
+            no_provisioning,
         } => {
             let args = portcullis::controller_cmd::ControllerArgs {
                 kubeconfig,
@@ -136,6 +153,10 @@ fn main() -> ExitCode {
                 leader_election: (!no_leader_election)
                     .then_some((leader_election_namespace, lease_name)),
                 admin,
+                provision: (!no_provisioning).then_some(ProvisionSettings {
+                    default_image: proxy_image,
+                    proxy_cluster_role,
+                }),
             };
             run_async(portcullis::controller_cmd::run(args, shutdown_signal()))
         }
@@ -162,6 +183,16 @@ fn main() -> ExitCode {
             drop(proxy);
             Ok(())
         }),
+        Command::Crds => match portcullis::crds::yaml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Echo { listen } => run_async(portcullis::echo::run(listen)),
     }
 }

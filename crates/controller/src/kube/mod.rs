@@ -16,9 +16,13 @@
 //! - [`writer`]: the status writer loop (leader only).
 //! - [`leader`]: Lease-based leader election, its rules as a pure state
 //!   machine.
+//! - [`provision`]: a proxy Deployment + Service (+ ServiceAccount,
+//!   ClusterRoleBinding) per Gateway of our classes, rendered purely;
+//!   `Gateway.status.addresses` from the Service (leader only).
 
 pub mod leader;
 pub mod provider;
+pub mod provision;
 pub mod status_patch;
 pub mod store;
 pub mod writer;

@@ -23,9 +23,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::provision::{provision_inputs, ProvisionInputs};
 use super::store::{Change, Effect, Kind, Stores};
 use super::writer::{observe, StatusInputs};
-use crate::snapshot::{KubeObject, ObjectKey};
+use crate::snapshot::{KubeObject, ObjectKey, Snapshot};
 use crate::status::StatusUpdate;
 use crate::{compile, CompileOptions};
 
@@ -38,8 +39,8 @@ pub struct KubeProviderConfig {
     pub quiet: Duration,
     /// ...or once the batch is this old, whichever comes first.
     pub max_delay: Duration,
-    /// Publish the observed statuses for a status writer (controller
-    /// mode); proxies do not need them.
+    /// Publish the observed statuses for a status writer and the inputs
+    /// of the provisioner (controller mode); proxies do not need them.
     pub observe_status: bool,
 }
 
@@ -68,6 +69,9 @@ pub struct KubeProviderHandle {
     /// Compiled statuses with the statuses the API server has, for the
     /// status writer (only filled with `observe_status`).
     pub status_inputs: watch::Receiver<Arc<StatusInputs>>,
+    /// Our Gateways, classes and provisioned Services, for the
+    /// provisioner (only filled with `observe_status`).
+    pub provision_inputs: watch::Receiver<Arc<ProvisionInputs>>,
     pub synced: watch::Receiver<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -185,10 +189,12 @@ impl KubeProvider {
         let (status_tx, statuses) = watch::channel(Arc::new(Vec::new()));
         let (inputs_tx, status_inputs) = watch::channel(Arc::new(StatusInputs::default()));
         let (synced_tx, synced) = watch::channel(false);
+        let (provision_tx, provision_inputs) = watch::channel(Arc::new(ProvisionInputs::default()));
         let publish = Publish {
             tables: table_tx,
             statuses: status_tx,
             inputs: inputs_tx,
+            provision: provision_tx,
             synced: synced_tx,
         };
         tasks.push(tokio::spawn(compile_loop(
@@ -201,6 +207,7 @@ impl KubeProvider {
             tables,
             statuses,
             status_inputs,
+            provision_inputs,
             synced,
             tasks,
         }
@@ -258,7 +265,27 @@ struct Publish {
     tables: watch::Sender<Arc<RouteTable>>,
     statuses: watch::Sender<Arc<Vec<StatusUpdate>>>,
     inputs: watch::Sender<Arc<StatusInputs>>,
+    provision: watch::Sender<Arc<ProvisionInputs>>,
     synced: watch::Sender<bool>,
+}
+
+impl Publish {
+    /// What the status writer and the provisioner work from.
+    fn leader_inputs(
+        &self,
+        snapshot: &Snapshot,
+        statuses: &Arc<Vec<StatusUpdate>>,
+        controller_name: &str,
+    ) {
+        let observed = observe(snapshot, statuses);
+        let _ = self.inputs.send(Arc::new(StatusInputs {
+            statuses: statuses.clone(),
+            observed,
+        }));
+        let _ = self
+            .provision
+            .send(Arc::new(provision_inputs(snapshot, controller_name)));
+    }
 }
 
 /// Applies changes in batches: a batch ends when no change came for
@@ -305,11 +332,7 @@ async fn compile_loop(
             let _ = publish.tables.send(Arc::new(compiled.table));
             let _ = publish.statuses.send(statuses.clone());
             if config.observe_status {
-                let observed = observe(stores.snapshot(), &statuses);
-                let _ = publish.inputs.send(Arc::new(StatusInputs {
-                    statuses: statuses.clone(),
-                    observed,
-                }));
+                publish.leader_inputs(stores.snapshot(), &statuses, &options.controller_name);
             }
             if !*publish.synced.borrow() {
                 tracing::info!(routes, "first complete table published");
@@ -323,11 +346,7 @@ async fn compile_loop(
                 "configuration compiled"
             );
         } else if effect == Effect::StatusOnly && config.observe_status {
-            let observed = observe(stores.snapshot(), &statuses);
-            let _ = publish.inputs.send(Arc::new(StatusInputs {
-                statuses: statuses.clone(),
-                observed,
-            }));
+            publish.leader_inputs(stores.snapshot(), &statuses, &options.controller_name);
         }
         if closed {
             return;

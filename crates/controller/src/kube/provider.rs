@@ -243,7 +243,8 @@ where
                 Err(e) => {
                     failing = true;
                     if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-                        tracing::warn!(%kind, error = %e, "cannot watch {kind} (is the CRD installed, and may this service account list and watch it?); serving the last configuration and retrying");
+                        let hint = watch_error_hint(&e);
+                        tracing::warn!(%kind, error = %e, "cannot watch {kind}{hint}; serving the last configuration and retrying");
                         last_error_log = Some(Instant::now());
                     }
                     continue;
@@ -259,6 +260,23 @@ where
             }
         }
     })
+}
+
+/// What to check for the usual watch failures, for the operator.
+fn watch_error_hint(error: &watcher::Error) -> &'static str {
+    let status = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    };
+    match status {
+        Some(404) => " (is its CRD installed?)",
+        Some(401) => " (are the credentials valid?)",
+        Some(403) => " (may this service account list and watch it? see deploy/rbac)",
+        _ => "",
+    }
 }
 
 struct Publish {

@@ -118,9 +118,12 @@ gen_certs() {
   mkdir -p "$d"
   (
     cd "$d"
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=portcullis-e2e-ca 2>/dev/null
+    # EC P-256 keys: an order of magnitude faster to generate than RSA.
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
+    openssl req -x509 "${ec[@]}" -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=portcullis-e2e-ca \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
     sign() { # sign NAME SUBJ [SANS]
-      openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      openssl req "${ec[@]}" -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
       local ext="keyUsage=critical,digitalSignature,keyEncipherment"$'\n'"extendedKeyUsage=${4:-clientAuth}"
       [[ -n ${3:-} ]] && ext+=$'\n'"subjectAltName=$3"
       openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 2 -extfile <(echo "$ext") 2>/dev/null
@@ -134,9 +137,10 @@ gen_certs() {
     sign controller-manager "/O=system:masters/CN=system:kube-controller-manager"
     sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
     sign kubelet "/CN=$NODE_NAME" "IP:$GATEWAY,DNS:$NODE_NAME" serverAuth
-    openssl genrsa -out sa.key 2048 2>/dev/null
-    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    openssl ecparam -name prime256v1 -genkey -noout -out sa.key 2>/dev/null
+    openssl ec -in sa.key -pubout -out sa.pub 2>/dev/null
   ) || die "certificate generation failed"
+  [[ -s $d/kubelet.crt && -s $d/sa.pub ]] || die "certificate generation failed (see $d)"
 }
 
 kubeconfig() { # kubeconfig FILE CERTNAME

@@ -82,10 +82,16 @@ done
 ((${#hits[@]} == 2)) || die "LoadBalancer $lb reached ${!hits[*]} only, expected both pods"
 log "LoadBalancer $lb:8080 reaches both pods"
 
-# Container logs through the API server -> kubelet API path.
-first=${pods[0]%% *}
-kubectl -n "$NS" logs "$first" --tail=5 >/dev/null || die "kubectl logs failed"
-log "kubectl logs works"
+# Container logs through the API server -> kubelet API path, with sinceTime
+# (the conformance mirror tests count log lines since a time).
+read -r first first_ip <<<"${pods[0]}"
+since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+sleep 1.1   # sinceTime has one-second resolution
+curl -sS --max-time 5 "http://$first_ip:3000/logged-after" >/dev/null || die "curl to $first_ip failed"
+logs_have() { kubectl -n "$NS" logs "$first" --since-time="$since" | grep -q "$1"; }
+wait_for "the request in the logs of $first" 10 logs_have /logged-after || die "kubectl logs --since-time lacks the request"
+if logs_have /smoke; then die "kubectl logs --since-time returned lines older than $since"; fi
+log "kubectl logs works (with --since-time)"
 
 # Pods that go away take their processes and addresses with them.
 kubectl -n "$NS" scale deployment echo --replicas=0 >/dev/null

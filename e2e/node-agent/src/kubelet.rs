@@ -71,7 +71,33 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
     }
 }
 
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 async fn logs(sh: Arc<Shared>, ns: &str, pod: &str, container: &str, q: HashMap<String, String>) -> Response<Body> {
+    let q: HashMap<String, String> = q.into_iter().map(|(k, v)| (k, pct_decode(&v))).collect();
     let info = sh.logs.lock().unwrap().get(&(ns.to_string(), pod.to_string())).cloned();
     let Some(info) = info else {
         return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not running on this node\n"));
@@ -84,28 +110,25 @@ async fn logs(sh: Arc<Shared>, ns: &str, pod: &str, container: &str, q: HashMap<
     if restart < 0 {
         return text(StatusCode::BAD_REQUEST, format!("previous terminated container {container} in pod {ns}/{pod} not found\n"));
     }
-    let path = log_path(&info.dir, container, restart);
-    let data = tokio::fs::read(&path).await.unwrap_or_default();
-    let mut start = 0usize;
-    if let Some(n) = q.get("tailLines").and_then(|v| v.parse::<usize>().ok()) {
-        let mut seen = 0;
-        let end = if data.ends_with(b"\n") { data.len() - 1 } else { data.len() };
-        start = 0;
-        for i in (0..end).rev() {
-            if data[i] == b'\n' {
-                seen += 1;
-                if seen == n {
-                    start = i + 1;
-                    break;
-                }
-            }
+    let mut lq = crate::logs::Query { since: None, timestamps: q.get("timestamps").is_some_and(|v| v == "true") };
+    if let Some(t) = q.get("sinceTime") {
+        match t.parse::<jiff::Timestamp>() {
+            Ok(t) => lq.since = Some(t),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad sinceTime {t:?}: {e}\n")),
         }
-        if n == 0 {
-            start = data.len();
-        }
+    } else if let Some(secs) = q.get("sinceSeconds").and_then(|v| v.parse::<i64>().ok()) {
+        lq.since = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(secs)).ok();
     }
+    let path = log_path(&info.dir, container, restart);
+    let stored = tokio::fs::read(&path).await.unwrap_or_default();
+    // Only complete records; a partial last one is picked up by follow.
+    let complete = stored.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+    let rendered = crate::logs::render(&stored[..complete], &lq);
+    let mut first = match q.get("tailLines").and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) => crate::logs::tail(&rendered, n).to_vec(),
+        None => rendered,
+    };
     let limit = q.get("limitBytes").and_then(|v| v.parse::<usize>().ok());
-    let mut first = data[start..].to_vec();
     if let Some(l) = limit {
         first.truncate(l);
     }
@@ -116,11 +139,12 @@ async fn logs(sh: Arc<Shared>, ns: &str, pod: &str, container: &str, q: HashMap<
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
     let key = (ns.to_string(), pod.to_string());
     let container = container.to_string();
-    let mut offset = data.len() as u64;
+    let mut offset = complete as u64;
     tokio::spawn(async move {
         if tx.send(Ok(Frame::data(Bytes::from(first)))).await.is_err() {
             return;
         }
+        let mut pending: Vec<u8> = vec![];
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let cur = sh.logs.lock().unwrap().get(&key).and_then(|i| i.containers.get(&container).copied());
@@ -131,8 +155,13 @@ async fn logs(sh: Arc<Shared>, ns: &str, pod: &str, container: &str, q: HashMap<
                 }
             }
             offset += buf.len() as u64;
-            if !buf.is_empty() && tx.send(Ok(Frame::data(Bytes::from(buf)))).await.is_err() {
-                return;
+            pending.extend_from_slice(&buf);
+            if let Some(i) = pending.iter().rposition(|&b| b == b'\n') {
+                let out = crate::logs::render(&pending[..=i], &lq);
+                pending.drain(..=i);
+                if !out.is_empty() && tx.send(Ok(Frame::data(Bytes::from(out)))).await.is_err() {
+                    return;
+                }
             }
             // This instance is over (exited, restarted or pod gone): the stream ends.
             match cur {

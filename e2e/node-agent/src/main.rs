@@ -10,6 +10,7 @@ mod config;
 mod env;
 mod kubelet;
 mod lb;
+mod logs;
 mod net;
 mod node;
 mod pod;

@@ -339,7 +339,6 @@ impl Worker {
         let restarts = self.ctrs[idx].restarts;
         let log = log_path(&self.dir.join("logs"), &c.name, restarts);
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("opening {}", log.display()))?;
-        let err = out.try_clone()?;
         let netns = std::fs::File::open(net::netns_path(&self.uid)).context("opening the pod's netns")?;
         let mut mnts: Vec<(CString, CString, bool)> = vec![];
         for m in &mounts {
@@ -355,8 +354,8 @@ impl Worker {
             .envs(envv.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(c.working_dir.as_deref().filter(|d| !d.is_empty()).unwrap_or("/"))
             .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
         let fd = netns.as_raw_fd();
@@ -386,6 +385,13 @@ impl Worker {
             });
         }
         let mut child = cmd.spawn().with_context(|| format!("starting {} {:?}", exe.display(), argv))?;
+        let sink = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(out)));
+        if let Some(o) = child.stdout.take() {
+            tokio::spawn(crate::logs::capture(o, "stdout", sink.clone()));
+        }
+        if let Some(e) = child.stderr.take() {
+            tokio::spawn(crate::logs::capture(e, "stderr", sink));
+        }
         drop(netns);
         let pid = child.id().map(|p| p as i32);
         let ctr = &mut self.ctrs[idx];

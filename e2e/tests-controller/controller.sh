@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# e2e of the Kubernetes controller (issue 3) on the harness's cluster:
+#   1. CRDs (portcullis crds), deploy/rbac, the controller (2 replicas, Lease
+#      leader election) as a Deployment of image portcullis:e2e (the node
+#      agent runs $CARGO_TARGET_DIR/release/portcullis for it);
+#   2. GatewayClass + Gateway + echo backend + HTTPRoute with kubectl: the
+#      statuses appear (Accepted / Programmed), the proxy Deployment and its
+#      LoadBalancer Service are provisioned, Gateway.status.addresses is the
+#      Service's address, and a request through it reaches the echo pods;
+#   3. a route change is followed by the traffic;
+#   4. the leader pod is deleted: the other replica takes the Lease over and
+#      writes the status of a route created afterwards;
+#   5. the Rust tests against this API server
+#      (crates/controller/tests/kube_apiserver.rs).
+# Needs `source STATE/env` (KUBECONFIG, kubectl) and a release build of the
+# binary (cargo build --release -p portcullis).
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+: "${KUBECONFIG:?source the cluster env first}"
+BIN="$CARGO_TARGET_DIR/release/portcullis"
+[[ -x $BIN ]] || die "no release binary at $BIN (cargo build --release -p portcullis)"
+NS=e2e-ctl
+SYS=portcullis-system
+
+log "CRDs and RBAC"
+"$BIN" crds | kubectl apply --server-side -f - >/dev/null
+kubectl create namespace "$SYS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -k "$REPO_DIR/deploy/rbac" >/dev/null
+kubectl wait --for condition=Established crd/gatewayparameters.portcullis.dev --timeout=30s >/dev/null
+
+log "controller: 2 replicas"
+kubectl apply -n "$SYS" -f - >/dev/null <<'YAML'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: portcullis-controller, labels: {app: portcullis-controller}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: portcullis-controller}}
+  template:
+    metadata: {labels: {app: portcullis-controller}}
+    spec:
+      serviceAccountName: portcullis-controller
+      containers:
+      - name: controller
+        image: portcullis:e2e
+        args: [controller, --proxy-image, "portcullis:e2e", --admin, "0.0.0.0:9902"]
+        env:
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+        - {name: RUST_LOG, value: info}
+        ports: [{name: admin, containerPort: 9902}]
+        readinessProbe:
+          httpGet: {path: /readyz, port: 9902}
+          periodSeconds: 1
+YAML
+kubectl -n "$SYS" rollout status deployment/portcullis-controller --timeout=90s >&2 \
+  || { kubectl -n "$SYS" get pods -o wide >&2; die "controller not available"; }
+
+log "Gateway, echo backend, HTTPRoute"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers:
+      - name: echo
+        image: gcr.io/k8s-staging-gateway-api/echo-basic:v20260204-monthly-2026.01-60-g28382302
+        env:
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+        readinessProbe:
+          httpGet: {path: /, port: 3000}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 8080, targetPort: 3000}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: echo, port: 8080}]
+YAML
+
+cond() { # cond KIND NAME JSONPATH-TO-CONDITIONS TYPE: prints the condition status
+  kubectl -n "$NS" get "$1" "$2" -o jsonpath="{$3[?(@.type==\"$4\")].status}"
+}
+is_true() { [[ $("$@") == True ]]; }
+wait_for "GatewayClass Accepted" 30 is_true cond gatewayclass portcullis .status.conditions Accepted \
+  || { kubectl get gatewayclass portcullis -o yaml >&2; die "GatewayClass not Accepted"; }
+wait_for "Gateway Programmed" 30 is_true cond gateway gw .status.conditions Programmed \
+  || { kubectl -n "$NS" get gateway gw -o yaml >&2; die "Gateway not Programmed"; }
+wait_for "HTTPRoute Accepted" 30 is_true cond httproute echo '.status.parents[0].conditions' Accepted \
+  || { kubectl -n "$NS" get httproute echo -o yaml >&2; die "HTTPRoute not Accepted"; }
+
+log "provisioned proxy"
+kubectl -n "$NS" rollout status deployment/gw-portcullis --timeout=90s >&2 \
+  || { kubectl -n "$NS" get deploy,pods,svc -o wide >&2; die "proxy Deployment not available"; }
+[[ $(kubectl -n "$NS" get svc gw-portcullis -o jsonpath='{.spec.type}') == LoadBalancer ]] || die "proxy Service is not a LoadBalancer"
+[[ $(kubectl -n "$NS" get deploy gw-portcullis -o jsonpath='{.metadata.ownerReferences[0].kind}') == Gateway ]] || die "no owner reference"
+address() { kubectl -n "$NS" get gateway gw -o jsonpath='{.status.addresses[0].value}'; }
+has_address() { [[ -n $(address) ]]; }
+wait_for "Gateway.status.addresses" 60 has_address || { kubectl -n "$NS" get gateway gw -o yaml >&2; die "no Gateway address"; }
+ADDR=$(address)
+log "Gateway address $ADDR"
+
+served() { # served PATH: the echo pods answer PATH through the Gateway
+  curl -sf --max-time 2 "http://$ADDR:8080$1" | grep -Eq '"namespace": ?"'"$NS"'"'
+}
+diagnose() { # what a failed traffic check needs to be understood
+  curl -sv --max-time 2 "http://$ADDR:8080${1:-/}" >&2 || true
+  kubectl -n "$NS" get pods,svc,endpointslices -o wide >&2
+  kubectl -n "$NS" logs deployment/gw-portcullis --tail=40 >&2 || true
+  kubectl -n "$NS" get httproute -o yaml >&2
+}
+kubectl -n "$NS" rollout status deployment/echo --timeout=60s >&2 || die "echo not available"
+wait_for "a request through the Gateway reaches echo" 60 served /hello || { diagnose /hello; die "traffic does not reach echo through $ADDR"; }
+
+log "route change"
+kubectl -n "$NS" patch httproute echo --type merge -p \
+  '{"spec":{"rules":[{"matches":[{"path":{"type":"PathPrefix","value":"/v2"}}],"backendRefs":[{"name":"echo","port":8080}]}]}}' >/dev/null
+t0=$(now_ms)
+old_path_gone() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$ADDR:8080/hello") == 404 ]]; }
+wait_for "new path served" 30 served /v2/x || { diagnose /v2/x; die "route change not followed"; }
+wait_for "old path refused" 30 old_path_gone || die "old path still served"
+log "route change followed in $(( $(now_ms) - t0 )) ms (kubectl return -> both checks)"
+
+log "leader failover"
+holder() { kubectl -n "$SYS" get lease portcullis-controller -o jsonpath='{.spec.holderIdentity}'; }
+leader=$(holder)
+leader_pod=${leader%%_*}
+[[ -n $leader_pod ]] || die "no leader"
+kubectl -n "$SYS" delete pod "$leader_pod" --wait=false >/dev/null
+t0=$(now_ms)
+new_leader() { local h; h=$(holder); [[ -n $h && ${h%%_*} != "$leader_pod" ]]; }
+wait_for "another replica holds the Lease" 40 new_leader || die "no takeover after deleting $leader_pod"
+log "Lease taken over by $(holder) in $(( $(now_ms) - t0 )) ms"
+kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: after-failover}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [failover.example]
+  rules: [{backendRefs: [{name: echo, port: 8080}]}]
+YAML
+wait_for "status written by the new leader" 30 is_true cond httproute after-failover '.status.parents[0].conditions' Accepted \
+  || die "the new leader did not write status"
+
+log "Rust tests against this API server"
+(cd "$REPO_DIR" && PORTCULLIS_TEST_KUBECONFIG="$KUBECONFIG" "${NICE[@]}" cargo test -q -p portcullis-controller --test kube_apiserver) >&2 \
+  || die "kube_apiserver tests failed"
+
+kubectl delete namespace "$NS" --wait=false >/dev/null
+kubectl -n "$SYS" delete deployment portcullis-controller --wait=false >/dev/null
+log "controller e2e: ok"

@@ -3,5 +3,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$E2E_DIR/node-agent"
-"${NICE[@]}" cargo build --release --locked --quiet 2>&1 || "${NICE[@]}" cargo build --release --locked
+# Output on stderr: shows "Blocking waiting for file lock" when another build
+# holds the shared target dir.
+"${NICE[@]}" cargo build --release --locked >&2
 echo "$CARGO_TARGET_DIR/release/e2e-node-agent"

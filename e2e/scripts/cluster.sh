@@ -24,8 +24,15 @@ LB_CIDR=198.19.128.0/17
 NODE_NAME=e2e-node
 CURRENT="$E2E_CACHE/current-cluster"   # state dir of the running cluster, for stale cleanup
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+# free_ports N: N distinct free TCP ports (all held open until all are picked).
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
 }
 
 # start NAME LOGFILE CMD...: background process, pid recorded for `down`.
@@ -188,9 +195,8 @@ up() {
   ip link set "$BRIDGE" up
 
   gen_certs
-  local etcd_port etcd_peer kcm_port
-  etcd_port=$(free_port); etcd_peer=$(free_port); kcm_port=$(free_port); API_PORT=$(free_port)
-  while [[ $etcd_peer == "$etcd_port" ]]; do etcd_peer=$(free_port); done
+  local etcd_port etcd_peer kcm_port kubelet_port
+  read -r etcd_port etcd_peer kcm_port API_PORT kubelet_port <<<"$(free_ports 5)"
 
   start etcd "$STATE/logs/etcd.log" "$BIN/etcd" --name e2e --data-dir "$STATE/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -260,7 +266,7 @@ ENV
   "proxyClusterIps": true,
   "apiserverHost": "$GATEWAY",
   "apiserverPort": $API_PORT,
-  "kubeletPort": 10250,
+  "kubeletPort": $kubelet_port,
   "kubeletCert": "$pki/kubelet.crt",
   "kubeletKey": "$pki/kubelet.key",
   "images": [

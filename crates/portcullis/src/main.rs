@@ -43,6 +43,8 @@ enum Command {
     /// leader (a Lease) writes Gateway API status. Kubeconfig from
     /// --kubeconfig, KUBECONFIG, ~/.kube/config or the pod's service account.
     Controller {
+        /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the
+        /// in-cluster service account).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
         /// GatewayClasses with this spec.controllerName are ours.
@@ -52,6 +54,7 @@ enum Command {
         /// POD_NAMESPACE).
         #[arg(long, env = "POD_NAMESPACE", default_value = "portcullis-system")]
         leader_election_namespace: String,
+        /// Name of the leader Lease.
         #[arg(long, default_value = "portcullis-controller")]
         lease_name: String,
         /// Write status without an election (one replica only).
@@ -77,6 +80,8 @@ enum Command {
         /// The Gateway to serve, as NAMESPACE/NAME.
         #[arg(long, value_parser = portcullis::proxy_cmd::parse_gateway)]
         gateway: portcullis_controller::ObjectKey,
+        /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the
+        /// in-cluster service account).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
         #[arg(long, default_value = portcullis_api::CONTROLLER_NAME)]

@@ -133,6 +133,30 @@ spec:
   controllerName: portcullis.dev/gateway-controller
 ";
 
+/// GatewayClass plus Gateway `default/gw` with these listeners (YAML list
+/// items indented by two spaces; `${NAME}` port placeholders allowed).
+pub fn gateway(listeners: &str) -> String {
+    format!(
+        "{GATEWAY_CLASS}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: gw
+  namespace: default
+spec:
+  gatewayClassName: portcullis
+  listeners:
+{listeners}
+"
+    )
+}
+
+/// One HTTP listener on the `HTTP_PORT` placeholder.
+pub const PLAIN_LISTENER: &str = "  - name: http
+    protocol: HTTP
+    port: ${HTTP_PORT}";
+
 /// YAML of a selector-less Service `name` (port 80, optional appProtocol)
 /// with an EndpointSlice listing `endpoints`.
 pub fn service_yaml(name: &str, endpoints: &[SocketAddr], app_protocol: Option<&str>) -> String {

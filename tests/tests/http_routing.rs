@@ -6,22 +6,7 @@ use std::time::Duration;
 use portcullis_tests::*;
 
 fn gateway_yaml() -> String {
-    format!(
-        "{GATEWAY_CLASS}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: gw
-  namespace: default
-spec:
-  gatewayClassName: portcullis
-  listeners:
-  - name: http
-    protocol: HTTP
-    port: ${{HTTP_PORT}}
-"
-    )
+    gateway(PLAIN_LISTENER)
 }
 
 async fn routing_gateway() -> TestGateway {

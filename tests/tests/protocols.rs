@@ -14,27 +14,6 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn gateway(listeners: &str) -> String {
-    format!(
-        "{GATEWAY_CLASS}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: gw
-  namespace: default
-spec:
-  gatewayClassName: portcullis
-  listeners:
-{listeners}
-"
-    )
-}
-
-const PLAIN_LISTENER: &str = "  - name: http
-    protocol: HTTP
-    port: ${HTTP_PORT}";
-
 fn route_to(service: &str, extra: &str) -> String {
     format!(
         "

@@ -4,6 +4,7 @@
 #
 #   cluster.sh up STATE_DIR     start (STATE_DIR must be empty or absent); writes STATE_DIR/env
 #   cluster.sh down STATE_DIR   stop everything started by `up`, remove pod namespaces and the bridge
+#   cluster.sh restart STATE_DIR COMPONENT   restart etcd, kube-apiserver, kube-controller-manager or node-agent
 #
 # Needs root (network namespaces, a bridge). Clients: `source STATE_DIR/env`
 # gives KUBECONFIG, E2E_BIN (kubectl etc.) and the addresses below.
@@ -35,10 +36,12 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
-# start NAME LOGFILE CMD...: background process, pid recorded for `down`.
+# start NAME LOGFILE CMD...: background process, pid recorded for `down`,
+# command line recorded for `restart`.
 start() {
   local name=$1 logf=$2; shift 2
-  "$@" >"$logf" 2>&1 </dev/null &
+  printf '%s\0' "$@" >"$STATE/cmd.$name"
+  "$@" >>"$logf" 2>&1 </dev/null &
   local pid=$!
   echo "$name $pid" >>"$STATE/pids"
   log "started $name (pid $pid), log: $logf"
@@ -295,8 +298,36 @@ down() {
   log "cluster down"
 }
 
+# restart STATE NAME: stop one component (SIGTERM, SIGKILL after 10 s) and
+# start it again with the same command line; waits until it serves again.
+# For tests of API server restarts, controller failover and the like.
+restart() {
+  STATE=$1; local name=$2
+  [[ -f $STATE/cmd.$name ]] || die "no component $name in $STATE"
+  local pid; pid=$(awk -v n="$name" '$1==n {print $2}' "$STATE/pids" | tail -1)
+  if [[ -n $pid ]] && running "$pid"; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 100); do running "$pid" || break; sleep 0.1; done
+    running "$pid" && kill -KILL "$pid"
+  fi
+  local -a cmd; mapfile -d '' -t cmd <"$STATE/cmd.$name"
+  # Forget the old pid (it may be reused by an unrelated process later).
+  grep -v "^$name " "$STATE/pids" >"$STATE/pids.new" || true; mv "$STATE/pids.new" "$STATE/pids"
+  if [[ $name == node-agent ]]; then export RUST_LOG=${E2E_AGENT_LOG:-info}; fi
+  echo "----- restarted $(date -u +%FT%TZ) -----" >>"$STATE/logs/$name.log"
+  start "$name" "$STATE/logs/$name.log" "${cmd[@]}"
+  source "$STATE/env"
+  case $name in
+    kube-apiserver) wait_up kube-apiserver 90 kubectl get --raw /readyz ;;
+    etcd) wait_up etcd 30 bash -c "kubectl get --raw /readyz/etcd" ;;
+    *) sleep 1; alive "$name" || die "$name exited after restart" ;;
+  esac
+  log "$name restarted"
+}
+
 case "${1:-}" in
   up) up "${2:?state dir}" ;;
   down) down "${2:?state dir}" ;;
-  *) die "usage: cluster.sh up|down STATE_DIR" ;;
+  restart) restart "${2:?state dir}" "${3:?component: etcd, kube-apiserver, kube-controller-manager or node-agent}" ;;
+  *) die "usage: cluster.sh up|down STATE_DIR | restart STATE_DIR COMPONENT" ;;
 esac

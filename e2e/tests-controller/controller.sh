@@ -10,7 +10,9 @@
 #   3. a route change is followed by the traffic;
 #   4. the leader pod is deleted: the other replica takes the Lease over and
 #      writes the status of a route created afterwards;
-#   5. the Rust tests against this API server
+#   5. the API server is killed: traffic keeps flowing; once it is back a
+#      route change is followed and status is written again;
+#   6. the Rust tests against this API server
 #      (crates/controller/tests/kube_apiserver.rs).
 # Needs `source STATE/env` (KUBECONFIG, kubectl) and a release build of the
 # binary (cargo build --release -p portcullis).
@@ -171,6 +173,33 @@ spec:
 YAML
 wait_for "status written by the new leader" 30 is_true cond httproute after-failover '.status.parents[0].conditions' Accepted \
   || die "the new leader did not write status"
+
+log "API server restart"
+# Killed hard and restarted with the same command line (recorded in the
+# harness's pid file so that `cluster.sh down` stops it).
+api_pid=$(awk '$1=="kube-apiserver" {print $2}' "$E2E_STATE/pids" | tail -1)
+[[ -n $api_pid && -r /proc/$api_pid/cmdline ]] || die "cannot find the kube-apiserver process"
+mapfile -d '' api_cmd <"/proc/$api_pid/cmdline"
+kill -KILL "$api_pid"
+api_gone() { ! kill -0 "$api_pid" 2>/dev/null; }
+wait_for "kube-apiserver stopped" 10 api_gone || die "kube-apiserver did not stop"
+ok=0
+for _ in $(seq 1 25); do if served /v2/x; then ok=$((ok + 1)); fi; sleep 0.2; done
+(( ok == 25 )) || { diagnose /v2/x; die "only $ok/25 requests served while the API server was down"; }
+log "served 25/25 requests while the API server was down"
+"${api_cmd[@]}" >"$E2E_STATE/logs/kube-apiserver-restarted.log" 2>&1 </dev/null &
+echo "kube-apiserver $!" >>"$E2E_STATE/pids"
+api_up() { kubectl get --raw /readyz; }
+wait_for "kube-apiserver back" 90 api_up || die "kube-apiserver did not come back"
+kubectl -n "$NS" patch httproute echo --type merge -p \
+  '{"spec":{"rules":[{"matches":[{"path":{"type":"PathPrefix","value":"/v3"}}],"backendRefs":[{"name":"echo","port":8080}]}]}}' >/dev/null
+wait_for "a change after the restart is served" 60 served /v3/x || { diagnose /v3/x; die "route change after the API server restart not followed"; }
+status_current() { # the route's status was written for its current generation
+  local want; want=$(kubectl -n "$NS" get httproute echo -o jsonpath='{.metadata.generation}')
+  [[ $(kubectl -n "$NS" get httproute echo -o jsonpath='{.status.parents[0].conditions[?(@.type=="Accepted")].observedGeneration}') == "$want" ]]
+}
+wait_for "status written after the restart" 60 status_current || die "no status for the route's new generation after the restart"
+log "after the restart: serving, following changes, writing status"
 
 log "Rust tests against this API server"
 (cd "$REPO_DIR" && PORTCULLIS_TEST_KUBECONFIG="$KUBECONFIG" "${NICE[@]}" cargo test -q -p portcullis-controller --test kube_apiserver) >&2 \

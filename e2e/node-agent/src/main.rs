@@ -74,7 +74,7 @@ async fn run() -> Result<()> {
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name));
     let stream = watcher(pods, wc);
     futures_util::pin_mut!(stream);
-    let mut relist: Option<HashSet<String>> = None;
+    let mut relist: Option<Vec<Pod>> = None;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let ev = tokio::select! {
@@ -84,15 +84,14 @@ async fn run() -> Result<()> {
         };
         let Some(ev) = ev else { break };
         match ev {
-            Ok(watcher::Event::Init) => relist = Some(HashSet::new()),
-            Ok(watcher::Event::InitApply(p)) => {
-                if let Some(r) = relist.as_mut() {
-                    r.insert(p.uid().unwrap_or_default());
-                }
-                upsert(&sh, &mut workers, p);
-            }
+            Ok(watcher::Event::Init) => relist = Some(Vec::new()),
+            Ok(watcher::Event::InitApply(p)) => match relist.as_mut() {
+                Some(r) => r.push(p),
+                None => upsert(&sh, &mut workers, p),
+            },
             Ok(watcher::Event::InitDone) => {
-                if let Some(seen) = relist.take() {
+                if let Some(listed) = relist.take() {
+                    let seen: HashSet<String> = listed.iter().filter_map(|p| p.uid()).collect();
                     workers.retain(|uid, (tx, _)| {
                         if seen.contains(uid) {
                             true
@@ -101,6 +100,20 @@ async fn run() -> Result<()> {
                             false
                         }
                     });
+                    // Addresses already reported first, then everything else.
+                    let mut claimed = HashMap::new();
+                    for p in &listed {
+                        let uid = p.uid().unwrap_or_default();
+                        if !workers.contains_key(&uid) {
+                            if let Some(ip) = pod::preclaim(&sh, p) {
+                                claimed.insert(uid, ip);
+                            }
+                        }
+                    }
+                    for p in listed {
+                        let ip = claimed.get(&p.uid().unwrap_or_default()).copied();
+                        upsert_with_ip(&sh, &mut workers, p, ip);
+                    }
                 }
             }
             Ok(watcher::Event::Apply(p)) => upsert(&sh, &mut workers, p),
@@ -132,6 +145,10 @@ async fn run() -> Result<()> {
 type Worker = (tokio::sync::mpsc::UnboundedSender<pod::Msg>, tokio::task::JoinHandle<()>);
 
 fn upsert(sh: &Arc<pod::Shared>, workers: &mut HashMap<String, Worker>, p: Pod) {
+    upsert_with_ip(sh, workers, p, None)
+}
+
+fn upsert_with_ip(sh: &Arc<pod::Shared>, workers: &mut HashMap<String, Worker>, p: Pod, ip: Option<std::net::Ipv4Addr>) {
     let uid = p.uid().unwrap_or_default();
     if let Some((tx, _)) = workers.get(&uid) {
         if tx.send(pod::Msg::Update(Box::new(p.clone()))).is_ok() {
@@ -157,5 +174,5 @@ fn upsert(sh: &Arc<pod::Shared>, workers: &mut HashMap<String, Worker>, p: Pod) 
         }
         return;
     }
-    workers.insert(uid, pod::spawn(sh.clone(), p));
+    workers.insert(uid, pod::spawn(sh.clone(), p, ip));
 }

@@ -157,7 +157,18 @@ pub struct Worker {
     created_paths: Vec<PathBuf>,
 }
 
-pub fn spawn(sh: Arc<Shared>, pod: Pod) -> (mpsc::UnboundedSender<Msg>, tokio::task::JoinHandle<()>) {
+/// A pod keeps the address it already reports (the agent was restarted): pod
+/// IPs cannot change once set. Claim them all before any new pod allocates.
+pub fn preclaim(sh: &Shared, pod: &Pod) -> Option<Ipv4Addr> {
+    let st = pod.status.as_ref()?;
+    if matches!(st.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None; // nothing will run for it
+    }
+    let ip = st.pod_ip.as_deref()?.parse::<Ipv4Addr>().ok()?;
+    sh.ips.claim(ip).then_some(ip)
+}
+
+pub fn spawn(sh: Arc<Shared>, pod: Pod, ip: Option<Ipv4Addr>) -> (mpsc::UnboundedSender<Msg>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -173,7 +184,7 @@ pub fn spawn(sh: Arc<Shared>, pod: Pod) -> (mpsc::UnboundedSender<Msg>, tokio::t
         uid,
         ns,
         name,
-        ip: None,
+        ip,
         net_ready: false,
         dir,
         volumes: None,
@@ -716,7 +727,9 @@ impl Worker {
                 Err(_) => {
                     for c in &self.ctrs {
                         if let Some(p) = c.pgid {
-                            warn!(pod = %self.key(), container = %c.spec.name, "did not stop in time: SIGKILL");
+                            if !grace.is_zero() {
+                                warn!(pod = %self.key(), container = %c.spec.name, "did not stop in time: SIGKILL");
+                            }
                             unsafe { libc::kill(-p, libc::SIGKILL) };
                         }
                     }

@@ -28,6 +28,8 @@ pub struct ControllerArgs {
     /// `None`: do not provision proxies (Gateways are served by proxies
     /// deployed some other way).
     pub provision: Option<ProvisionSettings>,
+    /// `None`: the core features.
+    pub supported_features: Option<Vec<String>>,
 }
 
 pub async fn run(
@@ -41,6 +43,9 @@ pub async fn run(
     };
     let mut config = KubeProviderConfig::new(options);
     config.observe_status = true;
+    if let Some(features) = args.supported_features {
+        config.supported_features = features.into_iter().filter(|f| !f.is_empty()).collect();
+    }
     let provider = KubeProvider::spawn(client.clone(), config);
 
     // The admin listener's /config_dump shows the table this controller

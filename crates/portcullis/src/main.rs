@@ -73,6 +73,11 @@ enum Command {
         /// Do not provision a Deployment and Service per Gateway.
         #[arg(long)]
         no_provisioning: bool,
+        /// Gateway API conformance features written to our GatewayClasses'
+        /// status.supportedFeatures, comma-separated (default: the core
+        /// ones: Gateway, GRPCRoute, HTTPRoute, ReferenceGrant).
+        #[arg(long, value_delimiter = ',')]
+        supported_features: Option<Vec<String>>,
     },
     /// The data plane of one Gateway: watches the cluster, compiles only
     /// that Gateway and serves it. Never writes to the API server.
@@ -151,6 +156,7 @@ fn main() -> ExitCode {
             proxy_image,
             proxy_cluster_role,
             no_provisioning,
+            supported_features,
         } => {
             let args = portcullis::controller_cmd::ControllerArgs {
                 kubeconfig,
@@ -158,6 +164,7 @@ fn main() -> ExitCode {
                 leader_election: (!no_leader_election)
                     .then_some((leader_election_namespace, lease_name)),
                 admin,
+                supported_features,
                 provision: (!no_provisioning).then_some(ProvisionSettings {
                     default_image: proxy_image,
                     proxy_cluster_role,

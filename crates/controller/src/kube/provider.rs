@@ -44,7 +44,14 @@ pub struct KubeProviderConfig {
     /// Publish the observed statuses for a status writer and the inputs
     /// of the provisioner (controller mode); proxies do not need them.
     pub observe_status: bool,
+    /// Written to our GatewayClasses' `status.supportedFeatures`: the
+    /// Gateway API conformance features this build passes.
+    pub supported_features: Vec<String>,
 }
+
+/// The conformance features claimed unless configured otherwise: the core
+/// ones.
+pub const CORE_FEATURES: [&str; 4] = ["Gateway", "GRPCRoute", "HTTPRoute", "ReferenceGrant"];
 
 impl KubeProviderConfig {
     pub fn new(options: CompileOptions) -> KubeProviderConfig {
@@ -53,6 +60,7 @@ impl KubeProviderConfig {
             quiet: Duration::from_millis(2),
             max_delay: Duration::from_millis(50),
             observe_status: false,
+            supported_features: CORE_FEATURES.iter().map(|f| f.to_string()).collect(),
         }
     }
 }
@@ -347,7 +355,9 @@ async fn compile_loop(
             let compiling = Instant::now();
             let compiled = compile(stores.snapshot(), &options);
             let compile_time = compiling.elapsed();
-            statuses = Arc::new(compiled.statuses);
+            let mut compiled_statuses = compiled.statuses;
+            add_supported_features(&mut compiled_statuses, &config.supported_features);
+            statuses = Arc::new(compiled_statuses);
             let routes = stores.snapshot().http_routes.len() + stores.snapshot().grpc_routes.len();
             let _ = publish.tables.send(Arc::new(compiled.table));
             let _ = publish.statuses.send(statuses.clone());
@@ -374,6 +384,27 @@ async fn compile_loop(
     }
 }
 
+/// Sets `status.supportedFeatures` of the GatewayClass statuses: sorted by
+/// name and without duplicates, as the Gateway API requires.
+pub fn add_supported_features(statuses: &mut [StatusUpdate], features: &[String]) {
+    let names: std::collections::BTreeSet<&str> = features.iter().map(String::as_str).collect();
+    let list: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|name| serde_json::json!({ "name": name }))
+        .collect();
+    for status in statuses
+        .iter_mut()
+        .filter(|s| s.kind == crate::status::StatusKind::GatewayClass)
+    {
+        if let Some(map) = status.status.as_object_mut() {
+            map.insert(
+                "supportedFeatures".into(),
+                serde_json::Value::Array(list.clone()),
+            );
+        }
+    }
+}
+
 /// The next change if one arrives within `quiet`: `Some(Some(change))`;
 /// `Some(None)` when the channel closed; `None` on timeout.
 async fn next_within(
@@ -391,4 +422,45 @@ async fn next_within(
 
 async fn timeout<T>(duration: Duration, fut: impl Future<Output = T>) -> Option<T> {
     tokio::time::timeout(duration, fut).await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::StatusKind;
+    use serde_json::json;
+
+    fn status(kind: StatusKind) -> StatusUpdate {
+        StatusUpdate {
+            kind,
+            namespace: None,
+            name: "x".into(),
+            status: json!({"conditions": []}),
+            problems: vec![],
+        }
+    }
+
+    #[test]
+    fn supported_features_go_to_gateway_classes_sorted_and_unique() {
+        let mut statuses = vec![
+            status(StatusKind::GatewayClass),
+            status(StatusKind::Gateway),
+        ];
+        let features: Vec<String> = ["HTTPRoute", "Gateway", "HTTPRoute", "GRPCRoute"]
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+        add_supported_features(&mut statuses, &features);
+        assert_eq!(
+            statuses[0].status["supportedFeatures"],
+            json!([{"name": "GRPCRoute"}, {"name": "Gateway"}, {"name": "HTTPRoute"}])
+        );
+        assert!(statuses[1].status.get("supportedFeatures").is_none());
+    }
+
+    #[test]
+    fn default_claims_only_core_features() {
+        let config = KubeProviderConfig::new(CompileOptions::default());
+        assert_eq!(config.supported_features, CORE_FEATURES);
+    }
 }

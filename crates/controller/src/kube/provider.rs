@@ -112,10 +112,11 @@ pub struct KubeProvider;
 impl KubeProvider {
     /// Starts the watchers and the compile loop on the current runtime.
     pub fn spawn(client: Client, config: KubeProviderConfig) -> KubeProviderHandle {
-        let (change_tx, change_rx) = mpsc::channel(4096);
-        let mut tasks = Vec::new();
+        let gateway_key = config.options.gateway.clone();
+        let (change_tx, mut handle) = start_compile_loop(config, Kind::ALL);
+        let tasks = &mut handle.tasks;
         let all = || watcher::Config::default();
-        let gateway_config = match &config.options.gateway {
+        let gateway_config = match &gateway_key {
             // Proxy mode: only our own Gateway.
             Some(ObjectKey { namespace, name }) => all().fields(&format!(
                 "metadata.namespace={namespace},metadata.name={name}"
@@ -195,33 +196,45 @@ impl KubeProvider {
             change_tx,
         ));
 
-        let (table_tx, tables) = watch::channel(Arc::new(RouteTable::default()));
-        let (status_tx, statuses) = watch::channel(Arc::new(Vec::new()));
-        let (inputs_tx, status_inputs) = watch::channel(Arc::new(StatusInputs::default()));
-        let (synced_tx, synced) = watch::channel(false);
-        let (provision_tx, provision_inputs) = watch::channel(Arc::new(ProvisionInputs::default()));
-        let publish = Publish {
-            tables: table_tx,
-            statuses: status_tx,
-            inputs: inputs_tx,
-            provision: provision_tx,
-            synced: synced_tx,
-        };
-        tasks.push(tokio::spawn(compile_loop(
-            change_rx,
-            Stores::new(Kind::ALL),
-            config,
-            publish,
-        )));
-        KubeProviderHandle {
-            tables,
-            statuses,
-            status_inputs,
-            provision_inputs,
-            synced,
-            tasks,
-        }
+        handle
     }
+}
+
+/// The compile loop alone, fed through the returned sender: by the
+/// watchers in [`KubeProvider::spawn`], by tests directly. Nothing is
+/// published until every kind of `expected` has completed its first list.
+pub fn start_compile_loop(
+    config: KubeProviderConfig,
+    expected: impl IntoIterator<Item = Kind>,
+) -> (mpsc::Sender<Change>, KubeProviderHandle) {
+    let (change_tx, change_rx) = mpsc::channel(4096);
+    let (table_tx, tables) = watch::channel(Arc::new(RouteTable::default()));
+    let (status_tx, statuses) = watch::channel(Arc::new(Vec::new()));
+    let (inputs_tx, status_inputs) = watch::channel(Arc::new(StatusInputs::default()));
+    let (synced_tx, synced) = watch::channel(false);
+    let (provision_tx, provision_inputs) = watch::channel(Arc::new(ProvisionInputs::default()));
+    let publish = Publish {
+        tables: table_tx,
+        statuses: status_tx,
+        inputs: inputs_tx,
+        provision: provision_tx,
+        synced: synced_tx,
+    };
+    let task = tokio::spawn(compile_loop(
+        change_rx,
+        Stores::new(expected),
+        config,
+        publish,
+    ));
+    let handle = KubeProviderHandle {
+        tables,
+        statuses,
+        status_inputs,
+        provision_inputs,
+        synced,
+        tasks: vec![task],
+    };
+    (change_tx, handle)
 }
 
 /// Runs one watcher, turning its events into [`Change`]s. The watcher
@@ -456,6 +469,171 @@ mod tests {
             json!([{"name": "GRPCRoute"}, {"name": "Gateway"}, {"name": "HTTPRoute"}])
         );
         assert!(statuses[1].status.get("supportedFeatures").is_none());
+    }
+
+    fn object(value: serde_json::Value) -> KubeObject {
+        KubeObject::from_value(value).expect("valid object")
+    }
+
+    fn class() -> KubeObject {
+        object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "c", "resourceVersion": "1"},
+            "spec": {"controllerName": portcullis_api::CONTROLLER_NAME}
+        }))
+    }
+
+    fn gateway() -> KubeObject {
+        object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"gatewayClassName": "c", "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]}
+        }))
+    }
+
+    fn route(name: &str, rv: &str) -> KubeObject {
+        object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv},
+            "spec": {
+                "parentRefs": [{"name": "gw"}],
+                "hostnames": [format!("{name}.example")],
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}]}]
+            }
+        }))
+    }
+
+    const KINDS: [Kind; 3] = [Kind::GatewayClass, Kind::Gateway, Kind::HttpRoute];
+
+    async fn list(tx: &mpsc::Sender<Change>, kind: Kind, objects: Vec<KubeObject>) {
+        tx.send(Change::Relisting(kind)).await.expect("loop alive");
+        for o in objects {
+            tx.send(Change::Listed(o)).await.expect("loop alive");
+        }
+        tx.send(Change::Synced(kind)).await.expect("loop alive");
+    }
+
+    fn vhosts(table: &RouteTable) -> usize {
+        table.ports.iter().map(|p| p.virtual_hosts.len()).sum()
+    }
+
+    #[tokio::test]
+    async fn nothing_is_published_before_every_kind_listed_then_a_complete_table() {
+        let (tx, mut handle) =
+            start_compile_loop(KubeProviderConfig::new(CompileOptions::default()), KINDS);
+        list(&tx, Kind::HttpRoute, vec![route("a", "1"), route("b", "1")]).await;
+        list(&tx, Kind::Gateway, vec![gateway()]).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!*handle.synced.borrow());
+        assert_eq!(handle.tables.borrow().generation, 0);
+        list(&tx, Kind::GatewayClass, vec![class()]).await;
+        tokio::time::timeout(Duration::from_secs(5), handle.wait_synced())
+            .await
+            .expect("synced");
+        let table = handle.tables.borrow().clone();
+        assert_eq!(
+            table.generation, 1,
+            "one compile for the whole initial list"
+        );
+        assert_eq!(table.ports.len(), 1);
+        // The listener's catch-all plus a.example and b.example.
+        assert_eq!(vhosts(&table), 3);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_one_compile_and_status_echoes_are_none() {
+        let mut config = KubeProviderConfig::new(CompileOptions::default());
+        config.observe_status = true;
+        let (tx, mut handle) = start_compile_loop(config, KINDS);
+        list(&tx, Kind::GatewayClass, vec![class()]).await;
+        list(&tx, Kind::Gateway, vec![gateway()]).await;
+        list(&tx, Kind::HttpRoute, vec![]).await;
+        handle.wait_synced().await;
+        let first = handle.tables.borrow_and_update().generation;
+        for i in 0..50 {
+            tx.send(Change::Applied(route(&format!("r{i}"), "2")))
+                .await
+                .expect("loop alive");
+        }
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            handle.tables.wait_for(|t| vhosts(t) == 51),
+        )
+        .await
+        .expect("all 50 routes published")
+        .expect("loop alive");
+        let after_burst = handle.tables.borrow().generation;
+        assert!(
+            after_burst - first <= 2,
+            "50 queued changes compiled {} times",
+            after_burst - first
+        );
+
+        // Our own status write coming back: no recompile, but the status
+        // writer sees the new observed status.
+        let KubeObject::HttpRoute(mut echoed) = route("r0", "3") else {
+            unreachable!("route() builds an HTTPRoute")
+        };
+        echoed.status = serde_json::from_value(json!({"parents": []})).ok();
+        let mut inputs = handle.status_inputs.clone();
+        inputs.borrow_and_update();
+        tx.send(Change::Applied(KubeObject::HttpRoute(echoed)))
+            .await
+            .expect("loop alive");
+        tokio::time::timeout(Duration::from_secs(5), inputs.changed())
+            .await
+            .expect("observed statuses republished")
+            .expect("loop alive");
+        let target = crate::kube::status_patch::StatusTarget {
+            kind: StatusKind::HttpRoute,
+            namespace: Some("ns".into()),
+            name: "r0".into(),
+        };
+        assert_eq!(
+            inputs.borrow().observed[&target]
+                .resource_version
+                .as_deref(),
+            Some("3")
+        );
+        assert_eq!(handle.tables.borrow().generation, after_burst);
+    }
+
+    #[tokio::test]
+    async fn a_relist_after_an_error_keeps_serving_until_complete() {
+        let (tx, mut handle) =
+            start_compile_loop(KubeProviderConfig::new(CompileOptions::default()), KINDS);
+        list(&tx, Kind::GatewayClass, vec![class()]).await;
+        list(&tx, Kind::Gateway, vec![gateway()]).await;
+        list(&tx, Kind::HttpRoute, vec![route("a", "1")]).await;
+        handle.wait_synced().await;
+        let generation = handle.tables.borrow_and_update().generation;
+        // The API server restarts: the route watch re-lists slowly.
+        tx.send(Change::Relisting(Kind::HttpRoute))
+            .await
+            .expect("loop alive");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(
+            handle.tables.borrow().generation,
+            generation,
+            "nothing published mid-list"
+        );
+        assert_eq!(vhosts(&handle.tables.borrow()), 2);
+        tx.send(Change::Listed(route("a", "5")))
+            .await
+            .expect("loop alive");
+        tx.send(Change::Listed(route("b", "5")))
+            .await
+            .expect("loop alive");
+        tx.send(Change::Synced(Kind::HttpRoute))
+            .await
+            .expect("loop alive");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            handle.tables.wait_for(|t| vhosts(t) == 3),
+        )
+        .await
+        .expect("relisted table published")
+        .expect("loop alive");
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub async fn run(
         let now = format_time(SystemTime::now());
         let patches = plan_all(&current, &written, &controller_name, &now);
         let mut failed = false;
+        // One log line per round, not per object: a missing RBAC rule
+        // fails every write the same way.
+        let mut failures: Vec<(StatusTarget, kube::Error)> = Vec::new();
         if !patches.is_empty() {
             let results: Vec<_> = futures_util::stream::iter(patches)
                 .map(|(target, patch)| {
@@ -194,9 +197,18 @@ pub async fn run(
                     Err(e) => {
                         counts.errors += 1;
                         failed = true;
-                        tracing::warn!(object = %target, error = %e, "cannot write status; retrying");
+                        failures.push((target, e));
                     }
                 }
+            }
+            if let Some((target, error)) = failures.first() {
+                tracing::warn!(
+                    object = %target,
+                    %error,
+                    failed = failures.len(),
+                    retry_in_ms = retry_delay.as_millis() as u64,
+                    "cannot write status (first failure shown); retrying"
+                );
             }
             let _ = stats.send(counts);
         }

@@ -41,7 +41,8 @@ PY
 start() {
   local name=$1 logf=$2; shift 2
   printf '%s\0' "$@" >"$STATE/cmd.$name"
-  "$@" >>"$logf" 2>&1 </dev/null &
+  # fd 9 is e2e.sh's machine-wide lock: long-lived children must not hold it.
+  "$@" >>"$logf" 2>&1 </dev/null 9>&- &
   local pid=$!
   echo "$name $pid" >>"$STATE/pids"
   log "started $name (pid $pid), log: $logf"

@@ -11,6 +11,7 @@ source "$(dirname "$0")/lib.sh"
 S="$E2E_DIR/scripts"
 
 STATE=$(mktemp -d /tmp/portcullis-e2e.XXXXXX)
+T0=$(now_ms)
 ok=0
 finish() {
   local rc=$?
@@ -29,6 +30,8 @@ finish() {
     [[ $ok == 1 ]] && rm -rf "$STATE"
   fi
   print_phase_times
+  local dt=$(( $(now_ms) - T0 ))
+  echo "  total          $((dt / 1000)).$(( (dt % 1000) / 100 ))s  $([[ $ok == 1 ]] && echo ok || echo FAILED)" >&2
   exit "$rc"
 }
 trap finish EXIT
@@ -46,4 +49,15 @@ phase cluster-up "$S/cluster.sh" up "$STATE"
 source "$STATE/env"
 phase crds "$S/install-crds.sh"
 phase smoke "$S/smoke.sh"
+# Our own end-to-end tests: every executable tests/*.sh, in name order, each
+# a phase, with the cluster env (KUBECONFIG, kubectl on PATH, E2E_STATE).
+for t in "$E2E_DIR"/tests/*.sh; do
+  [[ -x $t ]] || continue
+  phase "test:$(basename "$t" .sh)" "$t"
+done
+# The Gateway API conformance suite, once scripts/conformance.sh exists
+# (it writes its report to reports/).
+if [[ -x $S/conformance.sh ]]; then
+  phase conformance "$S/conformance.sh"
+fi
 ok=1

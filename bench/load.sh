@@ -11,6 +11,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-$(nproc)}
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
 
 work=$(mktemp -d)
 pids=()
@@ -85,15 +86,25 @@ to_ms() {
   esac
 }
 
-# Warm up both, then measure alternately.
+# Warm up both, then measure in alternating rounds so that a burst of
+# background load hits both proxies alike; the ratio of each round is
+# printed and the median ratio summarizes.
 wrk -t1 -c8 -d2s -H 'Host: bench.example.com' "http://127.0.0.1:$gw_port/bench" >/dev/null
 wrk -t1 -c8 -d2s -H 'Host: bench.example.com' "http://127.0.0.1:$nginx_port/bench" >/dev/null
-read -r p_rps p_p99 <<<"$(measure "$gw_port")"
-read -r n_rps n_p99 <<<"$(measure "$nginx_port")"
 
-printf '\nHTTP/1.1 keep-alive, %s connections, %s, %s workers each, same echo backend\n' "$CONNECTIONS" "$DURATION" "$WORKERS"
-printf '%-12s %14s %10s\n' proxy 'requests/s' 'p99 ms'
-printf '%-12s %14s %10s\n' portcullis "$p_rps" "$p_p99"
-printf '%-12s %14s %10s\n' nginx "$n_rps" "$n_p99"
-awk -v a="$p_rps" -v b="$n_rps" -v c="$p_p99" -v d="$n_p99" 'BEGIN{printf "ratio portcullis/nginx: throughput %.2f, p99 %.2f\n", a/b, c/d}'
-echo "RSS after load (KiB): portcullis $(ps -o rss= -p "${pids[1]}")"
+printf '\nHTTP/1.1 keep-alive, %s connections, %s per run, %s rounds, %s workers each, same echo backend\n' \
+  "$CONNECTIONS" "$DURATION" "$ROUNDS" "$WORKERS"
+printf '%-6s %16s %10s %16s %10s %12s %10s\n' round 'portcullis rps' 'p99 ms' 'nginx rps' 'p99 ms' 'rps ratio' 'p99 ratio'
+ratios=()
+p99_ratios=()
+for round in $(seq 1 "$ROUNDS"); do
+  read -r p_rps p_p99 <<<"$(measure "$gw_port")"
+  read -r n_rps n_p99 <<<"$(measure "$nginx_port")"
+  r=$(awk -v a="$p_rps" -v b="$n_rps" 'BEGIN{printf "%.2f", a/b}')
+  q=$(awk -v a="$p_p99" -v b="$n_p99" 'BEGIN{printf "%.2f", a/b}')
+  ratios+=("$r"); p99_ratios+=("$q")
+  printf '%-6s %16s %10s %16s %10s %12s %10s\n' "$round" "$p_rps" "$p_p99" "$n_rps" "$n_p99" "$r" "$q"
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+echo "median ratio portcullis/nginx: throughput $(median "${ratios[@]}"), p99 $(median "${p99_ratios[@]}")"
+echo "portcullis RSS after load: $(ps -o rss= -p "${pids[1]}") KiB"

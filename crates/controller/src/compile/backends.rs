@@ -7,12 +7,14 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use portcullis_model::{AppProtocol, Backend, RouteKind};
 
+use super::index::Index;
 use super::refs;
-use crate::snapshot::{ObjectKey, Snapshot};
+use crate::snapshot::ObjectKey;
 use crate::status::reasons;
 
 /// A reference to a backend, whatever object it came from (a rule's
 /// backendRef, a mirror filter's backendRef).
+#[derive(PartialEq)]
 pub(crate) struct BackendRefSpec<'a> {
     pub group: Option<&'a str>,
     pub kind: Option<&'a str>,
@@ -36,7 +38,7 @@ pub(crate) struct Referrer<'a> {
 
 /// Resolves a reference to a Service port and its ready endpoints.
 pub(crate) fn resolve(
-    snapshot: &Snapshot,
+    index: &Index<'_>,
     from: &Referrer<'_>,
     r: &BackendRefSpec<'_>,
 ) -> Result<Arc<Backend>, RefProblem> {
@@ -58,7 +60,7 @@ pub(crate) fn resolve(
         RouteKind::Grpc => "GRPCRoute",
     };
     let permitted = refs::permitted(
-        snapshot,
+        index.snapshot,
         &refs::From {
             group: portcullis_api::GATEWAY_GROUP,
             kind: route_kind,
@@ -80,7 +82,7 @@ pub(crate) fn resolve(
             ),
         });
     }
-    let Some(service) = snapshot.services.get(&key) else {
+    let Some(service) = index.snapshot.services.get(&key) else {
         return Err(RefProblem {
             reason: reasons::BACKEND_NOT_FOUND,
             message: format!("Service {key} does not exist"),
@@ -106,7 +108,7 @@ pub(crate) fn resolve(
     Ok(Arc::new(Backend {
         name: format!("{key}:{port}"),
         protocol,
-        endpoints: ready_endpoints(snapshot, &key, service_port),
+        endpoints: ready_endpoints(index, &key, service_port),
     }))
 }
 
@@ -125,23 +127,10 @@ fn app_protocol(value: Option<&str>) -> AppProtocol {
 /// Ready endpoints of a Service port, from its EndpointSlices. Like
 /// kube-proxy, the slice port is found by the Service port's name; an
 /// endpoint without `conditions.ready` counts as ready. Sorted, deduped.
-fn ready_endpoints(
-    snapshot: &Snapshot,
-    service: &ObjectKey,
-    port: &ServicePort,
-) -> Vec<SocketAddr> {
+fn ready_endpoints(index: &Index<'_>, service: &ObjectKey, port: &ServicePort) -> Vec<SocketAddr> {
     let port_name = port.name.as_deref().unwrap_or("");
     let mut out = BTreeSet::new();
-    let slices = snapshot.endpoint_slices.iter().filter(|(key, slice)| {
-        key.namespace == service.namespace
-            && slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-                == Some(&service.name)
-    });
-    for (_, slice) in slices {
+    for slice in index.endpoint_slices(&service.namespace, &service.name) {
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
             continue;
         }

@@ -12,7 +12,7 @@ use portcullis_model::{
 };
 
 use super::backends::{self, BackendRefSpec, RefProblem, Referrer};
-use crate::snapshot::Snapshot;
+use super::index::Index;
 use crate::status::reasons;
 
 /// What the filters of a rule (or of one backendRef) compile to.
@@ -28,7 +28,7 @@ pub(crate) struct CompiledFilters {
 
 /// Context the filters are validated in.
 pub(crate) struct FilterContext<'a> {
-    pub snapshot: &'a Snapshot,
+    pub index: &'a Index<'a>,
     pub referrer: Referrer<'a>,
     /// Every match of the rule is a `PathPrefix` (required by
     /// `ReplacePrefixMatch`).
@@ -143,7 +143,7 @@ pub(crate) fn compile_filters(
                     name: &b.name,
                     port: b.port,
                 };
-                match backends::resolve(ctx.snapshot, &ctx.referrer, &spec) {
+                match backends::resolve(ctx.index, &ctx.referrer, &spec) {
                     Ok(backend) => out.filters.push(Filter::RequestMirror(Mirror {
                         backend,
                         numerator: numerator as u32,

@@ -41,8 +41,9 @@ pub(crate) struct ListenerState {
     /// Left out of the table because another Gateway of this process owns
     /// the port with another protocol.
     pub shadowed: bool,
-    /// Distinct routes attached (filled in by route attachment).
-    pub attached_routes: BTreeSet<(&'static str, ObjectKey)>,
+    /// Distinct routes attached, by index in compile's list of routes
+    /// (filled in by route attachment).
+    pub attached_routes: BTreeSet<usize>,
 }
 
 impl ListenerState {

@@ -104,6 +104,15 @@ pub(crate) fn specificity_order(a: &HostMatch, b: &HostMatch) -> Ordering {
     })
 }
 
+/// The byte offsets where the suffixes of `name` start, longest suffix
+/// first: every char boundary, then the end (the empty suffix). Whenever a
+/// string ends with another, the other starts at one of these.
+pub(crate) fn suffix_starts(name: &str) -> impl Iterator<Item = usize> + '_ {
+    name.char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(name.len()))
+}
+
 /// Parses a hostname from a Gateway API object: lowercase, `*.` wildcard.
 pub(crate) fn parse(hostname: Option<&str>) -> HostMatch {
     HostMatch::parse(hostname.map(str::trim))

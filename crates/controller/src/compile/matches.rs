@@ -1,5 +1,7 @@
 //! HTTPRoute and GRPCRoute matches -> `RequestMatch`.
 
+use std::borrow::Cow;
+
 use gateway_api::grpcroutes::{
     GrpcRouteRulesMatches, GrpcRouteRulesMatchesHeadersType, GrpcRouteRulesMatchesMethodType,
 };
@@ -14,13 +16,13 @@ use portcullis_model::{
 
 /// One `matches[]` entry of either route kind.
 #[derive(Debug, Clone)]
-pub(crate) enum MatchSource {
-    Http(HttpRouteRulesMatches),
-    Grpc(GrpcRouteRulesMatches),
+pub(crate) enum MatchSource<'a> {
+    Http(Cow<'a, HttpRouteRulesMatches>),
+    Grpc(Cow<'a, GrpcRouteRulesMatches>),
 }
 
 /// Compiles one match. `Err` is an UnsupportedValue message.
-pub(crate) fn compile_match(m: &MatchSource) -> Result<RequestMatch, String> {
+pub(crate) fn compile_match(m: &MatchSource<'_>) -> Result<RequestMatch, String> {
     match m {
         MatchSource::Http(m) => http_match(m),
         MatchSource::Grpc(m) => grpc_match(m),

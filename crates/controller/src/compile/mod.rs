@@ -4,12 +4,14 @@
 //! table and statuses; an invalid object is reported in its status and left
 //! out, everything valid is still served.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use portcullis_model::{
-    HostMatch, PortConfig, Protocol, Route, RouteTable, ServerCertificate, TlsConfig, VirtualHost,
+    HostMatch, PortConfig, Protocol, RequestMatch, Route, RouteTable, Rule, ServerCertificate,
+    TlsConfig, VirtualHost,
 };
-use serde_json::{json, Value};
+use serde_json::{Map, Value};
 
 use crate::snapshot::{ObjectKey, Snapshot};
 use crate::status::{conditions_json, reasons, Condition, StatusKind, StatusUpdate};
@@ -19,6 +21,7 @@ mod conflicts;
 mod filters;
 mod gateway;
 mod hostname;
+mod index;
 mod matches;
 mod precedence;
 mod refs;
@@ -97,20 +100,24 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
                 .map(|(key, r)| route::from_grpc(key, r)),
         )
         .collect();
+    let index = index::Index::new(snapshot);
     let compiled: Vec<CompiledRules> = sources
         .iter()
-        .map(|s| route::compile_rules(snapshot, s))
+        .map(|s| route::compile_rules(&index, s))
         .collect();
 
-    let mut attachments: Vec<Vec<Attachment>> = sources
-        .iter()
-        .map(|s| {
-            s.parent_refs
-                .iter()
-                .map(|p| route::attach(snapshot, &gateways, s, p))
-                .collect()
-        })
-        .collect();
+    let mut attachments: Vec<Vec<Attachment>> = {
+        let lookup = route::Gateways::new(&gateways);
+        sources
+            .iter()
+            .map(|s| {
+                s.parent_refs
+                    .iter()
+                    .map(|p| route::attach(snapshot, &lookup, s, p))
+                    .collect()
+            })
+            .collect()
+    };
     conflicts::resolve_cross_kind(&sources, &compiled, &mut attachments);
 
     let mut placements = Vec::new();
@@ -152,7 +159,7 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
 /// One route with what compile decided about it.
 struct RouteOutcome<'a> {
     index: usize,
-    source: &'a RouteSource,
+    source: &'a RouteSource<'a>,
     rules: &'a CompiledRules,
     /// One per parentRef.
     attachments: Vec<Attachment>,
@@ -212,8 +219,7 @@ fn route_status(
             Attachment::Attached(listeners) => {
                 for (gi, li, hostnames) in listeners {
                     if let Some(l) = gateways.get_mut(gi).and_then(|g| g.listeners.get_mut(li)) {
-                        l.attached_routes
-                            .insert((route::kind_name(source.kind), source.key.clone()));
+                        l.attached_routes.insert(index);
                     }
                     placements.push(Placement {
                         gateway: gi,
@@ -230,12 +236,16 @@ fn route_status(
                 )
             }
         };
-        let generation = source.generation;
-        parents.push(json!({
-            "parentRef": parent.raw,
-            "controllerName": controller_name,
-            "conditions": conditions_json(&[accepted, resolved.clone()], generation),
-        }));
+        // Built by hand rather than with `json!`, which would copy the
+        // parentRef once more through the serializer.
+        let mut entry = Map::new();
+        entry.insert("parentRef".into(), parent.raw.to_json());
+        entry.insert("controllerName".into(), controller_name.into());
+        entry.insert(
+            "conditions".into(),
+            conditions_json(&[accepted, resolved.clone()], source.generation),
+        );
+        parents.push(Value::Object(entry));
     }
     if source.parent_refs.is_empty() {
         problems
@@ -266,34 +276,113 @@ fn route_status(
         kind,
         namespace: Some(source.key.namespace.clone()),
         name: source.key.name.clone(),
-        status: json!({ "parents": Value::Array(parents) }),
+        status: Value::Object(Map::from_iter([(
+            "parents".to_string(),
+            Value::Array(parents),
+        )])),
         problems,
     })
 }
 
 /// Routes and certificates of one port while it is being built.
-struct PortBuild {
+struct PortBuild<'a> {
     protocol: Protocol,
     certificates: Vec<ServerCertificate>,
     /// Hostnames of the listeners served on this port.
     listener_hosts: Vec<HostMatch>,
     /// Routes placed on this port: each under the hostname of the listener
     /// it attached through and its effective hostname there.
-    entries: Vec<Entry>,
-    placed: BTreeSet<(usize, String, String)>,
+    entries: Vec<Entry<'a>>,
+    /// (route, listener hostname, effective hostname) already placed; keyed
+    /// by the hostnames' text.
+    placed: HashSet<(usize, HostKey<'a>, HostKey<'a>)>,
 }
 
-struct Entry {
-    listener_host: HostMatch,
-    host: HostMatch,
+/// One match of one rule placed on a port. Borrowed from what compile
+/// built: the route is cloned only into the virtual hosts it lands in.
+struct Entry<'a> {
+    listener_host: &'a HostMatch,
+    host: &'a HostMatch,
     /// The route hostname `host` came from.
-    original: HostMatch,
-    key: precedence::OrderKey,
-    route: Route,
+    original: &'a HostMatch,
+    key: precedence::OrderKey<'a>,
+    matcher: &'a RequestMatch,
+    rule: &'a Arc<Rule>,
 }
 
-fn host_key(h: &HostMatch) -> String {
-    h.to_string()
+/// Indices of a listener's entries by effective hostname.
+#[derive(Default)]
+struct HostBuckets<'e> {
+    exact: HashMap<&'e str, Vec<usize>>,
+    /// By wildcard suffix (`.example.com` for `*.example.com`).
+    wildcard: HashMap<&'e str, Vec<usize>>,
+    any: Vec<usize>,
+}
+
+impl<'e> HostBuckets<'e> {
+    fn bucket_mut(&mut self, host: &'e HostMatch) -> &mut Vec<usize> {
+        match host {
+            HostMatch::Exact(h) => self.exact.entry(h.as_str()).or_default(),
+            HostMatch::Wildcard(s) => self.wildcard.entry(s.as_str()).or_default(),
+            HostMatch::Any => &mut self.any,
+        }
+    }
+
+    fn sort(&mut self, order: impl Fn(usize, usize) -> std::cmp::Ordering) {
+        let buckets = self.exact.values_mut().chain(self.wildcard.values_mut());
+        for bucket in buckets.chain(std::iter::once(&mut self.any)) {
+            // Stable, like the sort of all entries it replaces.
+            bucket.sort_by(|&a, &b| order(a, b));
+        }
+    }
+
+    /// The buckets of the hostnames that cover `vhost` (see
+    /// [`hostname::covers`]), most specific first: the exact hostname,
+    /// then wildcards from the longest suffix, then `*`.
+    fn covering(&self, vhost: &HostMatch) -> Vec<&[usize]> {
+        let mut out: Vec<&[usize]> = Vec::new();
+        match vhost {
+            HostMatch::Exact(name) => {
+                if let Some(b) = self.exact.get(name.as_str()) {
+                    out.push(b);
+                }
+                self.wildcards_covering(name, true, &mut out);
+            }
+            HostMatch::Wildcard(suffix) => self.wildcards_covering(suffix, false, &mut out),
+            HostMatch::Any => {}
+        }
+        out.push(&self.any);
+        out
+    }
+
+    /// A wildcard covers a name when its suffix is a suffix of the name:
+    /// of an exact name a `proper` one (`*.a.com` does not match `.a.com`),
+    /// of a wildcard any, itself included. Longest suffix first.
+    fn wildcards_covering<'s>(&'s self, name: &str, proper: bool, out: &mut Vec<&'s [usize]>) {
+        if self.wildcard.is_empty() {
+            return;
+        }
+        for start in hostname::suffix_starts(name).filter(|&k| k > 0 || !proper) {
+            if let Some(b) = name.get(start..).and_then(|s| self.wildcard.get(s)) {
+                out.push(b);
+            }
+        }
+    }
+}
+
+type HostKey<'a> = (bool, &'a str);
+
+/// A hostname compared as its text (`*` for both `Any` and the wildcard
+/// with an empty suffix, which are the same pattern), without rendering it:
+/// (is a wildcard, exact name or suffix). An exact hostname never starts
+/// with `*` (it would have parsed as a wildcard), so two keys are equal
+/// exactly when the texts are.
+fn host_key(h: &HostMatch) -> HostKey<'_> {
+    match h {
+        HostMatch::Exact(name) => (false, name),
+        HostMatch::Wildcard(suffix) => (true, suffix),
+        HostMatch::Any => (true, ""),
+    }
 }
 
 /// Lays the routes out as the data plane reads them: per port, virtual
@@ -305,11 +394,11 @@ fn host_key(h: &HostMatch) -> String {
 /// hostname first, then the route precedence. So the virtual host for a
 /// hostname V holds, from the listener owning V, the routes whose hostname
 /// covers V: its own, then those of less specific hostnames.
-fn build_table(
-    gateways: &[GatewayState<'_>],
-    sources: &[RouteSource],
-    compiled: &[CompiledRules],
-    placements: &[Placement],
+fn build_table<'a>(
+    gateways: &'a [GatewayState<'_>],
+    sources: &'a [RouteSource<'a>],
+    compiled: &'a [CompiledRules],
+    placements: &'a [Placement],
     generation: u64,
 ) -> RouteTable {
     let mut ports: BTreeMap<u16, PortBuild> = BTreeMap::new();
@@ -329,7 +418,7 @@ fn build_table(
                 certificates: Vec::new(),
                 listener_hosts: Vec::new(),
                 entries: Vec::new(),
-                placed: BTreeSet::new(),
+                placed: HashSet::new(),
             });
             port.certificates.extend(l.certificates.iter().cloned());
             if !port.listener_hosts.contains(&l.hostname) {
@@ -372,14 +461,12 @@ fn build_table(
             for (ri, rule) in rules.rules.iter().enumerate() {
                 for (mi, m) in rule.matches.iter().enumerate() {
                     port.entries.push(Entry {
-                        listener_host: listener.hostname.clone(),
-                        host: host.clone(),
-                        original: effective.original.clone(),
+                        listener_host: &listener.hostname,
+                        host,
+                        original: &effective.original,
                         key: precedence::order_key(source, ri, mi, m),
-                        route: Route {
-                            matcher: m.clone(),
-                            rule: rule.rule.clone(),
-                        },
+                        matcher: m,
+                        rule: &rule.rule,
                     });
                 }
             }
@@ -392,16 +479,48 @@ fn build_table(
     RouteTable { generation, ports }
 }
 
-fn build_port(number: u16, build: PortBuild) -> PortConfig {
+fn build_port(number: u16, build: PortBuild<'_>) -> PortConfig {
     // Every listener gets a virtual host even without routes, so requests
     // for its hostname never reach a less specific listener's routes.
-    let mut hosts: Vec<HostMatch> = build.listener_hosts.clone();
-    for e in &build.entries {
-        if !hosts.contains(&e.host) {
-            hosts.push(e.host.clone());
+    // Distinct hostnames never compare equal, so the order is total.
+    let mut seen: HashSet<&HostMatch> = HashSet::new();
+    let mut hosts: Vec<&HostMatch> = Vec::new();
+    for h in build
+        .listener_hosts
+        .iter()
+        .chain(build.entries.iter().map(|e| e.host))
+    {
+        if seen.insert(h) {
+            hosts.push(h);
         }
     }
-    hosts.sort_by(hostname::specificity_order);
+    hosts.sort_by(|a, b| hostname::specificity_order(a, b));
+
+    // The entries of each listener, bucketed by hostname, each bucket in
+    // precedence order: a virtual host then reads only the buckets of the
+    // hostnames that cover it instead of scanning every entry of the port.
+    let mut by_listener: HashMap<&HostMatch, HostBuckets<'_>> = HashMap::new();
+    for (i, e) in build.entries.iter().enumerate() {
+        by_listener
+            .entry(e.listener_host)
+            .or_default()
+            .bucket_mut(e.host)
+            .push(i);
+    }
+    let entries = &build.entries;
+    for buckets in by_listener.values_mut() {
+        buckets.sort(|a, b| {
+            match (entries.get(a), entries.get(b)) {
+                // Within a bucket the effective hostname is the same:
+                // the route's own hostname, then route precedence.
+                (Some(a), Some(b)) => hostname::specificity_order(a.original, b.original)
+                    .then_with(|| a.key.cmp(&b.key)),
+                // Bucket members are indices of `entries`.
+                _ => std::cmp::Ordering::Equal,
+            }
+        });
+    }
+
     let virtual_hosts = hosts
         .into_iter()
         .map(|vhost| {
@@ -409,23 +528,28 @@ fn build_port(number: u16, build: PortBuild) -> PortConfig {
             let owner = build
                 .listener_hosts
                 .iter()
-                .filter(|l| hostname::covers(l, &vhost))
+                .filter(|l| hostname::covers(l, vhost))
                 .min_by(|a, b| hostname::specificity_order(a, b));
-            let mut routes: Vec<&Entry> = build
-                .entries
-                .iter()
-                .filter(|e| Some(&e.listener_host) == owner && hostname::covers(&e.host, &vhost))
-                .collect();
-            // Hostname precedence first (effective, then the route's own
-            // hostname it came from), then route precedence.
-            routes.sort_by(|a, b| {
-                hostname::specificity_order(&a.host, &b.host)
-                    .then_with(|| hostname::specificity_order(&a.original, &b.original))
-                    .then_with(|| a.key.cmp(&b.key))
-            });
+            // Hostname precedence first (the buckets come most specific
+            // first), then within a bucket as sorted above.
+            let routes = owner
+                .and_then(|owner| by_listener.get(owner))
+                .map(|buckets| {
+                    buckets
+                        .covering(vhost)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|&i| entries.get(i))
+                        .map(|e| Route {
+                            matcher: e.matcher.clone(),
+                            rule: e.rule.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             VirtualHost {
-                hostname: vhost,
-                routes: routes.into_iter().map(|e| e.route.clone()).collect(),
+                hostname: vhost.clone(),
+                routes,
             }
         })
         .collect();

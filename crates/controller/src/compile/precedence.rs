@@ -24,27 +24,27 @@ use portcullis_model::{PathMatch, RequestMatch, RouteKind};
 use super::route::RouteSource;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct OrderKey {
+pub(crate) struct OrderKey<'a> {
     path_kind: u8,
     prefix_len: Reverse<usize>,
     has_method: Reverse<bool>,
     headers: Reverse<usize>,
     query_params: Reverse<usize>,
     no_timestamp: bool,
-    created: Option<Time>,
-    namespace: String,
-    name: String,
+    created: Option<&'a Time>,
+    namespace: &'a str,
+    name: &'a str,
     kind: u8,
     rule_index: usize,
     match_index: usize,
 }
 
-pub(crate) fn order_key(
-    route: &RouteSource,
+pub(crate) fn order_key<'a>(
+    route: &RouteSource<'a>,
     rule_index: usize,
     match_index: usize,
     m: &RequestMatch,
-) -> OrderKey {
+) -> OrderKey<'a> {
     let (path_kind, prefix_len) = match &m.path {
         PathMatch::Exact(_) => (0, 0),
         PathMatch::Regex(_) => (1, 0),
@@ -57,9 +57,9 @@ pub(crate) fn order_key(
         headers: Reverse(m.headers.len()),
         query_params: Reverse(m.query_params.len()),
         no_timestamp: route.created.is_none(),
-        created: route.created.clone(),
-        namespace: route.key.namespace.clone(),
-        name: route.key.name.clone(),
+        created: route.created,
+        namespace: &route.key.namespace,
+        name: &route.key.name,
         kind: match route.kind {
             RouteKind::Http => 0,
             RouteKind::Grpc => 1,

@@ -1,6 +1,6 @@
 //! Cross-namespace references and ReferenceGrant.
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ObjectKey, Snapshot};
 
 /// The referring side of a reference.
 pub(crate) struct From<'a> {
@@ -23,10 +23,12 @@ pub(crate) fn permitted(snapshot: &Snapshot, from: &From<'_>, to: &To<'_>) -> bo
     if from.namespace == to.namespace {
         return true;
     }
+    // Grants are keyed by namespace/name: the grants of one namespace are
+    // one range, starting at the empty name.
     snapshot
         .reference_grants
-        .iter()
-        .filter(|(key, _)| key.namespace == to.namespace)
+        .range(ObjectKey::new(to.namespace, "")..)
+        .take_while(|(key, _)| key.namespace == to.namespace)
         .any(|(_, grant)| {
             let from_ok = grant.spec.from.iter().any(|f| {
                 f.group == from.group && f.kind == from.kind && f.namespace == from.namespace

@@ -1,6 +1,8 @@
 //! HTTPRoute and GRPCRoute: one normalized shape, rule compilation, and
 //! attachment to listeners through parentRefs.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use gateway_api::grpcroutes::GrpcRoute;
@@ -10,7 +12,7 @@ use gateway_api::httproutes::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use portcullis_model::{
-    BackendTarget, HostMatch, PathMatch, RequestMatch, RouteKind, Rule, RuleId, Timeouts,
+    Backend, BackendTarget, HostMatch, PathMatch, RequestMatch, RouteKind, Rule, RuleId, Timeouts,
     WeightedBackend,
 };
 use serde_json::Value;
@@ -19,52 +21,72 @@ use super::backends::{self, BackendRefSpec, RefProblem, Referrer};
 use super::filters::{self, reshape, FilterContext};
 use super::gateway::{namespace_allowed, GatewayState};
 use super::hostname;
+use super::index::Index;
 use super::matches::{compile_match, MatchSource};
 use crate::snapshot::{ObjectKey, Snapshot};
 use crate::status::reasons;
 
-/// A route of either kind, in one shape.
+/// A route of either kind, in one shape. Borrowed from the snapshot where
+/// the shapes agree (all of an HTTPRoute), so that normalizing thousands
+/// of routes does not copy them.
 #[derive(Debug)]
-pub(crate) struct RouteSource {
+pub(crate) struct RouteSource<'a> {
     pub kind: RouteKind,
-    pub key: ObjectKey,
+    pub key: &'a ObjectKey,
     pub generation: i64,
-    pub created: Option<Time>,
+    pub created: Option<&'a Time>,
     pub hostnames: Vec<HostMatch>,
-    pub parent_refs: Vec<ParentRef>,
-    pub rules: Vec<RuleSource>,
+    pub parent_refs: Vec<ParentRef<'a>>,
+    pub rules: Vec<RuleSource<'a>>,
     /// Problems found while normalizing (UnsupportedValue).
     pub invalid: Vec<String>,
 }
 
 #[derive(Debug)]
-pub(crate) struct ParentRef {
-    pub group: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub section_name: Option<String>,
+pub(crate) struct ParentRef<'a> {
+    pub group: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
+    pub namespace: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+    pub section_name: Option<Cow<'a, str>>,
     pub port: Option<i32>,
     /// As the user wrote it, echoed in `status.parents[].parentRef`.
-    pub raw: Value,
+    pub raw: RawParentRef<'a>,
+}
+
+/// A parentRef as the user wrote it, rendered to JSON only for the status
+/// (rendering it once there instead of copying a rendered one).
+#[derive(Debug)]
+pub(crate) enum RawParentRef<'a> {
+    Spec(&'a HttpRouteParentRefs),
+    Json(Value),
+}
+
+impl RawParentRef<'_> {
+    pub fn to_json(&self) -> Value {
+        match self {
+            RawParentRef::Spec(p) => serde_json::to_value(p).unwrap_or(Value::Null),
+            RawParentRef::Json(v) => v.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct RuleSource {
-    pub name: Option<String>,
-    pub matches: Vec<MatchSource>,
-    pub filters: Vec<HttpRouteRulesFilters>,
-    pub backend_refs: Vec<HttpRouteRulesBackendRefs>,
-    pub timeouts: Option<HttpRouteRulesTimeouts>,
+pub(crate) struct RuleSource<'a> {
+    pub name: Option<&'a str>,
+    pub matches: Vec<MatchSource<'a>>,
+    pub filters: Cow<'a, [HttpRouteRulesFilters]>,
+    pub backend_refs: Cow<'a, [HttpRouteRulesBackendRefs]>,
+    pub timeouts: Option<&'a HttpRouteRulesTimeouts>,
 }
 
-pub(crate) fn from_http(key: &ObjectKey, route: &HttpRoute) -> RouteSource {
+pub(crate) fn from_http<'a>(key: &'a ObjectKey, route: &'a HttpRoute) -> RouteSource<'a> {
     let parent_refs = route
         .spec
         .parent_refs
         .iter()
         .flatten()
-        .map(|p| parent_ref(key, p))
+        .map(|p| parent_ref(key, Cow::Borrowed(p)))
         .collect();
     let rules = route
         .spec
@@ -72,18 +94,25 @@ pub(crate) fn from_http(key: &ObjectKey, route: &HttpRoute) -> RouteSource {
         .iter()
         .flatten()
         .map(|r| RuleSource {
-            name: r.name.clone(),
+            name: r.name.as_deref(),
             matches: match &r.matches {
                 // No matches means one match of everything.
-                None => vec![MatchSource::Http(HttpRouteRulesMatches::default())],
+                None => vec![MatchSource::Http(Cow::Owned(
+                    HttpRouteRulesMatches::default(),
+                ))],
                 Some(m) if m.is_empty() => {
-                    vec![MatchSource::Http(HttpRouteRulesMatches::default())]
+                    vec![MatchSource::Http(Cow::Owned(
+                        HttpRouteRulesMatches::default(),
+                    ))]
                 }
-                Some(m) => m.iter().cloned().map(MatchSource::Http).collect(),
+                Some(m) => m
+                    .iter()
+                    .map(|m| MatchSource::Http(Cow::Borrowed(m)))
+                    .collect(),
             },
-            filters: r.filters.clone().unwrap_or_default(),
-            backend_refs: r.backend_refs.clone().unwrap_or_default(),
-            timeouts: r.timeouts.clone(),
+            filters: Cow::Borrowed(r.filters.as_deref().unwrap_or_default()),
+            backend_refs: Cow::Borrowed(r.backend_refs.as_deref().unwrap_or_default()),
+            timeouts: r.timeouts.as_ref(),
         })
         .collect();
     build(
@@ -99,7 +128,7 @@ pub(crate) fn from_http(key: &ObjectKey, route: &HttpRoute) -> RouteSource {
 
 /// GRPCRoute filters and backendRefs have the JSON shape of (a subset of)
 /// HTTPRoute's, so they are read through it.
-pub(crate) fn from_grpc(key: &ObjectKey, route: &GrpcRoute) -> RouteSource {
+pub(crate) fn from_grpc<'a>(key: &'a ObjectKey, route: &'a GrpcRoute) -> RouteSource<'a> {
     let mut invalid = Vec::new();
     let parent_refs = match route
         .spec
@@ -108,7 +137,11 @@ pub(crate) fn from_grpc(key: &ObjectKey, route: &GrpcRoute) -> RouteSource {
         .map(reshape::<_, Vec<HttpRouteParentRefs>>)
         .transpose()
     {
-        Ok(refs) => refs.iter().flatten().map(|p| parent_ref(key, p)).collect(),
+        Ok(refs) => refs
+            .into_iter()
+            .flatten()
+            .map(|p| parent_ref(key, Cow::Owned(p)))
+            .collect(),
         Err(e) => {
             invalid.push(e);
             Vec::new()
@@ -134,14 +167,17 @@ pub(crate) fn from_grpc(key: &ObjectKey, route: &GrpcRoute) -> RouteSource {
             }
         };
         let matches = match &r.matches {
-            Some(m) if !m.is_empty() => m.iter().cloned().map(MatchSource::Grpc).collect(),
-            _ => vec![MatchSource::Grpc(Default::default())],
+            Some(m) if !m.is_empty() => m
+                .iter()
+                .map(|m| MatchSource::Grpc(Cow::Borrowed(m)))
+                .collect(),
+            _ => vec![MatchSource::Grpc(Cow::Owned(Default::default()))],
         };
         rules.push(RuleSource {
-            name: r.name.clone(),
+            name: r.name.as_deref(),
             matches,
-            filters,
-            backend_refs,
+            filters: Cow::Owned(filters),
+            backend_refs: Cow::Owned(backend_refs),
             timeouts: None,
         });
     }
@@ -156,39 +192,60 @@ pub(crate) fn from_grpc(key: &ObjectKey, route: &GrpcRoute) -> RouteSource {
     )
 }
 
-fn parent_ref(route: &ObjectKey, p: &HttpRouteParentRefs) -> ParentRef {
+/// A parentRef with its defaults applied; borrowed from an HTTPRoute,
+/// owned when read from a GRPCRoute through the HTTPRoute shape.
+fn parent_ref<'a>(route: &'a ObjectKey, p: Cow<'a, HttpRouteParentRefs>) -> ParentRef<'a> {
+    // Each field either borrowed from `p` or moved out of it.
+    let (group, kind, namespace, name, section_name, port, raw) = match p {
+        Cow::Borrowed(p) => (
+            p.group.as_deref().map(Cow::Borrowed),
+            p.kind.as_deref().map(Cow::Borrowed),
+            p.namespace.as_deref().map(Cow::Borrowed),
+            Cow::Borrowed(p.name.as_str()),
+            p.section_name.as_deref().map(Cow::Borrowed),
+            p.port,
+            RawParentRef::Spec(p),
+        ),
+        Cow::Owned(p) => {
+            let raw = RawParentRef::Json(serde_json::to_value(&p).unwrap_or(Value::Null));
+            (
+                p.group.map(Cow::Owned),
+                p.kind.map(Cow::Owned),
+                p.namespace.map(Cow::Owned),
+                Cow::Owned(p.name),
+                p.section_name.map(Cow::Owned),
+                p.port,
+                raw,
+            )
+        }
+    };
     ParentRef {
-        group: p
-            .group
-            .clone()
-            .unwrap_or_else(|| portcullis_api::GATEWAY_GROUP.to_string()),
-        kind: p.kind.clone().unwrap_or_else(|| "Gateway".to_string()),
-        namespace: p
-            .namespace
-            .clone()
+        group: group.unwrap_or(Cow::Borrowed(portcullis_api::GATEWAY_GROUP)),
+        kind: kind.unwrap_or(Cow::Borrowed("Gateway")),
+        namespace: namespace
             .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| route.namespace.clone()),
-        name: p.name.clone(),
-        section_name: p.section_name.clone().filter(|s| !s.is_empty()),
-        port: p.port,
-        raw: serde_json::to_value(p).unwrap_or(Value::Null),
+            .unwrap_or(Cow::Borrowed(route.namespace.as_str())),
+        name,
+        section_name: section_name.filter(|s| !s.is_empty()),
+        port,
+        raw,
     }
 }
 
-fn build(
+fn build<'a>(
     kind: RouteKind,
-    key: &ObjectKey,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &'a ObjectKey,
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     hostnames: Option<&[String]>,
-    parent_refs: Vec<ParentRef>,
-    rules: Vec<RuleSource>,
+    parent_refs: Vec<ParentRef<'a>>,
+    rules: Vec<RuleSource<'a>>,
     invalid: Vec<String>,
-) -> RouteSource {
+) -> RouteSource<'a> {
     RouteSource {
         kind,
-        key: key.clone(),
+        key,
         generation: meta.generation.unwrap_or(0),
-        created: meta.creation_timestamp.clone(),
+        created: meta.creation_timestamp.as_ref(),
         hostnames: hostnames
             .unwrap_or_default()
             .iter()
@@ -199,6 +256,10 @@ fn build(
         invalid,
     }
 }
+
+/// How many distinct backend references of one route are remembered (the
+/// lookup among them is a scan).
+const RESOLVED_PER_ROUTE: usize = 16;
 
 /// A rule compiled once per route and shared by every virtual host it is
 /// served under.
@@ -218,11 +279,14 @@ pub(crate) struct CompiledRules {
     pub ref_problems: Vec<RefProblem>,
 }
 
-pub(crate) fn compile_rules(snapshot: &Snapshot, route: &RouteSource) -> CompiledRules {
+pub(crate) fn compile_rules(lookup: &Index<'_>, route: &RouteSource<'_>) -> CompiledRules {
     let mut out = CompiledRules {
         invalid: route.invalid.clone(),
         ..Default::default()
     };
+    // Rules of a route mostly share their backends: each distinct
+    // reference is resolved once per route and the `Backend` shared.
+    let mut resolved: Vec<(BackendRefSpec<'_>, Result<Arc<Backend>, RefProblem>)> = Vec::new();
     for (index, source) in route.rules.iter().enumerate() {
         let at = |msg: String| format!("rules[{index}]: {msg}");
         let mut matches = Vec::new();
@@ -233,7 +297,7 @@ pub(crate) fn compile_rules(snapshot: &Snapshot, route: &RouteSource) -> Compile
             }
         }
         let ctx = FilterContext {
-            snapshot,
+            index: lookup,
             referrer: Referrer {
                 kind: route.kind,
                 namespace: &route.key.namespace,
@@ -281,7 +345,18 @@ pub(crate) fn compile_rules(snapshot: &Snapshot, route: &RouteSource) -> Compile
                 name: &b.name,
                 port: b.port,
             };
-            let target = match backends::resolve(snapshot, &ctx.referrer, &spec) {
+            let found = resolved
+                .iter()
+                .find(|(s, _)| *s == spec)
+                .map(|(_, r)| r.clone());
+            let result = found.unwrap_or_else(|| {
+                let result = backends::resolve(lookup, &ctx.referrer, &spec);
+                if resolved.len() < RESOLVED_PER_ROUTE {
+                    resolved.push((spec, result.clone()));
+                }
+                result
+            });
+            let target = match result {
                 Ok(backend) => BackendTarget::Service(backend),
                 Err(p) => {
                     let target = BackendTarget::Invalid {
@@ -304,7 +379,7 @@ pub(crate) fn compile_rules(snapshot: &Snapshot, route: &RouteSource) -> Compile
                 filters: bf.filters,
             });
         }
-        let timeouts = match timeouts(source.timeouts.as_ref()) {
+        let timeouts = match timeouts(source.timeouts) {
             Ok(t) => t,
             Err(e) => {
                 out.invalid.push(at(e));
@@ -324,7 +399,7 @@ pub(crate) fn compile_rules(snapshot: &Snapshot, route: &RouteSource) -> Compile
                 namespace: route.key.namespace.clone(),
                 name: route.key.name.clone(),
                 rule_index: index,
-                rule_name: source.name.clone(),
+                rule_name: source.name.map(str::to_string),
             },
             filters,
             backends,
@@ -384,12 +459,32 @@ pub(crate) enum Attachment {
     Refused(&'static str, String),
 }
 
+/// The Gateways being compiled, and where each is in that list by
+/// namespace/name (so that attaching a route is not a scan of them all).
+pub(crate) struct Gateways<'g, 'a> {
+    pub list: &'g [GatewayState<'a>],
+    by_key: HashMap<(&'g str, &'g str), usize>,
+}
+
+impl<'g, 'a> Gateways<'g, 'a> {
+    pub fn new(list: &'g [GatewayState<'a>]) -> Gateways<'g, 'a> {
+        let mut by_key = HashMap::new();
+        for (i, g) in list.iter().enumerate() {
+            // Keys are unique (they come from a map); the first would win.
+            by_key
+                .entry((g.key.namespace.as_str(), g.key.name.as_str()))
+                .or_insert(i);
+        }
+        Gateways { list, by_key }
+    }
+}
+
 /// Resolves one parentRef against the Gateways being compiled.
 pub(crate) fn attach(
     snapshot: &Snapshot,
-    gateways: &[GatewayState<'_>],
-    route: &RouteSource,
-    parent: &ParentRef,
+    gateways: &Gateways<'_, '_>,
+    route: &RouteSource<'_>,
+    parent: &ParentRef<'_>,
 ) -> Attachment {
     if parent.group != portcullis_api::GATEWAY_GROUP || parent.kind != "Gateway" {
         return Attachment::NotOurs(format!(
@@ -397,16 +492,16 @@ pub(crate) fn attach(
             parent.group, parent.kind, parent.name
         ));
     }
-    let Some(gi) = gateways
-        .iter()
-        .position(|g| g.key.namespace == parent.namespace && g.key.name == parent.name)
-    else {
+    let found = gateways
+        .by_key
+        .get(&(&*parent.namespace, &*parent.name))
+        .and_then(|&gi| Some((gi, gateways.list.get(gi)?)));
+    let Some((gi, gateway)) = found else {
         return Attachment::NotOurs(format!(
             "parentRef Gateway {}/{} does not exist or is not of a GatewayClass handled by Portcullis",
             parent.namespace, parent.name
         ));
     };
-    let gateway = &gateways[gi];
     if let Some((_, message)) = &gateway.rejected {
         return Attachment::Refused(
             reasons::NO_MATCHING_PARENT,
@@ -417,7 +512,7 @@ pub(crate) fn attach(
         .listeners
         .iter()
         .enumerate()
-        .filter(|(_, l)| parent.section_name.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|(_, l)| parent.section_name.as_ref().is_none_or(|s| **s == l.name))
         .filter(|(_, l)| parent.port.is_none_or(|p| i32::from(l.port) == p))
         .map(|(i, _)| i)
         .collect();

@@ -259,6 +259,9 @@ ENV
   local portcullis="$CARGO_TARGET_DIR/release/portcullis" echo_basic
   echo_basic=$("$E2E_DIR/scripts/build-echo.sh")
   mkdir -p "$STATE/node"
+  # Images -> local binaries. The conformance base manifests also run CoreDNS
+  # (for UDPRoute, not in our profiles); every pod there must be Ready, so it
+  # gets an idle stand-in that answers nothing.
   cat >"$STATE/node-agent.json" <<JSON
 {
   "nodeName": "$NODE_NAME",
@@ -276,8 +279,9 @@ ENV
   "images": [
     {"prefix": "portcullis", "binary": "$portcullis", "aliases": ["/portcullis", "/usr/local/bin/portcullis"]},
     {"prefix": "ghcr.io/portcullis/portcullis", "binary": "$portcullis", "aliases": ["/portcullis", "/usr/local/bin/portcullis"]},
-    {"prefix": "gcr.io/k8s-staging-gateway-api/echo-basic", "binary": "$echo_basic", "readyPorts": [3000]},
-    {"prefix": "registry.k8s.io/gateway-api/echo-basic", "binary": "$echo_basic", "readyPorts": [3000]}
+    {"prefix": "gcr.io/k8s-staging-gateway-api/echo-basic", "binary": "$echo_basic", "readyPorts": [3000, 8443]},
+    {"prefix": "registry.k8s.io/gateway-api/echo-basic", "binary": "$echo_basic", "readyPorts": [3000, 8443]},
+    {"prefix": "registry.k8s.io/coredns/coredns", "binary": "$(command -v sleep)", "replaceArgs": ["infinity"]}
   ]
 }
 JSON

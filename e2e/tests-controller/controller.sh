@@ -12,7 +12,10 @@
 #      writes the status of a route created afterwards;
 #   5. the API server is killed: traffic keeps flowing; once it is back a
 #      route change is followed and status is written again;
-#   6. the Rust tests against this API server
+#   6. an HTTPS listener serves the certificate of its Secret, and the
+#      rotated one after the Secret changes;
+#   7. a backend scaled to zero answers 503 at once (no hang);
+#   8. the Rust tests against this API server
 #      (crates/controller/tests/kube_apiserver.rs).
 # Needs `source STATE/env` (KUBECONFIG, kubectl) and a release build of the
 # binary (cargo build --release -p portcullis).
@@ -200,6 +203,39 @@ status_current() { # the route's status was written for its current generation
 }
 wait_for "status written after the restart" 60 status_current || die "no status for the route's new generation after the restart"
 log "after the restart: serving, following changes, writing status"
+
+log "HTTPS listener, certificate from a Secret, rotated"
+tmp=$(mktemp -d)
+mkcert() { # mkcert NAME: a self-signed certificate for tls.example
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tmp/$1.key" -out "$tmp/$1.crt" -days 1 \
+    -subj /CN=tls.example -addext subjectAltName=DNS:tls.example 2>/dev/null
+}
+mkcert one
+kubectl -n "$NS" create secret tls tls-cert --cert="$tmp/one.crt" --key="$tmp/one.key" >/dev/null
+kubectl -n "$NS" patch gateway gw --type json -p '[{"op":"add","path":"/spec/listeners/-","value":
+  {"name":"https","port":8443,"protocol":"HTTPS","hostname":"tls.example",
+   "tls":{"mode":"Terminate","certificateRefs":[{"name":"tls-cert"}]}}}]' >/dev/null
+served_tls() { # served_tls CERT PATH: HTTPS through the Gateway, verified against CERT
+  curl -sf --max-time 2 --cacert "$tmp/$1.crt" --resolve "tls.example:8443:$ADDR" "https://tls.example:8443$2" \
+    | grep -Eq '"namespace": ?"'"$NS"'"'
+}
+wait_for "HTTPS served with the first certificate" 120 served_tls one /v3/x \
+  || { kubectl -n "$NS" get gateway gw -o yaml >&2; diagnose /v3/x; die "HTTPS listener not served"; }
+mkcert two
+kubectl -n "$NS" create secret tls tls-cert --cert="$tmp/two.crt" --key="$tmp/two.key" --dry-run=client -o yaml \
+  | kubectl apply -f - >/dev/null
+t0=$(now_ms)
+wait_for "HTTPS served with the rotated certificate" 60 served_tls two /v3/x || die "certificate rotation not picked up"
+log "rotated certificate served after $(( $(now_ms) - t0 )) ms"
+rm -rf "$tmp"
+
+log "a backend without ready endpoints answers 503 at once"
+kubectl -n "$NS" scale deployment echo --replicas=0 >/dev/null
+no_endpoints() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$ADDR:8080/v3/x") == 503 ]]; }
+wait_for "503 without endpoints" 60 no_endpoints || { diagnose /v3/x; die "no 503 for a Service without ready endpoints"; }
+took=$(curl -s -o /dev/null -w '%{time_total}' --max-time 5 "http://$ADDR:8080/v3/x")
+awk -v t="$took" 'BEGIN { exit !(t < 1.0) }' || die "503 took ${took}s"
+log "503 in ${took}s"
 
 log "Rust tests against this API server"
 (cd "$REPO_DIR" && PORTCULLIS_TEST_KUBECONFIG="$KUBECONFIG" "${NICE[@]}" cargo test -q -p portcullis-controller --test kube_apiserver) >&2 \

@@ -45,6 +45,10 @@ pub struct ImageMapping {
     /// Arguments the image's entrypoint gets when the container sets no `args`.
     #[serde(default)]
     pub default_args: Vec<String>,
+    /// Arguments that replace whatever the container asks for: for stand-ins
+    /// of images whose real program is not available (they only idle).
+    #[serde(default)]
+    pub replace_args: Option<Vec<String>>,
     /// `command[0]` values that mean the entrypoint (e.g. "/portcullis").
     #[serde(default)]
     pub aliases: Vec<String>,

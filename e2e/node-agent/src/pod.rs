@@ -155,6 +155,7 @@ pub struct Worker {
     setup_error: Option<(String, String)>,
     next_setup: Instant,
     created_paths: Vec<PathBuf>,
+    status_retry_at: Instant,
 }
 
 /// A pod keeps the address it already reports (the agent was restarted): pod
@@ -197,6 +198,7 @@ pub fn spawn(sh: Arc<Shared>, pod: Pod, ip: Option<Ipv4Addr>) -> (mpsc::Unbounde
         setup_error: None,
         next_setup: Instant::now(),
         created_paths: vec![],
+        status_retry_at: Instant::now(),
     };
     let handle = tokio::spawn(w.run(rx));
     (tx, handle)
@@ -307,6 +309,9 @@ impl Worker {
         let m = self.sh.cfg.image(&image).ok_or_else(|| {
             anyhow!("image {image:?} is not mapped to a local binary (see the images of the node-agent config)")
         })?;
+        if let Some(args) = &m.replace_args {
+            return Ok((m.binary.clone(), args.clone()));
+        }
         let bin_name = m.binary.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let args = c.args.clone();
         match c.command.as_deref() {
@@ -654,7 +659,8 @@ impl Worker {
             pod_ip: ip.clone(),
             pod_ips: ip.map(|ip| vec![PodIP { ip }]),
             start_time: Some(self.start_time.clone()),
-            qos_class: Some("BestEffort".into()),
+            // Set by the API server at creation and immutable: keep it.
+            qos_class: self.pod.status.as_ref().and_then(|s| s.qos_class.clone()),
             container_statuses: Some(mains.iter().map(|c| cs(c)).collect()),
             init_container_statuses: if inits.is_empty() { None } else { Some(inits.iter().map(|c| cs(c)).collect()) },
             ..Default::default()
@@ -662,6 +668,9 @@ impl Worker {
     }
 
     async fn sync_status(&mut self) {
+        if Instant::now() < self.status_retry_at {
+            return;
+        }
         let st = self.build_status();
         let mut v = match serde_json::to_value(&st) {
             Ok(v) => v,
@@ -688,7 +697,10 @@ impl Worker {
         match api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => self.last_status = Some(cmp),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => warn!(pod = %self.key(), "status update failed (will retry): {e}"),
+            Err(e) => {
+                warn!(pod = %self.key(), "status update failed (will retry in 1s): {e}");
+                self.status_retry_at = Instant::now() + Duration::from_secs(1);
+            }
         }
     }
 

@@ -223,7 +223,7 @@ wait_for "HTTPS served with the first certificate" 120 served_tls one /v3/x \
   || { kubectl -n "$NS" get gateway gw -o yaml >&2; diagnose /v3/x; die "HTTPS listener not served"; }
 mkcert two
 kubectl -n "$NS" create secret tls tls-cert --cert="$tmp/two.crt" --key="$tmp/two.key" --dry-run=client -o yaml \
-  | kubectl apply -f - >/dev/null
+  | kubectl replace -f - >/dev/null
 t0=$(now_ms)
 wait_for "HTTPS served with the rotated certificate" 60 served_tls two /v3/x || die "certificate rotation not picked up"
 log "rotated certificate served after $(( $(now_ms) - t0 )) ms"

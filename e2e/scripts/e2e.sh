@@ -55,9 +55,9 @@ for t in "$E2E_DIR"/tests/*.sh; do
   [[ -x $t ]] || continue
   phase "test:$(basename "$t" .sh)" "$t"
 done
-# The Gateway API conformance suite, once scripts/conformance.sh exists
-# (it writes its report to reports/).
-if [[ -x $S/conformance.sh ]]; then
+# The Gateway API conformance suite (report in reports/). Off until the
+# controller is deployed by the harness: E2E_CONFORMANCE=1 turns it on.
+if [[ ${E2E_CONFORMANCE:-0} == 1 ]]; then
   phase conformance "$S/conformance.sh"
 fi
 ok=1

@@ -102,6 +102,14 @@ pub fn plan(
         }
         _ => (&observed.status, observed.resource_version.clone()),
     };
+    if is_route(kind)
+        && !has_our_parents(ours, controller_name)
+        && !has_our_parents(base, controller_name)
+    {
+        // A route attached to no Gateway of ours, and never was: its status
+        // belongs to other controllers.
+        return None;
+    }
     let desired = desired_status(kind, base, ours, controller_name, now);
     if &desired == base || written.is_some_and(|w| w.status == desired) {
         return None;
@@ -110,6 +118,16 @@ pub fn plan(
         resource_version,
         status: desired,
     })
+}
+
+fn is_route(kind: StatusKind) -> bool {
+    matches!(kind, StatusKind::HttpRoute | StatusKind::GrpcRoute)
+}
+
+fn has_our_parents(status: &Value, controller_name: &str) -> bool {
+    array(status.get("parents"))
+        .iter()
+        .any(|p| p.get("controllerName").and_then(Value::as_str) == Some(controller_name))
 }
 
 /// The status to write: `ours` merged into `observed` (rules in the module
@@ -511,6 +529,48 @@ mod tests {
         .expect("a write");
         assert_eq!(again.resource_version.as_deref(), Some("3"));
         assert_eq!(again.status["parents"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn routes_of_other_controllers_are_not_touched() {
+        // Compile reports a route whose parentRefs are all foreign with an
+        // empty parents list: nothing to write, whatever the route shows.
+        let ours = json!({"parents": []});
+        assert_eq!(
+            plan(
+                StatusKind::HttpRoute,
+                &observed("1", Value::Null),
+                &ours,
+                None,
+                US,
+                NOW
+            ),
+            None
+        );
+        let theirs = json!({"parents": [parent("example.com/other", "gw", json!([]))]});
+        assert_eq!(
+            plan(
+                StatusKind::HttpRoute,
+                &observed("1", theirs),
+                &ours,
+                None,
+                US,
+                NOW
+            ),
+            None
+        );
+        // A route detached from our Gateway: our stale entry is removed.
+        let stale = json!({"parents": [parent(US, "gw", json!([timed(cond("Accepted", "True", "Accepted", 1), T0)]))]});
+        let patch = plan(
+            StatusKind::HttpRoute,
+            &observed("2", stale),
+            &ours,
+            None,
+            US,
+            NOW,
+        )
+        .expect("a write");
+        assert_eq!(patch.status, json!({"parents": []}));
     }
 
     #[test]

@@ -252,7 +252,7 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     tokio::spawn(async move {
-        let stream = watcher::watcher(api, config).default_backoff();
+        let stream = watcher::watcher(api, config).backoff(WatchBackoff::default());
         let mut stream = std::pin::pin!(stream);
         let mut last_error_log: Option<Instant> = None;
         let mut failing = false;
@@ -283,6 +283,59 @@ where
             }
         }
     })
+}
+
+/// Delays between watch retries after errors: 0.5 s doubling up to 8 s,
+/// each with ±25 % jitter so that many proxies do not retry in step.
+/// kube-runtime's default grows to 30 s (client-go's, kind to a struggling
+/// API server); a gateway prefers to pick up changes again within seconds
+/// of the API server coming back. Reset by the first event after an error.
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl WatchBackoff {
+    pub const MIN: Duration = Duration::from_millis(500);
+    pub const MAX: Duration = Duration::from_secs(8);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        // Any per-process varying value does as a jitter seed.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64 ^ u64::from(std::process::id()))
+            .unwrap_or(1)
+            | 1;
+        WatchBackoff {
+            next: Self::MIN,
+            seed,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        // xorshift64: cheap, good enough for jitter.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        // A factor in [0.75, 1.25).
+        let factor = 0.75 + (self.seed % 1000) as f64 / 2000.0;
+        Some(base.mul_f64(factor))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
 }
 
 /// What to check for the usual watch failures, for the operator.
@@ -634,6 +687,24 @@ mod tests {
         .await
         .expect("relisted table published")
         .expect("loop alive");
+    }
+
+    #[test]
+    fn watch_backoff_doubles_to_its_cap_with_jitter_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut backoff = WatchBackoff::default();
+        let delays: Vec<Duration> = backoff.by_ref().take(8).collect();
+        let bases = [500u64, 1000, 2000, 4000, 8000, 8000, 8000, 8000];
+        for (delay, base) in delays.iter().zip(bases) {
+            let base = Duration::from_millis(base);
+            assert!(
+                *delay >= base.mul_f64(0.75) && *delay < base.mul_f64(1.25),
+                "{delay:?} vs {base:?}"
+            );
+        }
+        backoff.reset();
+        let first = backoff.next().expect("endless");
+        assert!(first < Duration::from_millis(625), "{first:?}");
     }
 
     #[test]

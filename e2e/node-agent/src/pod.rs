@@ -208,6 +208,9 @@ impl Worker {
     fn key(&self) -> String {
         format!("{}/{}", self.ns, self.name)
     }
+    fn host_network(&self) -> bool {
+        self.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+    }
     fn restart_policy(&self) -> String {
         self.pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into())
     }
@@ -241,6 +244,11 @@ impl Worker {
     }
 
     async fn setup(&mut self) -> Result<()> {
+        if self.host_network() {
+            // The node's network: the pod's address is the node's.
+            self.ip = Some(self.sh.cfg.gateway);
+            self.net_ready = true;
+        }
         if self.ip.is_none() {
             self.ip = Some(self.sh.ips.allocate().ok_or_else(|| anyhow!("pod CIDR exhausted"))?);
         }
@@ -355,7 +363,8 @@ impl Worker {
         let restarts = self.ctrs[idx].restarts;
         let log = log_path(&self.dir.join("logs"), &c.name, restarts);
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("opening {}", log.display()))?;
-        let netns = std::fs::File::open(net::netns_path(&self.uid)).context("opening the pod's netns")?;
+        let host_net = self.host_network();
+        let netns = if host_net { None } else { Some(std::fs::File::open(net::netns_path(&self.uid)).context("opening the pod's netns")?) };
         let mut mnts: Vec<(CString, CString, bool)> = vec![];
         for m in &mounts {
             let created = prepare_mount_point(m)?;
@@ -374,20 +383,23 @@ impl Worker {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
-        let fd = netns.as_raw_fd();
+        let fd = netns.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        let ns_flags = if host_net { libc::CLONE_NEWNS } else { libc::CLONE_NEWNS | libc::CLONE_NEWUTS };
         // SAFETY: only async-signal-safe syscalls on memory prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                if fd >= 0 && libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS) != 0 {
+                if libc::unshare(ns_flags) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                let _ = libc::sethostname(hostname.as_ptr(), hostname.as_bytes().len());
+                if fd >= 0 {
+                    let _ = libc::sethostname(hostname.as_ptr(), hostname.as_bytes().len());
+                }
                 for (src, dst, ro) in &mnts {
                     if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
                         return Err(std::io::Error::last_os_error());
@@ -442,7 +454,7 @@ impl Worker {
             let _ = tx.send(Ev::Exited { idx, run_id, code, signal });
         }));
         if !ctr.init {
-            let ns = net::netns_name(&self.uid);
+            let ns = if host_net { String::new() } else { net::netns_name(&self.uid) };
             let image_ports = self.sh.cfg.image(c.image.as_deref().unwrap_or("")).map(|m| m.ready_ports.clone()).unwrap_or_default();
             let ports = crate::probe::readiness_ports(c, &image_ports);
             let mk = |kind: Kind, probe: Option<Probe>| {
@@ -764,12 +776,16 @@ impl Worker {
         for c in self.ctrs.iter_mut() {
             c.stop_tasks();
         }
-        net::teardown_pod(&self.uid).await;
+        if !self.host_network() {
+            net::teardown_pod(&self.uid).await;
+        }
         remove_mount_points(&self.created_paths);
         // Volumes go; container logs stay in the state dir for post-mortems.
         let _ = std::fs::remove_dir_all(self.dir.join("volumes"));
         if let Some(ip) = self.ip.take() {
-            self.sh.ips.release(ip);
+            if ip != self.sh.cfg.gateway {
+                self.sh.ips.release(ip);
+            }
         }
         self.sh.logs.lock().unwrap().remove(&(self.ns.clone(), self.name.clone()));
         info!(pod = %self.key(), "pod stopped and cleaned up");

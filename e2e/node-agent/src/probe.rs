@@ -44,9 +44,17 @@ pub async fn check(p: &Probe, c: &Container, pod_ip: Ipv4Addr, netns: &str) -> b
             if cmd.is_empty() {
                 return true;
             }
-            tokio::process::Command::new("ip")
-                .args(["netns", "exec", netns])
-                .args(&cmd)
+            // Host-network pods have no namespace of their own.
+            let mut c = if netns.is_empty() {
+                let mut c = tokio::process::Command::new(&cmd[0]);
+                c.args(&cmd[1..]);
+                c
+            } else {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", netns]).args(&cmd);
+                c
+            };
+            c
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())

@@ -11,15 +11,20 @@ KUBE_VERSION=$(sed -nE 's/^\s*(require\s+)?k8s\.io\/kubernetes (v[^ ]+).*/\2/p' 
 [[ $KUBE_VERSION =~ ^v([0-9]+)\.([0-9]+)\.[0-9]+$ ]] || die "cannot read the k8s.io/kubernetes pin from $TOOLS/go.mod"
 MAJOR=${BASH_REMATCH[1]} MINOR=${BASH_REMATCH[2]}
 
-key=$( { cat "$TOOLS/go.mod" "$TOOLS/go.sum" "$0"; go version; } | sha256sum | cut -c1-16)
+# Bump when the build recipe below changes in a way that changes the binaries.
+RECIPE=2
+key=$( { cat "$TOOLS/go.mod" "$TOOLS/go.sum"; echo "recipe $RECIPE"; go version; } | sha256sum | cut -c1-16)
 out="$E2E_CACHE/bin/$KUBE_VERSION-$key"
 bins=(etcd kube-apiserver kube-controller-manager kubectl)
 
 have_all() { local b; for b in "${bins[@]}"; do [[ -x $out/$b ]] || return 1; done; }
 if have_all; then
   log "control-plane binaries cached in $out"
+  touch "$out"
   echo "$out"; exit 0
 fi
+# Entries of other pins unused for two weeks go.
+find "$E2E_CACHE/bin" -mindepth 1 -maxdepth 1 -type d -mtime +14 -exec rm -rf {} + 2>/dev/null || true
 
 log "building control plane $KUBE_VERSION into $out (cold: ~20-30 min on 2 cores, niced)"
 cd "$TOOLS"

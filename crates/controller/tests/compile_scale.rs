@@ -104,7 +104,7 @@ struct GenMatch {
     yaml: String,
 }
 
-pub struct GenRoute {
+struct GenRoute {
     kind: RouteKind,
     namespace: String,
     name: String,
@@ -502,7 +502,7 @@ spec:
     }
 }
 
-pub fn generate() -> (Snapshot, Vec<GenRoute>) {
+fn generate() -> (Snapshot, Vec<GenRoute>) {
     let routes: Vec<GenRoute> = (0..ROUTES)
         .map(|i| {
             if i % 12 == 5 {

@@ -40,7 +40,18 @@ trap 'exit 130' INT TERM
 # One cluster per machine at a time (the bridge and addresses are fixed).
 mkdir -p "$E2E_CACHE"
 exec 9>"$E2E_CACHE/cluster.lock"
-flock -w 900 9 || die "another e2e cluster has been running on this machine for 15 minutes (lock $E2E_CACHE/cluster.lock)"
+if ! flock -n 9; then
+  holders=$(for p in /proc/[0-9]*; do
+    # not this script nor its own subshells
+    [[ ${p#/proc/} == "$$" ]] && continue
+    [[ $(awk '/^PPid:/ {print $2}' "$p/status" 2>/dev/null) == "$$" ]] && continue
+    if ls -l "$p/fd" 2>/dev/null | grep -q "$E2E_CACHE/cluster.lock"; then
+      echo "${p#/proc/}($(tr '\0' ' ' <"$p/cmdline" 2>/dev/null | cut -c1-60))"
+    fi
+  done | tr '\n' ' ' || true)
+  log "waiting for another e2e run to finish (lock $E2E_CACHE/cluster.lock held by pids: ${holders:-?})"
+  flock -w 900 9 || die "another e2e cluster has been running on this machine for 15 minutes (lock $E2E_CACHE/cluster.lock)"
+fi
 
 phase build-k8s "$S/build-tools.sh" >/dev/null
 phase build-echo "$S/build-echo.sh" >/dev/null

@@ -61,18 +61,26 @@ pub struct ImageMapping {
 impl Config {
     pub fn load(path: &str) -> Result<Config> {
         let raw = std::fs::read(path).with_context(|| format!("reading config {path}"))?;
-        let cfg: Config = serde_json::from_slice(&raw).with_context(|| format!("parsing config {path}"))?;
+        let cfg: Config =
+            serde_json::from_slice(&raw).with_context(|| format!("parsing config {path}"))?;
         for m in &cfg.images {
             if !m.binary.is_file() {
                 // Not fatal: pods of that image report the error in their status.
-                tracing::warn!("image {:?} maps to {} which does not exist (build it first)", m.prefix, m.binary.display());
+                tracing::warn!(
+                    "image {:?} maps to {} which does not exist (build it first)",
+                    m.prefix,
+                    m.binary.display()
+                );
             }
         }
         Ok(cfg)
     }
 
     pub fn image(&self, image: &str) -> Option<&ImageMapping> {
-        self.images.iter().filter(|m| image.starts_with(&m.prefix)).max_by_key(|m| m.prefix.len())
+        self.images
+            .iter()
+            .filter(|m| image.starts_with(&m.prefix))
+            .max_by_key(|m| m.prefix.len())
     }
 }
 
@@ -91,7 +99,11 @@ impl Cidr {
         Ipv4Addr::from(u32::from(self.base) + i)
     }
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.len == 0 { 0 } else { u32::MAX << (32 - self.len as u32) };
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.len as u32)
+        };
         u32::from(ip) & mask == u32::from(self.base) & mask
     }
 }
@@ -99,7 +111,9 @@ impl Cidr {
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let (ip, len) = s.split_once('/').ok_or_else(|| serde::de::Error::custom(format!("not a CIDR: {s}")))?;
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| serde::de::Error::custom(format!("not a CIDR: {s}")))?;
         let base: Ipv4Addr = ip.parse().map_err(serde::de::Error::custom)?;
         let len: u8 = len.parse().map_err(serde::de::Error::custom)?;
         if len > 30 {

@@ -5,7 +5,9 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, ObjectFieldSelector, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, KeyToPath, ObjectFieldSelector, Pod, Secret, ServiceAccount,
+};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use std::collections::BTreeMap;
@@ -14,11 +16,21 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 
 /// Resolves a downward-API field path against the pod.
-pub fn field_ref(pod: &Pod, sel: &ObjectFieldSelector, pod_ip: &str, host_ip: &str) -> Result<String> {
+pub fn field_ref(
+    pod: &Pod,
+    sel: &ObjectFieldSelector,
+    pod_ip: &str,
+    host_ip: &str,
+) -> Result<String> {
     let md = &pod.metadata;
     let spec = pod.spec.as_ref();
     let p = sel.field_path.as_str();
-    let lookup = |m: &Option<BTreeMap<String, String>>, key: &str| m.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default();
+    let lookup = |m: &Option<BTreeMap<String, String>>, key: &str| {
+        m.as_ref()
+            .and_then(|m| m.get(key))
+            .cloned()
+            .unwrap_or_default()
+    };
     let bracket = |prefix: &str| -> Option<String> {
         p.strip_prefix(prefix)
             .and_then(|r| r.strip_prefix('['))
@@ -30,7 +42,9 @@ pub fn field_ref(pod: &Pod, sel: &ObjectFieldSelector, pod_ip: &str, host_ip: &s
         "metadata.namespace" => md.namespace.clone().unwrap_or_default(),
         "metadata.uid" => md.uid.clone().unwrap_or_default(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
         "status.podIP" | "status.podIPs" => pod_ip.to_string(),
         "status.hostIP" | "status.hostIPs" => host_ip.to_string(),
         "metadata.labels" => fmt_map(&md.labels),
@@ -48,7 +62,10 @@ pub fn field_ref(pod: &Pod, sel: &ObjectFieldSelector, pod_ip: &str, host_ip: &s
 }
 
 fn fmt_map(m: &Option<BTreeMap<String, String>>) -> String {
-    m.iter().flatten().map(|(k, v)| format!("{k}={v:?}\n")).collect()
+    m.iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v:?}\n"))
+        .collect()
 }
 
 /// Kubernetes' $(VAR) expansion: defined names are replaced, $$ escapes, anything else stays.
@@ -91,11 +108,23 @@ pub async fn container_env(
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let host_ip = cfg.gateway.to_string();
     let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        ("HOSTNAME".into(), pod.metadata.name.clone().unwrap_or_default()),
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        (
+            "HOSTNAME".into(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        ),
         ("KUBERNETES_SERVICE_HOST".into(), cfg.apiserver_host.clone()),
-        ("KUBERNETES_SERVICE_PORT".into(), cfg.apiserver_port.to_string()),
-        ("KUBERNETES_SERVICE_PORT_HTTPS".into(), cfg.apiserver_port.to_string()),
+        (
+            "KUBERNETES_SERVICE_PORT".into(),
+            cfg.apiserver_port.to_string(),
+        ),
+        (
+            "KUBERNETES_SERVICE_PORT_HTTPS".into(),
+            cfg.apiserver_port.to_string(),
+        ),
     ];
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
         env.retain(|(n, _)| *n != k);
@@ -104,7 +133,10 @@ pub async fn container_env(
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
-            match Api::<ConfigMap>::namespaced(client.clone(), &ns).get_opt(&r.name).await? {
+            match Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .get_opt(&r.name)
+                .await?
+            {
                 Some(cm) => {
                     for (k, v) in cm.data.unwrap_or_default() {
                         set(&mut env, format!("{prefix}{k}"), v);
@@ -115,10 +147,17 @@ pub async fn container_env(
             }
         }
         if let Some(r) = &from.secret_ref {
-            match Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&r.name).await? {
+            match Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt(&r.name)
+                .await?
+            {
                 Some(s) => {
                     for (k, v) in s.data.unwrap_or_default() {
-                        set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned());
+                        set(
+                            &mut env,
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                        );
                     }
                 }
                 None if r.optional == Some(true) => {}
@@ -133,18 +172,35 @@ pub async fn container_env(
             if let Some(f) = &src.field_ref {
                 field_ref(pod, f, pod_ip, &host_ip)?
             } else if let Some(r) = &src.config_map_key_ref {
-                let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns).get_opt(&r.name).await?;
-                match cm.and_then(|cm| cm.data).and_then(|d| d.get(&r.key).cloned()) {
+                let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .get_opt(&r.name)
+                    .await?;
+                match cm
+                    .and_then(|cm| cm.data)
+                    .and_then(|d| d.get(&r.key).cloned())
+                {
                     Some(v) => v,
                     None if r.optional == Some(true) => continue,
-                    None => bail!("env {}: key {} of configmap {ns}/{} not found", e.name, r.key, r.name),
+                    None => bail!(
+                        "env {}: key {} of configmap {ns}/{} not found",
+                        e.name,
+                        r.key,
+                        r.name
+                    ),
                 }
             } else if let Some(r) = &src.secret_key_ref {
-                let s = Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&r.name).await?;
+                let s = Api::<Secret>::namespaced(client.clone(), &ns)
+                    .get_opt(&r.name)
+                    .await?;
                 match s.and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned()) {
                     Some(v) => String::from_utf8_lossy(&v.0).into_owned(),
                     None if r.optional == Some(true) => continue,
-                    None => bail!("env {}: key {} of secret {ns}/{} not found", e.name, r.key, r.name),
+                    None => bail!(
+                        "env {}: key {} of secret {ns}/{} not found",
+                        e.name,
+                        r.key,
+                        r.name
+                    ),
                 }
             } else if src.resource_field_ref.is_some() {
                 // No resource accounting here: report "unlimited"-ish values.
@@ -169,10 +225,18 @@ pub struct Mount {
 }
 
 /// Writes every volume of the pod below `dir` (one directory per volume).
-pub async fn materialize_volumes(client: &Client, cfg: &Config, pod: &Pod, dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+pub async fn materialize_volumes(
+    client: &Client,
+    cfg: &Config,
+    pod: &Pod,
+    dir: &Path,
+) -> Result<BTreeMap<String, PathBuf>> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut out = BTreeMap::new();
-    let spec = pod.spec.as_ref().ok_or_else(|| anyhow!("pod without spec"))?;
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| anyhow!("pod without spec"))?;
     for v in spec.volumes.iter().flatten() {
         let vdir = dir.join(&v.name);
         if let Some(hp) = &v.host_path {
@@ -190,13 +254,19 @@ pub async fn materialize_volumes(client: &Client, cfg: &Config, pod: &Pod, dir: 
         } else if let Some(d) = &v.downward_api {
             for item in d.items.iter().flatten() {
                 if let Some(f) = &item.field_ref {
-                    write_file(&vdir, &item.path, field_ref(pod, f, "", &cfg.gateway.to_string())?.as_bytes())?;
+                    write_file(
+                        &vdir,
+                        &item.path,
+                        field_ref(pod, f, "", &cfg.gateway.to_string())?.as_bytes(),
+                    )?;
                 }
             }
         } else if let Some(p) = &v.projected {
             for src in p.sources.iter().flatten() {
                 if let Some(t) = &src.service_account_token {
-                    let token = request_token(client, pod, t.audience.clone(), t.expiration_seconds).await?;
+                    let token =
+                        request_token(client, pod, t.audience.clone(), t.expiration_seconds)
+                            .await?;
                     write_file(&vdir, &t.path, token.as_bytes())?;
                 }
                 if let Some(cm) = &src.config_map {
@@ -208,7 +278,11 @@ pub async fn materialize_volumes(client: &Client, cfg: &Config, pod: &Pod, dir: 
                 if let Some(d) = &src.downward_api {
                     for item in d.items.iter().flatten() {
                         if let Some(f) = &item.field_ref {
-                            write_file(&vdir, &item.path, field_ref(pod, f, "", &cfg.gateway.to_string())?.as_bytes())?;
+                            write_file(
+                                &vdir,
+                                &item.path,
+                                field_ref(pod, f, "", &cfg.gateway.to_string())?.as_bytes(),
+                            )?;
                         }
                     }
                 }
@@ -231,40 +305,78 @@ pub fn mounts_for(c: &Container, volumes: &BTreeMap<String, PathBuf>) -> Result<
             Some(sp) if !sp.is_empty() => base.join(sp),
             _ => base.clone(),
         };
-        out.push(Mount { src, dst: PathBuf::from(&m.mount_path), read_only: m.read_only == Some(true) });
+        out.push(Mount {
+            src,
+            dst: PathBuf::from(&m.mount_path),
+            read_only: m.read_only == Some(true),
+        });
     }
     Ok(out)
 }
 
-async fn write_config_map(client: &Client, ns: &str, name: &str, items: &Option<Vec<KeyToPath>>, optional: Option<bool>, dir: &Path) -> Result<()> {
-    let Some(cm) = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await? else {
+async fn write_config_map(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    items: &Option<Vec<KeyToPath>>,
+    optional: Option<bool>,
+    dir: &Path,
+) -> Result<()> {
+    let Some(cm) = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+    else {
         if optional == Some(true) {
             return Ok(());
         }
         bail!("configmap {ns}/{name} (volume) not found");
     };
-    let mut data: BTreeMap<String, Vec<u8>> = cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    let mut data: BTreeMap<String, Vec<u8>> = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
     for (k, v) in cm.binary_data.unwrap_or_default() {
         data.insert(k, v.0);
     }
     write_items(data, items, dir)
 }
 
-async fn write_secret(client: &Client, ns: &str, name: &str, items: &Option<Vec<KeyToPath>>, optional: Option<bool>, dir: &Path) -> Result<()> {
-    let Some(s) = Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await? else {
+async fn write_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    items: &Option<Vec<KeyToPath>>,
+    optional: Option<bool>,
+    dir: &Path,
+) -> Result<()> {
+    let Some(s) = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+    else {
         if optional == Some(true) {
             return Ok(());
         }
         bail!("secret {ns}/{name} (volume) not found");
     };
-    let mut data: BTreeMap<String, Vec<u8>> = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+    let mut data: BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
     for (k, v) in s.string_data.unwrap_or_default() {
         data.insert(k, v.into_bytes());
     }
     write_items(data, items, dir)
 }
 
-fn write_items(data: BTreeMap<String, Vec<u8>>, items: &Option<Vec<KeyToPath>>, dir: &Path) -> Result<()> {
+fn write_items(
+    data: BTreeMap<String, Vec<u8>>,
+    items: &Option<Vec<KeyToPath>>,
+    dir: &Path,
+) -> Result<()> {
     match items {
         Some(items) if !items.is_empty() => {
             for it in items {
@@ -293,9 +405,18 @@ fn write_file(dir: &Path, rel: &str, data: &[u8]) -> Result<()> {
     std::fs::write(&p, data).with_context(|| format!("writing {}", p.display()))
 }
 
-async fn request_token(client: &Client, pod: &Pod, audience: Option<String>, expiration: Option<i64>) -> Result<String> {
+async fn request_token(
+    client: &Client,
+    pod: &Pod,
+    audience: Option<String>,
+    expiration: Option<i64>,
+) -> Result<String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
     let tr = TokenRequest {
         spec: TokenRequestSpec {
             audiences: audience.into_iter().collect(),

@@ -34,22 +34,34 @@ pub async fn serve(sh: Arc<Shared>, addr: SocketAddr) -> Result<()> {
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding kubelet API on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding kubelet API on {addr}"))?;
     info!(%addr, "kubelet API (container logs) listening");
     loop {
         let (tcp, _) = listener.accept().await?;
         let acceptor = acceptor.clone();
         let sh = sh.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
             let svc = hyper::service::service_fn(move |req| handle(sh.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
         });
     }
 }
 
 fn text(code: StatusCode, s: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(s.into())).map_err(|never: Infallible| -> std::io::Error { match never {} }).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(Bytes::from(s.into()))
+            .map_err(|never: Infallible| -> std::io::Error { match never {} })
+            .boxed_unsync(),
+    );
     *r.status_mut() = code;
     r
 }
@@ -61,13 +73,19 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         .query()
         .unwrap_or("")
         .split('&')
-        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.as_slice() {
         ["healthz"] => Ok(text(StatusCode::OK, "ok")),
         ["containerLogs", ns, pod, container] => Ok(logs(sh, ns, pod, container, q).await),
-        _ => Ok(text(StatusCode::NOT_FOUND, format!("the e2e node agent serves only /containerLogs, not {path}\n"))),
+        _ => Ok(text(
+            StatusCode::NOT_FOUND,
+            format!("the e2e node agent serves only /containerLogs, not {path}\n"),
+        )),
     }
 }
 
@@ -96,33 +114,67 @@ fn pct_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn logs(sh: Arc<Shared>, ns: &str, pod: &str, container: &str, q: HashMap<String, String>) -> Response<Body> {
+async fn logs(
+    sh: Arc<Shared>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    q: HashMap<String, String>,
+) -> Response<Body> {
     let q: HashMap<String, String> = q.into_iter().map(|(k, v)| (k, pct_decode(&v))).collect();
-    let info = sh.logs.lock().unwrap().get(&(ns.to_string(), pod.to_string())).cloned();
+    let info = sh
+        .logs
+        .lock()
+        .unwrap()
+        .get(&(ns.to_string(), pod.to_string()))
+        .cloned();
     let Some(info) = info else {
-        return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not running on this node\n"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} is not running on this node\n"),
+        );
     };
     let Some(&(restarts, _)) = info.containers.get(container) else {
-        return text(StatusCode::NOT_FOUND, format!("container {container} is not in pod {ns}/{pod}\n"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("container {container} is not in pod {ns}/{pod}\n"),
+        );
     };
     let previous = q.get("previous").is_some_and(|v| v == "true");
     let restart = if previous { restarts - 1 } else { restarts };
     if restart < 0 {
-        return text(StatusCode::BAD_REQUEST, format!("previous terminated container {container} in pod {ns}/{pod} not found\n"));
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("previous terminated container {container} in pod {ns}/{pod} not found\n"),
+        );
     }
-    let mut lq = crate::logs::Query { since: None, timestamps: q.get("timestamps").is_some_and(|v| v == "true") };
+    let mut lq = crate::logs::Query {
+        since: None,
+        timestamps: q.get("timestamps").is_some_and(|v| v == "true"),
+    };
     if let Some(t) = q.get("sinceTime") {
         match t.parse::<jiff::Timestamp>() {
             Ok(t) => lq.since = Some(t),
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad sinceTime {t:?}: {e}\n")),
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad sinceTime {t:?}: {e}\n"),
+                )
+            }
         }
     } else if let Some(secs) = q.get("sinceSeconds").and_then(|v| v.parse::<i64>().ok()) {
-        lq.since = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(secs)).ok();
+        lq.since = jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_secs(secs))
+            .ok();
     }
     let path = log_path(&info.dir, container, restart);
     let stored = tokio::fs::read(&path).await.unwrap_or_default();
     // Only complete records; a partial last one is picked up by follow.
-    let complete = stored.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+    let complete = stored
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
     let rendered = crate::logs::render(&stored[..complete], &lq);
     let mut first = match q.get("tailLines").and_then(|v| v.parse::<usize>().ok()) {
         Some(n) => crate::logs::tail(&rendered, n).to_vec(),
@@ -147,7 +199,12 @@ async fn logs(sh: Arc<Shared>, ns: &str, pod: &str, container: &str, q: HashMap<
         let mut pending: Vec<u8> = vec![];
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let cur = sh.logs.lock().unwrap().get(&key).and_then(|i| i.containers.get(&container).copied());
+            let cur = sh
+                .logs
+                .lock()
+                .unwrap()
+                .get(&key)
+                .and_then(|i| i.containers.get(&container).copied());
             let mut buf = vec![];
             if let Ok(mut f) = tokio::fs::File::open(&path).await {
                 if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
@@ -173,6 +230,8 @@ async fn logs(sh: Arc<Shared>, ns: &str, pod: &str, container: &str, q: HashMap<
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     Response::new(StreamBody::new(stream).boxed_unsync())
 }

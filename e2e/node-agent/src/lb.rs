@@ -43,7 +43,8 @@ pub async fn run(client: Client, cfg: Arc<Config>) -> Result<()> {
     let changed = Arc::new(Notify::new());
     let c1 = changed.clone();
     tokio::spawn(async move {
-        let s = reflector::reflector(svc_w, watcher(svc_api, watcher::Config::default())).default_backoff();
+        let s = reflector::reflector(svc_w, watcher(svc_api, watcher::Config::default()))
+            .default_backoff();
         futures_util::pin_mut!(s);
         while let Some(r) = s.next().await {
             if let Err(e) = r {
@@ -54,7 +55,8 @@ pub async fn run(client: Client, cfg: Arc<Config>) -> Result<()> {
     });
     let c2 = changed.clone();
     tokio::spawn(async move {
-        let s = reflector::reflector(eps_w, watcher(eps_api, watcher::Config::default())).default_backoff();
+        let s = reflector::reflector(eps_w, watcher(eps_api, watcher::Config::default()))
+            .default_backoff();
         futures_util::pin_mut!(s);
         while let Some(r) = s.next().await {
             if let Err(e) = r {
@@ -88,7 +90,10 @@ pub async fn run(client: Client, cfg: Arc<Config>) -> Result<()> {
         let mut by_svc: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
         for s in slices {
             if let Some(name) = s.labels().get("kubernetes.io/service-name") {
-                by_svc.entry((s.namespace().unwrap_or_default(), name.clone())).or_default().push(s);
+                by_svc
+                    .entry((s.namespace().unwrap_or_default(), name.clone()))
+                    .or_default()
+                    .push(s);
             }
         }
         let mut want: BTreeMap<SocketAddr, Vec<SocketAddr>> = BTreeMap::new();
@@ -103,7 +108,8 @@ pub async fn run(client: Client, cfg: Arc<Config>) -> Result<()> {
                     ips.push(ip);
                 }
             }
-            let is_lb = spec.type_.as_deref() == Some("LoadBalancer") && spec.load_balancer_class.is_none();
+            let is_lb =
+                spec.type_.as_deref() == Some("LoadBalancer") && spec.load_balancer_class.is_none();
             if is_lb {
                 live_uids.insert(uid.clone());
                 let ip = match assigned.get(&uid) {
@@ -132,24 +138,39 @@ pub async fn run(client: Client, cfg: Arc<Config>) -> Result<()> {
                         if reported.get(&uid) != Some(&ip) {
                             let api: Api<Service> = Api::namespaced(client.clone(), &ns);
                             let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]}}});
-                            match api.patch_status(&svc.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                            match api
+                                .patch_status(
+                                    &svc.name_any(),
+                                    &PatchParams::default(),
+                                    &Patch::Merge(&patch),
+                                )
+                                .await
+                            {
                                 Ok(_) => {
                                     info!(service = %format!("{ns}/{}", svc.name_any()), %ip, "LoadBalancer address assigned");
                                     reported.insert(uid.clone(), ip);
                                 }
-                                Err(e) => warn!("cannot set LoadBalancer status of {ns}/{}: {e}", svc.name_any()),
+                                Err(e) => warn!(
+                                    "cannot set LoadBalancer status of {ns}/{}: {e}",
+                                    svc.name_any()
+                                ),
                             }
                         }
                     }
                     None => warn!("LoadBalancer CIDR exhausted"),
                 }
             }
-            let slices = by_svc.get(&(ns.clone(), svc.name_any())).cloned().unwrap_or_default();
+            let slices = by_svc
+                .get(&(ns.clone(), svc.name_any()))
+                .cloned()
+                .unwrap_or_default();
             for sp in spec.ports.iter().flatten() {
                 if sp.protocol.as_deref().unwrap_or("TCP") != "TCP" {
                     continue;
                 }
-                let Ok(port) = u16::try_from(sp.port) else { continue };
+                let Ok(port) = u16::try_from(sp.port) else {
+                    continue;
+                };
                 let mut backends = vec![];
                 for sl in &slices {
                     if sl.address_type != "IPv4" {
@@ -159,9 +180,14 @@ pub async fn run(client: Client, cfg: Arc<Config>) -> Result<()> {
                         .ports
                         .iter()
                         .flatten()
-                        .find(|p| p.name.as_deref().unwrap_or("") == sp.name.as_deref().unwrap_or("") && p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+                        .find(|p| {
+                            p.name.as_deref().unwrap_or("") == sp.name.as_deref().unwrap_or("")
+                                && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+                        })
                         .and_then(|p| p.port);
-                    let Some(tp) = tp.and_then(|p| u16::try_from(p).ok()) else { continue };
+                    let Some(tp) = tp.and_then(|p| u16::try_from(p).ok()) else {
+                        continue;
+                    };
                     for ep in &sl.endpoints {
                         let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                         if !ready {
@@ -182,7 +208,11 @@ pub async fn run(client: Client, cfg: Arc<Config>) -> Result<()> {
             }
         }
         // Forget LB addresses of Services that are gone or no longer LoadBalancers.
-        let gone: Vec<String> = assigned.keys().filter(|u| !live_uids.contains(*u)).cloned().collect();
+        let gone: Vec<String> = assigned
+            .keys()
+            .filter(|u| !live_uids.contains(*u))
+            .cloned()
+            .collect();
         for u in gone {
             if let Some(ip) = assigned.remove(&u) {
                 lb_ips.release(ip);
@@ -198,10 +228,13 @@ pub async fn run(client: Client, cfg: Arc<Config>) -> Result<()> {
                 false
             }
         });
-        let want_ips: BTreeSet<Ipv4Addr> = want.keys().filter_map(|a| match a.ip() {
-            std::net::IpAddr::V4(ip) => Some(ip),
-            _ => None,
-        }).collect();
+        let want_ips: BTreeSet<Ipv4Addr> = want
+            .keys()
+            .filter_map(|a| match a.ip() {
+                std::net::IpAddr::V4(ip) => Some(ip),
+                _ => None,
+            })
+            .collect();
         for ip in addrs.difference(&want_ips).cloned().collect::<Vec<_>>() {
             let _ = net::ip(&["addr", "del", &format!("{ip}/32"), "dev", &cfg.bridge]).await;
             addrs.remove(&ip);
@@ -256,7 +289,9 @@ async fn accept_loop(l: TcpListener, backends: Backends) {
             let start = rr.fetch_add(1, Ordering::Relaxed);
             for i in 0..list.len() {
                 let b = list[(start + i) % list.len()];
-                if let Ok(Ok(mut up)) = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(b)).await {
+                if let Ok(Ok(mut up)) =
+                    tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(b)).await
+                {
                     let _ = down.set_nodelay(true);
                     let _ = up.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;

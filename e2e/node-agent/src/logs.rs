@@ -6,7 +6,11 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Copies one output stream of a container into its log file, line by line.
-pub async fn capture<R: AsyncRead + Unpin>(r: R, stream: &'static str, sink: Arc<tokio::sync::Mutex<tokio::fs::File>>) {
+pub async fn capture<R: AsyncRead + Unpin>(
+    r: R,
+    stream: &'static str,
+    sink: Arc<tokio::sync::Mutex<tokio::fs::File>>,
+) {
     let mut r = BufReader::new(r);
     let mut line = Vec::with_capacity(256);
     loop {
@@ -40,10 +44,17 @@ pub struct Query {
 pub fn render(stored: &[u8], q: &Query) -> Vec<u8> {
     let mut out = Vec::with_capacity(stored.len());
     for rec in stored.split_inclusive(|&b| b == b'\n') {
-        let Some((ts, rest)) = split_space(rec) else { continue };
-        let Some((_stream, line)) = split_space(rest) else { continue };
+        let Some((ts, rest)) = split_space(rec) else {
+            continue;
+        };
+        let Some((_stream, line)) = split_space(rest) else {
+            continue;
+        };
         if let Some(since) = q.since {
-            match std::str::from_utf8(ts).ok().and_then(|t| t.parse::<jiff::Timestamp>().ok()) {
+            match std::str::from_utf8(ts)
+                .ok()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            {
                 Some(t) if t < since => continue,
                 _ => {}
             }
@@ -67,7 +78,11 @@ pub fn tail(b: &[u8], n: usize) -> &[u8] {
     if n == 0 {
         return &b[b.len()..];
     }
-    let end = if b.ends_with(b"\n") { b.len() - 1 } else { b.len() };
+    let end = if b.ends_with(b"\n") {
+        b.len() - 1
+    } else {
+        b.len()
+    };
     let mut seen = 0;
     for i in (0..end).rev() {
         if b[i] == b'\n' {
@@ -88,7 +103,10 @@ mod tests {
     fn render_filters_and_stamps() {
         let stored = b"2026-01-01T00:00:01Z stdout a\n2026-01-01T00:00:03Z stderr b c\n";
         assert_eq!(render(stored, &Query::default()), b"a\nb c\n");
-        let q = Query { since: Some("2026-01-01T00:00:02Z".parse().unwrap()), timestamps: true };
+        let q = Query {
+            since: Some("2026-01-01T00:00:02Z".parse().unwrap()),
+            timestamps: true,
+        };
         assert_eq!(render(stored, &q), b"2026-01-01T00:00:03Z b c\n");
         assert_eq!(tail(b"a\nb\nc\n", 2), b"b\nc\n");
         assert_eq!(tail(b"a\nb\nc\n", 5), b"a\nb\nc\n");

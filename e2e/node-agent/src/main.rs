@@ -29,7 +29,9 @@ use tracing::{error, info, warn};
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_ansi(false)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -40,9 +42,13 @@ async fn main() {
 }
 
 async fn run() -> Result<()> {
-    let path = std::env::args().nth(1).context("usage: e2e-node-agent <config.json>")?;
+    let path = std::env::args()
+        .nth(1)
+        .context("usage: e2e-node-agent <config.json>")?;
     let cfg = Arc::new(config::Config::load(&path)?);
-    let client = Client::try_default().await.context("connecting to the API server ($KUBECONFIG)")?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the API server ($KUBECONFIG)")?;
     std::fs::create_dir_all(cfg.state_dir.join("pods"))?;
     node::register(&client, &cfg).await?;
 
@@ -136,19 +142,30 @@ async fn run() -> Result<()> {
     }
     // Bounded: the workers kill their process groups and delete their netns.
     let all = futures_util::future::join_all(handles);
-    if tokio::time::timeout(std::time::Duration::from_secs(10), all).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(10), all)
+        .await
+        .is_err()
+    {
         warn!("some pods did not stop within 10s");
     }
     Ok(())
 }
 
-type Worker = (tokio::sync::mpsc::UnboundedSender<pod::Msg>, tokio::task::JoinHandle<()>);
+type Worker = (
+    tokio::sync::mpsc::UnboundedSender<pod::Msg>,
+    tokio::task::JoinHandle<()>,
+);
 
 fn upsert(sh: &Arc<pod::Shared>, workers: &mut HashMap<String, Worker>, p: Pod) {
     upsert_with_ip(sh, workers, p, None)
 }
 
-fn upsert_with_ip(sh: &Arc<pod::Shared>, workers: &mut HashMap<String, Worker>, p: Pod, ip: Option<std::net::Ipv4Addr>) {
+fn upsert_with_ip(
+    sh: &Arc<pod::Shared>,
+    workers: &mut HashMap<String, Worker>,
+    p: Pod,
+    ip: Option<std::net::Ipv4Addr>,
+) {
     let uid = p.uid().unwrap_or_default();
     if let Some((tx, _)) = workers.get(&uid) {
         if tx.send(pod::Msg::Update(Box::new(p.clone()))).is_ok() {
@@ -157,15 +174,23 @@ fn upsert_with_ip(sh: &Arc<pod::Shared>, workers: &mut HashMap<String, Worker>, 
         // The worker finished (pod terminated or deleted): nothing more to run.
         return;
     }
-    let phase = p.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    let phase = p
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
     if phase == "Succeeded" || phase == "Failed" {
         if p.metadata.deletion_timestamp.is_some() {
             // Nothing runs for a finished pod: complete its deletion at once, as kubelet does.
-            let api: Api<Pod> = Api::namespaced(sh.client.clone(), &p.namespace().unwrap_or_default());
+            let api: Api<Pod> =
+                Api::namespaced(sh.client.clone(), &p.namespace().unwrap_or_default());
             let name = p.name_any();
             let dp = kube::api::DeleteParams {
                 grace_period_seconds: Some(0),
-                preconditions: Some(kube::api::Preconditions { uid: Some(uid), resource_version: None }),
+                preconditions: Some(kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
                 ..Default::default()
             };
             tokio::spawn(async move {

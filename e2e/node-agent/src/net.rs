@@ -9,9 +9,17 @@ use tokio::process::Command;
 use crate::config::{Cidr, Config};
 
 pub async fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().await.context("running ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .context("running ip")?;
     if !out.status.success() {
-        bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -23,7 +31,10 @@ fn veth_name(uid: &str) -> String {
     format!("pcv{}", short(uid, 11))
 }
 fn short(uid: &str, n: usize) -> String {
-    uid.chars().filter(|c| c.is_ascii_alphanumeric()).take(n).collect()
+    uid.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(n)
+        .collect()
 }
 pub fn netns_path(uid: &str) -> String {
     format!("/var/run/netns/{}", netns_name(uid))
@@ -36,7 +47,10 @@ pub async fn setup_pod(cfg: &Config, uid: &str, addr: Ipv4Addr) -> Result<()> {
     let _ = ip(&["netns", "del", &ns]).await;
     let _ = ip(&["link", "del", &vh]).await;
     ip(&["netns", "add", &ns]).await?;
-    ip(&["link", "add", &vh, "type", "veth", "peer", "name", "eth0", "netns", &ns]).await?;
+    ip(&[
+        "link", "add", &vh, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+    ])
+    .await?;
     ip(&["link", "set", &vh, "master", &cfg.bridge, "up"]).await?;
     let cidr = format!("{}/{}", addr, cfg.pod_cidr.len);
     let gw = cfg.gateway.to_string();
@@ -62,7 +76,12 @@ pub struct Allocator {
 
 impl Allocator {
     pub fn new(cidr: Cidr, reserved: Vec<Ipv4Addr>) -> Self {
-        Allocator { cidr, reserved, used: Mutex::new(Default::default()), next: Mutex::new(1) }
+        Allocator {
+            cidr,
+            reserved,
+            used: Mutex::new(Default::default()),
+            next: Mutex::new(1),
+        }
     }
     /// Marks an address as used (e.g. one found on an existing object).
     pub fn claim(&self, ip: Ipv4Addr) -> bool {

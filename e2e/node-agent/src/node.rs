@@ -55,11 +55,17 @@ pub async fn register(client: &Client, cfg: &Config) -> Result<()> {
                 "kubernetes.io/arch": "amd64", "node.kubernetes.io/instance-type": "e2e-local"}},
             "spec": {"podCIDR": format!("{}/{}", cfg.pod_cidr.base, cfg.pod_cidr.len)},
         }))?;
-        api.create(&PostParams::default(), &node).await.context("creating the Node")?;
+        api.create(&PostParams::default(), &node)
+            .await
+            .context("creating the Node")?;
     }
-    api.patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": node_status(cfg)})))
-        .await
-        .context("setting the Node Ready")?;
+    api.patch_status(
+        &cfg.node_name,
+        &PatchParams::default(),
+        &Patch::Merge(&serde_json::json!({"status": node_status(cfg)})),
+    )
+    .await
+    .context("setting the Node Ready")?;
     info!(node = %cfg.node_name, "node registered and Ready");
     Ok(())
 }
@@ -71,13 +77,20 @@ pub async fn heartbeat(client: Client, cfg: Arc<Config>) {
     loop {
         tokio::time::sleep(Duration::from_secs(10)).await;
         if let Err(e) = nodes
-            .patch_status(&cfg.node_name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": node_status(&cfg)})))
+            .patch_status(
+                &cfg.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&serde_json::json!({"status": node_status(&cfg)})),
+            )
             .await
         {
             warn!("node heartbeat failed: {e}");
         }
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(cfg.node_name.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(cfg.node_name.clone()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: Some(cfg.node_name.clone()),
                 lease_duration_seconds: Some(40),
@@ -86,7 +99,10 @@ pub async fn heartbeat(client: Client, cfg: Arc<Config>) {
             }),
         };
         let pp = PatchParams::apply("e2e-node-agent").force();
-        if let Err(e) = leases.patch(&cfg.node_name, &pp, &Patch::Apply(&lease)).await {
+        if let Err(e) = leases
+            .patch(&cfg.node_name, &pp, &Patch::Apply(&lease))
+            .await
+        {
             warn!("node lease renewal failed: {e}");
         }
     }
@@ -106,21 +122,44 @@ pub async fn binder(client: Client, cfg: Arc<Config>) {
                 continue;
             }
         };
-        if pod.metadata.deletion_timestamp.is_some() || pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+        if pod.metadata.deletion_timestamp.is_some()
+            || pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some()
+        {
             continue;
         }
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let binding = Binding {
-            metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), ..Default::default() },
-            target: ObjectReference { api_version: Some("v1".into()), kind: Some("Node".into()), name: Some(cfg.node_name.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(cfg.node_name.clone()),
+                ..Default::default()
+            },
         };
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                let node = cfg.node_name.clone();
+        let node = cfg.node_name.clone();
         // Bind in the background, retrying transient errors a bounded number of times.
         tokio::spawn(async move {
             for attempt in 1..=20 {
-                match api.create_subresource::<Binding, serde_json::Value>("binding", &name, &PostParams::default(), &binding).await {
+                match api
+                    .create_subresource::<Binding, serde_json::Value>(
+                        "binding",
+                        &name,
+                        &PostParams::default(),
+                        &binding,
+                    )
+                    .await
+                {
                     Ok(_) => {
                         info!(pod = %format!("{ns}/{name}"), "bound to {node}");
                         return;

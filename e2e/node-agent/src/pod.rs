@@ -3,8 +3,8 @@
 
 use anyhow::{anyhow, Context, Result};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP,
-    Pod, PodCondition, PodIP, PodStatus, Probe,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus, Probe,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
@@ -132,8 +132,18 @@ enum Kind {
 }
 
 enum Ev {
-    Exited { idx: usize, run_id: u64, code: Option<i32>, signal: Option<i32> },
-    Probe { idx: usize, run_id: u64, kind: Kind, ok: bool },
+    Exited {
+        idx: usize,
+        run_id: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Probe {
+        idx: usize,
+        run_id: u64,
+        kind: Kind,
+        ok: bool,
+    },
 }
 
 pub struct Worker {
@@ -169,14 +179,23 @@ pub fn preclaim(sh: &Shared, pod: &Pod) -> Option<Ipv4Addr> {
     sh.ips.claim(ip).then_some(ip)
 }
 
-pub fn spawn(sh: Arc<Shared>, pod: Pod, ip: Option<Ipv4Addr>) -> (mpsc::UnboundedSender<Msg>, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    sh: Arc<Shared>,
+    pod: Pod,
+    ip: Option<Ipv4Addr>,
+) -> (mpsc::UnboundedSender<Msg>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
-    let mut ctrs: Vec<Ctr> = spec.init_containers.unwrap_or_default().into_iter().map(|c| Ctr::new(c, true)).collect();
+    let mut ctrs: Vec<Ctr> = spec
+        .init_containers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| Ctr::new(c, true))
+        .collect();
     ctrs.extend(spec.containers.into_iter().map(|c| Ctr::new(c, false)));
     let dir = sh.cfg.state_dir.join("pods").join(&uid);
     let w = Worker {
@@ -212,7 +231,11 @@ impl Worker {
         self.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
     }
     fn restart_policy(&self) -> String {
-        self.pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into())
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
@@ -229,7 +252,12 @@ impl Worker {
                 _ = tick.tick() => {}
             }
             if self.pod.metadata.deletion_timestamp.is_some() {
-                let grace = self.pod.metadata.deletion_grace_period_seconds.unwrap_or(30).clamp(0, 30) as u64;
+                let grace = self
+                    .pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .unwrap_or(30)
+                    .clamp(0, 30) as u64;
                 info!(pod = %self.key(), grace, "pod is being deleted: stopping containers");
                 self.stop(Duration::from_secs(grace)).await;
                 self.cleanup().await;
@@ -250,17 +278,30 @@ impl Worker {
             self.net_ready = true;
         }
         if self.ip.is_none() {
-            self.ip = Some(self.sh.ips.allocate().ok_or_else(|| anyhow!("pod CIDR exhausted"))?);
+            self.ip = Some(
+                self.sh
+                    .ips
+                    .allocate()
+                    .ok_or_else(|| anyhow!("pod CIDR exhausted"))?,
+            );
         }
         if !self.net_ready {
             let ip = self.ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
-            net::setup_pod(&self.sh.cfg, &self.uid, ip).await.context("setting up the pod network")?;
+            net::setup_pod(&self.sh.cfg, &self.uid, ip)
+                .await
+                .context("setting up the pod network")?;
             self.net_ready = true;
             info!(pod = %self.key(), %ip, netns = %net::netns_name(&self.uid), "pod network ready");
         }
         if self.volumes.is_none() {
             std::fs::create_dir_all(self.dir.join("logs"))?;
-            let v = env::materialize_volumes(&self.sh.client, &self.sh.cfg, &self.pod, &self.dir.join("volumes")).await?;
+            let v = env::materialize_volumes(
+                &self.sh.client,
+                &self.sh.cfg,
+                &self.pod,
+                &self.dir.join("volumes"),
+            )
+            .await?;
             self.volumes = Some(v);
         }
         Ok(())
@@ -302,7 +343,9 @@ impl Worker {
             }
             let want = match &self.ctrs[i].state {
                 State::Waiting(..) => true,
-                State::Terminated(t) => policy == "Always" || (policy == "OnFailure" && t.exit_code != 0),
+                State::Terminated(t) => {
+                    policy == "Always" || (policy == "OnFailure" && t.exit_code != 0)
+                }
                 State::Running(_) => false,
             };
             if want && self.ctrs[i].restart_at.is_none_or(|t| Instant::now() >= t) {
@@ -320,7 +363,11 @@ impl Worker {
         if let Some(args) = &m.replace_args {
             return Ok((m.binary.clone(), args.clone()));
         }
-        let bin_name = m.binary.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let bin_name = m
+            .binary
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let args = c.args.clone();
         match c.command.as_deref() {
             Some([cmd0, rest @ ..]) => {
@@ -335,7 +382,10 @@ impl Worker {
                 argv.extend(args.unwrap_or_default());
                 Ok((exe, argv))
             }
-            _ => Ok((m.binary.clone(), args.unwrap_or_else(|| m.default_args.clone()))),
+            _ => Ok((
+                m.binary.clone(),
+                args.unwrap_or_else(|| m.default_args.clone()),
+            )),
         }
     }
 
@@ -346,7 +396,11 @@ impl Worker {
             Err(e) => {
                 let c = &mut self.ctrs[idx];
                 warn!(pod = %format!("{}/{}", self.ns, self.name), container = %spec.name, "cannot start: {e:#}");
-                let reason = if e.to_string().contains("not mapped") { "ErrImageNeverPull" } else { "CreateContainerError" };
+                let reason = if e.to_string().contains("not mapped") {
+                    "ErrImageNeverPull"
+                } else {
+                    "CreateContainerError"
+                };
                 c.state = State::Waiting(reason.into(), Some(format!("{e:#}")));
                 c.restart_at = Some(Instant::now() + Duration::from_secs(2));
             }
@@ -356,20 +410,36 @@ impl Worker {
     async fn try_start(&mut self, idx: usize, c: &Container) -> Result<()> {
         let ip = self.ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
         let (exe, argv) = self.resolve(c)?;
-        let envv = env::container_env(&self.sh.client, &self.sh.cfg, &self.pod, c, &ip.to_string()).await?;
+        let envv = env::container_env(&self.sh.client, &self.sh.cfg, &self.pod, c, &ip.to_string())
+            .await?;
         let exe = PathBuf::from(env::expand(&exe.to_string_lossy(), &envv));
         let argv: Vec<String> = argv.iter().map(|a| env::expand(a, &envv)).collect();
         let mounts = env::mounts_for(c, self.volumes.as_ref().unwrap_or(&BTreeMap::new()))?;
         let restarts = self.ctrs[idx].restarts;
         let log = log_path(&self.dir.join("logs"), &c.name, restarts);
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).with_context(|| format!("opening {}", log.display()))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let host_net = self.host_network();
-        let netns = if host_net { None } else { Some(std::fs::File::open(net::netns_path(&self.uid)).context("opening the pod's netns")?) };
+        let netns = if host_net {
+            None
+        } else {
+            Some(
+                std::fs::File::open(net::netns_path(&self.uid))
+                    .context("opening the pod's netns")?,
+            )
+        };
         let mut mnts: Vec<(CString, CString, bool)> = vec![];
         for m in &mounts {
             let created = prepare_mount_point(m)?;
             self.created_paths.extend(created);
-            mnts.push((cstr(m.src.as_os_str().as_bytes())?, cstr(m.dst.as_os_str().as_bytes())?, m.read_only));
+            mnts.push((
+                cstr(m.src.as_os_str().as_bytes())?,
+                cstr(m.dst.as_os_str().as_bytes())?,
+                m.read_only,
+            ));
         }
         let hostname = cstr(self.name.as_bytes())?;
         let root = cstr(b"/")?;
@@ -377,14 +447,23 @@ impl Worker {
         cmd.args(&argv)
             .env_clear()
             .envs(envv.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(c.working_dir.as_deref().filter(|d| !d.is_empty()).unwrap_or("/"))
+            .current_dir(
+                c.working_dir
+                    .as_deref()
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or("/"),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
         let fd = netns.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
-        let ns_flags = if host_net { libc::CLONE_NEWNS } else { libc::CLONE_NEWNS | libc::CLONE_NEWUTS };
+        let ns_flags = if host_net {
+            libc::CLONE_NEWNS
+        } else {
+            libc::CLONE_NEWNS | libc::CLONE_NEWUTS
+        };
         // SAFETY: only async-signal-safe syscalls on memory prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
@@ -394,25 +473,47 @@ impl Worker {
                 if libc::unshare(ns_flags) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()) != 0 {
+                if libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 if fd >= 0 {
                     let _ = libc::sethostname(hostname.as_ptr(), hostname.as_bytes().len());
                 }
                 for (src, dst, ro) in &mnts {
-                    if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
+                    if libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ) != 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                     if *ro {
                         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-                        let _ = libc::mount(std::ptr::null(), dst.as_ptr(), std::ptr::null(), flags, std::ptr::null());
+                        let _ = libc::mount(
+                            std::ptr::null(),
+                            dst.as_ptr(),
+                            std::ptr::null(),
+                            flags,
+                            std::ptr::null(),
+                        );
                     }
                 }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().with_context(|| format!("starting {} {:?}", exe.display(), argv))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} {:?}", exe.display(), argv))?;
         let sink = Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(out)));
         if let Some(o) = child.stdout.take() {
             tokio::spawn(crate::logs::capture(o, "stdout", sink.clone()));
@@ -451,17 +552,41 @@ impl Worker {
             if let Some(p) = pid {
                 unsafe { libc::kill(-p, libc::SIGKILL) };
             }
-            let _ = tx.send(Ev::Exited { idx, run_id, code, signal });
+            let _ = tx.send(Ev::Exited {
+                idx,
+                run_id,
+                code,
+                signal,
+            });
         }));
         if !ctr.init {
-            let ns = if host_net { String::new() } else { net::netns_name(&self.uid) };
-            let image_ports = self.sh.cfg.image(c.image.as_deref().unwrap_or("")).map(|m| m.ready_ports.clone()).unwrap_or_default();
+            let ns = if host_net {
+                String::new()
+            } else {
+                net::netns_name(&self.uid)
+            };
+            let image_ports = self
+                .sh
+                .cfg
+                .image(c.image.as_deref().unwrap_or(""))
+                .map(|m| m.ready_ports.clone())
+                .unwrap_or_default();
             let ports = crate::probe::readiness_ports(c, &image_ports);
             let mk = |kind: Kind, probe: Option<Probe>| {
                 let tx = self.ev_tx.clone();
                 let spec = c.clone();
                 let ns = ns.clone();
-                tokio::spawn(probe_loop(idx, run_id, kind, probe, spec, ip, ns, ports.clone(), tx))
+                tokio::spawn(probe_loop(
+                    idx,
+                    run_id,
+                    kind,
+                    probe,
+                    spec,
+                    ip,
+                    ns,
+                    ports.clone(),
+                    tx,
+                ))
             };
             if c.startup_probe.is_some() {
                 ctr.tasks.push(mk(Kind::Startup, c.startup_probe.clone()));
@@ -483,8 +608,15 @@ impl Worker {
     fn handle(&mut self, ev: Ev) {
         let key = self.key();
         match ev {
-            Ev::Exited { idx, run_id, code, signal } => {
-                let Some(c) = self.ctrs.get_mut(idx) else { return };
+            Ev::Exited {
+                idx,
+                run_id,
+                code,
+                signal,
+            } => {
+                let Some(c) = self.ctrs.get_mut(idx) else {
+                    return;
+                };
                 if c.run_id != run_id {
                     return;
                 }
@@ -508,8 +640,17 @@ impl Worker {
                 c.last_term = Some(t);
                 c.ready = false;
                 c.pgid = None;
-                let policy = self.pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
-                let again = if c.init { exit_code != 0 && policy != "Never" } else { policy == "Always" || (policy == "OnFailure" && exit_code != 0) };
+                let policy = self
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.restart_policy.clone())
+                    .unwrap_or_else(|| "Always".into());
+                let again = if c.init {
+                    exit_code != 0 && policy != "Never"
+                } else {
+                    policy == "Always" || (policy == "OnFailure" && exit_code != 0)
+                };
                 if again {
                     c.restarts += 1;
                     // Short back-off: this is a test cluster, a crash loop should show quickly.
@@ -518,8 +659,15 @@ impl Worker {
                 }
                 self.update_logs();
             }
-            Ev::Probe { idx, run_id, kind, ok } => {
-                let Some(c) = self.ctrs.get_mut(idx) else { return };
+            Ev::Probe {
+                idx,
+                run_id,
+                kind,
+                ok,
+            } => {
+                let Some(c) = self.ctrs.get_mut(idx) else {
+                    return;
+                };
                 if c.run_id != run_id || !c.running() {
                     return;
                 }
@@ -575,7 +723,9 @@ impl Worker {
                         } else {
                             c.ready_ok = 0;
                             c.ready_fail += 1;
-                            if c.ready_fail >= th(&c.spec.readiness_probe, false) || matches!(kind, Kind::PortsOpen) {
+                            if c.ready_fail >= th(&c.spec.readiness_probe, false)
+                                || matches!(kind, Kind::PortsOpen)
+                            {
                                 c.ready = false;
                             }
                         }
@@ -587,13 +737,16 @@ impl Worker {
 
     fn update_logs(&self) {
         let mut m = self.sh.logs.lock().unwrap();
-        let info = m.entry((self.ns.clone(), self.name.clone())).or_insert_with(|| LogInfo {
-            dir: self.dir.join("logs"),
-            containers: HashMap::new(),
-        });
+        let info = m
+            .entry((self.ns.clone(), self.name.clone()))
+            .or_insert_with(|| LogInfo {
+                dir: self.dir.join("logs"),
+                containers: HashMap::new(),
+            });
         info.dir = self.dir.join("logs");
         for c in &self.ctrs {
-            info.containers.insert(c.spec.name.clone(), (c.restarts, c.running()));
+            info.containers
+                .insert(c.spec.name.clone(), (c.restarts, c.running()));
         }
     }
 
@@ -601,21 +754,33 @@ impl Worker {
         let policy = self.restart_policy();
         let inits: Vec<&Ctr> = self.ctrs.iter().filter(|c| c.init).collect();
         let mains: Vec<&Ctr> = self.ctrs.iter().filter(|c| !c.init).collect();
-        let init_done = inits.iter().all(|c| matches!(&c.state, State::Terminated(t) if t.exit_code == 0));
-        let init_failed = inits.iter().any(|c| matches!(&c.state, State::Terminated(t) if t.exit_code != 0)) && policy == "Never";
+        let init_done = inits
+            .iter()
+            .all(|c| matches!(&c.state, State::Terminated(t) if t.exit_code == 0));
+        let init_failed = inits
+            .iter()
+            .any(|c| matches!(&c.state, State::Terminated(t) if t.exit_code != 0))
+            && policy == "Never";
         let all_ready = !mains.is_empty() && mains.iter().all(|c| c.ready && c.running());
-        let all_term = mains.iter().all(|c| matches!(c.state, State::Terminated(_)) && c.restart_at.is_none());
+        let all_term = mains
+            .iter()
+            .all(|c| matches!(c.state, State::Terminated(_)) && c.restart_at.is_none());
         let phase = if init_failed {
             "Failed"
         } else if !init_done {
             "Pending"
         } else if policy != "Always" && all_term && !mains.is_empty() {
-            if mains.iter().all(|c| matches!(&c.state, State::Terminated(t) if t.exit_code == 0)) {
+            if mains
+                .iter()
+                .all(|c| matches!(&c.state, State::Terminated(t) if t.exit_code == 0))
+            {
                 "Succeeded"
             } else {
                 "Failed"
             }
-        } else if mains.iter().any(|c| c.running() || c.restart_at.is_some() || matches!(c.state, State::Terminated(_))) {
+        } else if mains.iter().any(|c| {
+            c.running() || c.restart_at.is_some() || matches!(c.state, State::Terminated(_))
+        }) {
             "Running"
         } else {
             "Pending"
@@ -634,16 +799,34 @@ impl Worker {
                 Some((old, time)) if *old == s => time.clone(),
                 _ => now(),
             };
-            self.cond_times.insert(t.to_string(), (s.clone(), time.clone()));
-            conditions.push(PodCondition { type_: t.into(), status: s, last_transition_time: Some(time), ..Default::default() });
+            self.cond_times
+                .insert(t.to_string(), (s.clone(), time.clone()));
+            conditions.push(PodCondition {
+                type_: t.into(),
+                status: s,
+                last_transition_time: Some(time),
+                ..Default::default()
+            });
         }
         let uid = self.uid.clone();
         let setup_error = self.setup_error.clone();
         let cs = |c: &Ctr| -> ContainerStatus {
             let state = match (&c.state, &setup_error) {
-                (State::Waiting(..), Some((r, m))) => ContainerState { waiting: Some(ContainerStateWaiting { reason: Some(r.clone()), message: Some(m.clone()) }), ..Default::default() },
+                (State::Waiting(..), Some((r, m))) => ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(r.clone()),
+                        message: Some(m.clone()),
+                    }),
+                    ..Default::default()
+                },
                 (State::Terminated(_), _) if c.restart_at.is_some() => ContainerState {
-                    waiting: Some(ContainerStateWaiting { reason: Some("CrashLoopBackOff".into()), message: Some(format!("back-off restarting failed container {}", c.spec.name)) }),
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("CrashLoopBackOff".into()),
+                        message: Some(format!(
+                            "back-off restarting failed container {}",
+                            c.spec.name
+                        )),
+                    }),
                     ..Default::default()
                 },
                 (s, _) => state_of(s),
@@ -651,13 +834,23 @@ impl Worker {
             ContainerStatus {
                 name: c.spec.name.clone(),
                 image: c.spec.image.clone().unwrap_or_default(),
-                image_id: c.binary.as_ref().map(|b| format!("local://{}", b.display())).unwrap_or_default(),
-                container_id: c.pgid.map(|p| format!("local://{uid}/{}/{}/{p}", c.spec.name, c.restarts)),
+                image_id: c
+                    .binary
+                    .as_ref()
+                    .map(|b| format!("local://{}", b.display()))
+                    .unwrap_or_default(),
+                container_id: c
+                    .pgid
+                    .map(|p| format!("local://{uid}/{}/{}/{p}", c.spec.name, c.restarts)),
                 ready: c.ready && c.running(),
                 started: Some(c.running() && c.started),
                 restart_count: c.restarts,
                 state: Some(state),
-                last_state: c.last_term.as_ref().filter(|_| !matches!(c.state, State::Terminated(_)) || c.restart_at.is_some()).map(|t| state_of(&State::Terminated(t.clone()))),
+                last_state: c
+                    .last_term
+                    .as_ref()
+                    .filter(|_| !matches!(c.state, State::Terminated(_)) || c.restart_at.is_some())
+                    .map(|t| state_of(&State::Terminated(t.clone()))),
                 ..Default::default()
             }
         };
@@ -674,7 +867,11 @@ impl Worker {
             // Set by the API server at creation and immutable: keep it.
             qos_class: self.pod.status.as_ref().and_then(|s| s.qos_class.clone()),
             container_statuses: Some(mains.iter().map(|c| cs(c)).collect()),
-            init_container_statuses: if inits.is_empty() { None } else { Some(inits.iter().map(|c| cs(c)).collect()) },
+            init_container_statuses: if inits.is_empty() {
+                None
+            } else {
+                Some(inits.iter().map(|c| cs(c)).collect())
+            },
             ..Default::default()
         }
     }
@@ -706,7 +903,10 @@ impl Worker {
             o.retain(|_, val| !val.is_null());
         }
         let patch = serde_json::json!({ "status": v });
-        match api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => self.last_status = Some(cmp),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => {
@@ -735,7 +935,16 @@ impl Worker {
             return;
         }
         for p in &pgids {
-            unsafe { libc::kill(-p, if grace.is_zero() { libc::SIGKILL } else { libc::SIGTERM }) };
+            unsafe {
+                libc::kill(
+                    -p,
+                    if grace.is_zero() {
+                        libc::SIGKILL
+                    } else {
+                        libc::SIGTERM
+                    },
+                )
+            };
         }
         let deadline = tokio::time::Instant::now() + grace;
         while self.ctrs.iter().any(|c| c.pgid.is_some()) {
@@ -787,7 +996,11 @@ impl Worker {
                 self.sh.ips.release(ip);
             }
         }
-        self.sh.logs.lock().unwrap().remove(&(self.ns.clone(), self.name.clone()));
+        self.sh
+            .logs
+            .lock()
+            .unwrap()
+            .remove(&(self.ns.clone(), self.name.clone()));
         info!(pod = %self.key(), "pod stopped and cleaned up");
     }
 
@@ -795,7 +1008,10 @@ impl Worker {
         let api: Api<Pod> = Api::namespaced(self.sh.client.clone(), &self.ns);
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
             ..Default::default()
         };
         match api.delete(&self.name, &dp).await {
@@ -808,8 +1024,19 @@ impl Worker {
 
 fn state_of(s: &State) -> ContainerState {
     match s {
-        State::Waiting(r, m) => ContainerState { waiting: Some(ContainerStateWaiting { reason: Some(r.clone()), message: m.clone() }), ..Default::default() },
-        State::Running(t) => ContainerState { running: Some(ContainerStateRunning { started_at: Some(t.clone()) }), ..Default::default() },
+        State::Waiting(r, m) => ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(r.clone()),
+                message: m.clone(),
+            }),
+            ..Default::default()
+        },
+        State::Running(t) => ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(t.clone()),
+            }),
+            ..Default::default()
+        },
         State::Terminated(t) => ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: t.exit_code,
@@ -837,7 +1064,11 @@ fn prepare_mount_point(m: &Mount) -> Result<Vec<PathBuf>> {
     if m.dst.exists() {
         return Ok(created);
     }
-    let dir = if m.src.is_dir() { m.dst.as_path() } else { m.dst.parent().unwrap_or(std::path::Path::new("/")) };
+    let dir = if m.src.is_dir() {
+        m.dst.as_path()
+    } else {
+        m.dst.parent().unwrap_or(std::path::Path::new("/"))
+    };
     let mut missing = vec![];
     let mut p = Some(dir);
     while let Some(d) = p {
@@ -852,7 +1083,8 @@ fn prepare_mount_point(m: &Mount) -> Result<Vec<PathBuf>> {
         created.push(d);
     }
     if !m.src.is_dir() {
-        std::fs::write(&m.dst, b"").with_context(|| format!("creating mount point {}", m.dst.display()))?;
+        std::fs::write(&m.dst, b"")
+            .with_context(|| format!("creating mount point {}", m.dst.display()))?;
         created.push(m.dst.clone());
     }
     Ok(created)
@@ -883,7 +1115,10 @@ async fn probe_loop(
     tx: mpsc::UnboundedSender<Ev>,
 ) {
     let (initial, period) = match &probe {
-        Some(p) => (p.initial_delay_seconds.unwrap_or(0).max(0) as u64 * 1000, p.period_seconds.unwrap_or(10).max(1) as u64 * 1000),
+        Some(p) => (
+            p.initial_delay_seconds.unwrap_or(0).max(0) as u64 * 1000,
+            p.period_seconds.unwrap_or(10).max(1) as u64 * 1000,
+        ),
         None => (0, 1000),
     };
     // Until the first success, probe often: readiness should not lag start-up
@@ -906,7 +1141,15 @@ async fn probe_loop(
                 }
             }
         };
-        if tx.send(Ev::Probe { idx, run_id, kind, ok }).is_err() {
+        if tx
+            .send(Ev::Probe {
+                idx,
+                run_id,
+                kind,
+                ok,
+            })
+            .is_err()
+        {
             return;
         }
         succeeded |= ok;

@@ -27,15 +27,31 @@ pub async fn check(p: &Probe, c: &Container, pod_ip: Ipv4Addr, netns: &str) -> b
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
     let fut = async {
         if let Some(h) = &p.http_get {
-            let Some(port) = port(c, &h.port) else { return false };
-            let host = h.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(pod_ip);
+            let Some(port) = port(c, &h.port) else {
+                return false;
+            };
+            let host = h
+                .host
+                .as_deref()
+                .and_then(|h| h.parse().ok())
+                .unwrap_or(pod_ip);
             let addr = SocketAddr::from((host, port));
             if h.scheme.as_deref() == Some("HTTPS") {
                 return TcpStream::connect(addr).await.is_ok();
             }
-            http_get(addr, h.path.as_deref().unwrap_or("/"), h.http_headers.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str()))).await
+            http_get(
+                addr,
+                h.path.as_deref().unwrap_or("/"),
+                h.http_headers
+                    .iter()
+                    .flatten()
+                    .map(|h| (h.name.as_str(), h.value.as_str())),
+            )
+            .await
         } else if let Some(t) = &p.tcp_socket {
-            let Some(port) = port(c, &t.port) else { return false };
+            let Some(port) = port(c, &t.port) else {
+                return false;
+            };
             TcpStream::connect((pod_ip, port)).await.is_ok()
         } else if let Some(g) = &p.grpc {
             TcpStream::connect((pod_ip, g.port as u16)).await.is_ok()
@@ -54,8 +70,7 @@ pub async fn check(p: &Probe, c: &Container, pod_ip: Ipv4Addr, netns: &str) -> b
                 c.args(["netns", "exec", netns]).args(&cmd);
                 c
             };
-            c
-                .stdin(std::process::Stdio::null())
+            c.stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true)
@@ -70,8 +85,14 @@ pub async fn check(p: &Probe, c: &Container, pod_ip: Ipv4Addr, netns: &str) -> b
     tokio::time::timeout(timeout, fut).await.unwrap_or(false)
 }
 
-async fn http_get<'a>(addr: SocketAddr, path: &str, headers: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
-    let Ok(mut s) = TcpStream::connect(addr).await else { return false };
+async fn http_get<'a>(
+    addr: SocketAddr,
+    path: &str,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return false;
+    };
     let mut req = format!("GET {path} HTTP/1.1\r\n");
     let mut have_host = false;
     let mut extra = String::new();
@@ -88,7 +109,7 @@ async fn http_get<'a>(addr: SocketAddr, path: &str, headers: impl Iterator<Item 
     if s.write_all(req.as_bytes()).await.is_err() {
         return false;
     }
-    let mut buf = vec![0u8; 64];
+    let mut buf = [0u8; 64];
     let mut n = 0;
     while n < 12 {
         match s.read(&mut buf[n..]).await {
@@ -97,7 +118,11 @@ async fn http_get<'a>(addr: SocketAddr, path: &str, headers: impl Iterator<Item 
         }
     }
     let line = String::from_utf8_lossy(&buf[..n]);
-    let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (200..400).contains(&code)
 }
 
@@ -108,7 +133,8 @@ async fn http_get<'a>(addr: SocketAddr, path: &str, headers: impl Iterator<Item 
 /// that only open with options.
 pub async fn any_port_open(ports: &[u16], pod_ip: Ipv4Addr) -> bool {
     for &port in ports {
-        let ok = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((pod_ip, port))).await;
+        let ok =
+            tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((pod_ip, port))).await;
         if matches!(ok, Ok(Ok(_))) {
             return true;
         }

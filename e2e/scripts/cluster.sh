@@ -281,7 +281,8 @@ ENV
     {"prefix": "ghcr.io/portcullis/portcullis", "binary": "$portcullis", "aliases": ["/portcullis", "/usr/local/bin/portcullis"]},
     {"prefix": "gcr.io/k8s-staging-gateway-api/echo-basic", "binary": "$echo_basic", "readyPorts": [3000, 8443]},
     {"prefix": "registry.k8s.io/gateway-api/echo-basic", "binary": "$echo_basic", "readyPorts": [3000, 8443]},
-    {"prefix": "registry.k8s.io/coredns/coredns", "binary": "$(command -v sleep)", "replaceArgs": ["infinity"]}
+    {"prefix": "registry.k8s.io/coredns/coredns", "binary": "$(command -v sleep)", "replaceArgs": ["infinity"]},
+    {"prefix": "e2e.local/host", "binary": "$(command -v sh)"}
   ]
 }
 JSON

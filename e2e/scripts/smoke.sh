@@ -93,6 +93,27 @@ wait_for "the request in the logs of $first" 10 logs_have /logged-after || die "
 if logs_have /smoke; then die "kubectl logs --since-time returned lines older than $since"; fi
 log "kubectl logs works (with --since-time)"
 
+# A failing container is restarted (restartPolicy Always), with the previous
+# instance's logs kept. Image e2e.local/host runs host commands.
+kubectl -n "$NS" apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - name: c
+    image: e2e.local/host
+    command: [sh, -c, 'echo "run at $(date +%s%N)"; exit 3']
+YAML
+restarted_twice() { (( $(kubectl -n "$NS" get pod crasher -o jsonpath='{.status.containerStatuses[0].restartCount}' || echo 0) >= 2 )); }
+wait_for "pod crasher to be restarted twice" 20 restarted_twice \
+  || { kubectl -n "$NS" get pod crasher -o yaml >&2; die "a failing container was not restarted"; }
+kubectl -n "$NS" logs crasher --previous | grep -q '^run at ' || die "kubectl logs --previous lacks the previous run"
+code=$(kubectl -n "$NS" get pod crasher -o jsonpath='{.status.containerStatuses[0].lastState.terminated.exitCode}')
+[[ $code == 3 ]] || die "lastState of the crashing container has exit code '$code', expected 3"
+kubectl -n "$NS" delete pod crasher --wait=false >/dev/null
+log "failed containers are restarted (exit code and previous logs reported)"
+
 # Pods that go away take their processes and addresses with them.
 kubectl -n "$NS" scale deployment echo --replicas=0 >/dev/null
 no_echo_pods() { [[ -z $(kubectl -n "$NS" get pods -l app=echo -o name) ]]; }

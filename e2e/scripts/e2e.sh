@@ -31,7 +31,7 @@ finish() {
   fi
   print_phase_times
   local dt=$(( $(now_ms) - T0 ))
-  echo "  total          $((dt / 1000)).$(( (dt % 1000) / 100 ))s  $([[ $ok == 1 ]] && echo ok || echo FAILED)" >&2
+  printf '  %-30s %8ss  %s\n' total "$((dt / 1000)).$(( (dt % 1000) / 100 ))" "$([[ $ok == 1 ]] && echo ok || echo FAILED)" >&2
   exit "$rc"
 }
 trap finish EXIT

@@ -24,7 +24,7 @@ phase() {
   "$@" || rc=$?
   local dt=$(( $(now_ms) - t0 ))
   local secs="$((dt / 1000)).$(( (dt % 1000) / 100 ))"
-  PHASE_TIMES+=("$(printf '%-14s %8ss  %s' "$name" "$secs" "$([ $rc = 0 ] && echo ok || echo FAILED)")")
+  PHASE_TIMES+=("$(printf '%-30s %8ss  %s' "$name" "$secs" "$([ $rc = 0 ] && echo ok || echo FAILED)")")
   log "phase $name: $([ $rc = 0 ] && echo done || echo FAILED) in ${secs}s"
   return $rc
 }

@@ -39,5 +39,8 @@ bench: deps-bench build
 	$(CARGO) bench -p portcullis-tests
 	bash bench/load.sh
 
-e2e:
+# Real kube-apiserver + etcd (built from Go modules, cached), pods as local
+# processes; runs e2e/tests/*.sh. Needs root. The proxy and controller pods
+# run the release binary.
+e2e: build
 	$(MAKE) -C e2e e2e

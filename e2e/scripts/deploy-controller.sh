@@ -13,7 +13,8 @@ SYS=portcullis-system
 "$BIN" crds | kubectl apply --server-side -f - >/dev/null
 kubectl create namespace "$SYS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -k "$REPO_DIR/deploy/rbac" >/dev/null
-kubectl apply -n "$SYS" -f - >/dev/null <<'YAML'
+features="Gateway,GRPCRoute,HTTPRoute,ReferenceGrant,$(claimed_features)"
+kubectl apply -n "$SYS" -f - >/dev/null <<YAML
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: portcullis-controller, labels: {app: portcullis-controller}}
@@ -27,7 +28,7 @@ spec:
       containers:
       - name: controller
         image: portcullis:e2e
-        args: [controller, --proxy-image, "portcullis:e2e", --admin, "0.0.0.0:9902"]
+        args: [controller, --proxy-image, "portcullis:e2e", --admin, "0.0.0.0:9902", --supported-features, "$features"]
         env:
         - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
         - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}

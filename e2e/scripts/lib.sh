@@ -49,3 +49,6 @@ wait_for() {
 
 # Heavy builds share 2 cores with everything else.
 NICE=(nice -n 15)
+
+# The extended features we claim, comma-separated (supported-features.txt).
+claimed_features() { grep -v '^#' "$E2E_DIR/supported-features.txt" | grep -v '^$' | paste -sd, -; }

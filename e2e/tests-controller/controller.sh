@@ -27,39 +27,8 @@ BIN="$CARGO_TARGET_DIR/release/portcullis"
 NS=e2e-ctl
 SYS=portcullis-system
 
-log "CRDs and RBAC"
-"$BIN" crds | kubectl apply --server-side -f - >/dev/null
-kubectl create namespace "$SYS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl apply -k "$REPO_DIR/deploy/rbac" >/dev/null
-kubectl wait --for condition=Established crd/gatewayparameters.portcullis.dev --timeout=30s >/dev/null
-
-log "controller: 2 replicas"
-kubectl apply -n "$SYS" -f - >/dev/null <<'YAML'
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: portcullis-controller, labels: {app: portcullis-controller}}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: portcullis-controller}}
-  template:
-    metadata: {labels: {app: portcullis-controller}}
-    spec:
-      serviceAccountName: portcullis-controller
-      containers:
-      - name: controller
-        image: portcullis:e2e
-        args: [controller, --proxy-image, "portcullis:e2e", --admin, "0.0.0.0:9902"]
-        env:
-        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-        - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-        - {name: RUST_LOG, value: info}
-        ports: [{name: admin, containerPort: 9902}]
-        readinessProbe:
-          httpGet: {path: /readyz, port: 9902}
-          periodSeconds: 1
-YAML
-kubectl -n "$SYS" rollout status deployment/portcullis-controller --timeout=90s >&2 \
-  || { kubectl -n "$SYS" get pods -o wide >&2; die "controller not available"; }
+log "CRDs, RBAC, controller: 2 replicas"
+bash "$E2E_DIR/scripts/deploy-controller.sh"
 
 log "Gateway, echo backend, HTTPRoute"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null

@@ -146,7 +146,8 @@ async fn route_and_forward(
             ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("{host}{path}"))
         })?;
     let rule = route.rule.clone();
-    let matched = route.matcher.path.clone();
+    // Borrowed from `state`, which this request holds to the end.
+    let matched = &route.matcher.path;
 
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut ctx = RequestContext {
@@ -159,7 +160,7 @@ async fn route_and_forward(
     };
 
     if let Some(redirect) =
-        apply_request_filters(&rule.filters, &mut ctx, &mut req, &matched, &host, conn)
+        apply_request_filters(&rule.filters, &mut ctx, &mut req, matched, &host, conn)
     {
         return Ok(redirect);
     }
@@ -177,7 +178,7 @@ async fn route_and_forward(
         )
     })?;
     if let Some(redirect) =
-        apply_request_filters(&backend.filters, &mut ctx, &mut req, &matched, &host, conn)
+        apply_request_filters(&backend.filters, &mut ctx, &mut req, matched, &host, conn)
     {
         return Ok(redirect);
     }
@@ -393,22 +394,13 @@ fn build_upstream_request(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let upgrade_header = req.headers().get(header::UPGRADE).cloned();
 
-    let path_and_query = match &ctx.query {
-        Some(q) => format!("{}?{q}", ctx.path),
-        None => ctx.path.clone(),
-    };
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.to_string())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| {
-            ProxyError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid request target",
-                e.to_string(),
-            )
-        })?;
+    let uri = upstream_uri(ctx, endpoint).map_err(|e| {
+        ProxyError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid request target",
+            e.to_string(),
+        )
+    })?;
 
     let (mut parts, incoming) = req.into_parts();
     filters::remove_hop_by_hop(&mut parts.headers);
@@ -477,6 +469,20 @@ fn build_upstream_request(
     })
 }
 
+/// `http://<endpoint>/<path>?<query>`: the endpoint in the authority keys
+/// the connection pool; the client's host travels in the Host header.
+fn upstream_uri(ctx: &RequestContext, endpoint: SocketAddr) -> Result<Uri, http::Error> {
+    let path_and_query = match &ctx.query {
+        Some(q) => format!("{}?{q}", ctx.path),
+        None => ctx.path.clone(),
+    };
+    Uri::builder()
+        .scheme("http")
+        .authority(endpoint.to_string())
+        .path_and_query(path_and_query)
+        .build()
+}
+
 fn mirror_selected(mirror: &Mirror) -> bool {
     if mirror.numerator >= mirror.denominator {
         return true;
@@ -492,16 +498,7 @@ fn send_mirror(
     endpoint: SocketAddr,
     body: Body,
 ) {
-    let path_and_query = match &ctx.query {
-        Some(q) => format!("{}?{q}", ctx.path),
-        None => ctx.path.clone(),
-    };
-    let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.to_string())
-        .path_and_query(path_and_query)
-        .build()
-    else {
+    let Ok(uri) = upstream_uri(ctx, endpoint) else {
         return;
     };
     let mut builder = Request::builder().method(parts.method.clone()).uri(uri);

@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod filters;
+pub mod identity;
 pub mod mirror;
 pub mod normalize;
 pub mod proxy;

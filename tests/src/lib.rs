@@ -220,6 +220,16 @@ impl TestGateway {
     /// `yaml` may use `${NAME}` placeholders for listener ports; each gets a
     /// free loopback port (bound before the gateway starts: no race).
     pub async fn start(yaml: &str, port_names: &[&str]) -> TestGateway {
+        TestGateway::start_with(yaml, port_names, |_| {}).await
+    }
+
+    /// [`TestGateway::start`] with data plane settings adjusted by
+    /// `configure` (access log, ...).
+    pub async fn start_with(
+        yaml: &str,
+        port_names: &[&str],
+        configure: impl FnOnce(&mut DataPlaneConfig),
+    ) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut ports = HashMap::new();
         let mut preopened = HashMap::new();
@@ -230,10 +240,12 @@ impl TestGateway {
             preopened.insert(port, l);
         }
         let gw = TestGateway::write_config(dir.path(), yaml, &ports);
-        let config = DataPlaneConfig {
+        let mut config = DataPlaneConfig {
             bind_ip: LOOPBACK,
             preopened,
+            ..DataPlaneConfig::default()
         };
+        configure(&mut config);
         let running = portcullis::standalone::start(
             dir.path().to_path_buf(),
             LOOPBACK,

@@ -221,7 +221,9 @@ fn compile_with_problems(
     options: &CompileOptions,
     problems: &[LoadProblem],
 ) -> (RouteTable, Vec<StatusUpdate>) {
+    let compiling = std::time::Instant::now();
     let compiled = compile(snapshot, options);
+    crate::metrics::global().record_compile(compiling.elapsed());
     let mut statuses = compiled.statuses;
     statuses.extend(problems.iter().map(|p| StatusUpdate {
         kind: StatusKind::ConfigFile,

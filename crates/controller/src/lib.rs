@@ -30,6 +30,7 @@
 pub mod compile;
 pub mod file;
 pub mod kube;
+pub mod metrics;
 pub mod snapshot;
 pub mod status;
 

@@ -5,11 +5,14 @@
 //! ([`server`]); each request goes through [`proxy::handle`]. This crate
 //! never depends on kube.
 
+pub mod access_log;
 pub mod body;
 pub mod filters;
 pub mod identity;
+pub mod metrics;
 pub mod mirror;
 pub mod normalize;
+pub mod observe;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -52,7 +52,12 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     Ok(match route_and_forward(&shared, &conn, req).await {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if let Some(error) = e.upstream_error() {
+                crate::observe::upstream_failed(error);
+            }
+            e.into_response()
+        }
     })
 }
 
@@ -70,6 +75,18 @@ impl ProxyError {
             status,
             message,
             detail: detail.into(),
+        }
+    }
+
+    /// For metrics: the failures that happen talking to a backend.
+    fn upstream_error(&self) -> Option<crate::metrics::UpstreamError> {
+        use crate::metrics::UpstreamError;
+        match self.message {
+            "upstream connect error" => Some(UpstreamError::connect),
+            "upstream TLS error" => Some(UpstreamError::tls),
+            "upstream request timeout" => Some(UpstreamError::timeout),
+            "upstream error" => Some(UpstreamError::protocol),
+            _ => None,
         }
     }
 
@@ -146,6 +163,7 @@ async fn route_and_forward(
             ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("{host}{path}"))
         })?;
     let rule = route.rule.clone();
+    crate::observe::route_matched(&rule);
     // Borrowed from `state`, which this request holds to the end.
     let matched = &route.matcher.path;
 
@@ -199,6 +217,7 @@ async fn route_and_forward(
             format!("{} has no ready endpoint", target.name),
         )
     })?;
+    crate::observe::upstream_chosen(&target, endpoint, req.extensions());
     let protocol = upstream_protocol(&rule, &target);
 
     let upstream_req = build_upstream_request(

@@ -15,7 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::proxy::{self, ConnInfo};
+use crate::access_log::AccessLog;
+use crate::metrics;
+use crate::observe::{self, Observer};
+use crate::proxy::ConnInfo;
 use crate::state::Shared;
 
 /// Slowloris guard: a client must finish sending request headers this fast.
@@ -28,6 +31,8 @@ pub struct DataPlaneConfig {
     /// Sockets already bound by the caller, by port; used instead of binding.
     /// Lets tests hand in sockets on free ports without a race.
     pub preopened: HashMap<u16, std::net::TcpListener>,
+    /// Where finished requests are logged (none: no access log).
+    pub access_log: Option<AccessLog>,
 }
 
 impl Default for DataPlaneConfig {
@@ -35,8 +40,20 @@ impl Default for DataPlaneConfig {
         DataPlaneConfig {
             bind_ip: IpAddr::from([0, 0, 0, 0]),
             preopened: HashMap::new(),
+            access_log: None,
         }
     }
+}
+
+/// Lifecycle phase, broadcast to every listener and connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// Stop accepting; connections finish their in-flight requests (HTTP/1
+    /// closes after the current response, HTTP/2 sends GOAWAY).
+    Draining,
+    /// The drain deadline passed: close whatever is left.
+    Closing,
 }
 
 /// A running data plane.
@@ -44,6 +61,16 @@ pub struct DataPlane {
     pub shared: Arc<Shared>,
     ready: watch::Receiver<bool>,
     task: JoinHandle<()>,
+    /// Every listener and connection holds a receiver: when all are gone,
+    /// the data plane has drained.
+    phase: watch::Sender<Phase>,
+}
+
+/// How a graceful shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// False when the deadline passed and open connections were closed.
+    pub in_time: bool,
 }
 
 impl DataPlane {
@@ -56,16 +83,29 @@ impl DataPlane {
         let first = tables.borrow_and_update().clone();
         let shared = Arc::new(Shared::new(first.clone()));
         let (ready_tx, ready) = watch::channel(false);
+        let (phase_tx, mut phase) = watch::channel(Phase::Serving);
         let task_shared = shared.clone();
+        let observer = Arc::new(Observer {
+            access_log: config.access_log.clone(),
+        });
         let task = tokio::spawn(async move {
             let mut listeners = Listeners {
                 config,
                 accepting: HashMap::new(),
                 shared: task_shared.clone(),
+                observer,
+                phase: phase.clone(),
             };
             listeners.reconcile(&first);
             let _ = ready_tx.send(true);
-            while tables.changed().await.is_ok() {
+            loop {
+                tokio::select! {
+                    changed = tables.changed() => if changed.is_err() { break },
+                    _ = reached(&mut phase, Phase::Draining) => {
+                        tracing::info!("data plane draining: listeners closed");
+                        break;
+                    }
+                }
                 let table = tables.borrow_and_update().clone();
                 task_shared.swap(table.clone());
                 listeners.reconcile(&table);
@@ -81,7 +121,32 @@ impl DataPlane {
             shared,
             ready,
             task,
+            phase: phase_tx,
         }
+    }
+
+    /// Graceful shutdown: stops accepting at once (new connections are
+    /// refused), lets every open connection finish the requests it has in
+    /// flight (HTTP/1.1 closes after the current response, HTTP/2 sends
+    /// GOAWAY and finishes its open streams), and closes what is still open
+    /// after `drain`.
+    pub async fn shutdown(self, drain: Duration) -> Drained {
+        let _ = self.phase.send(Phase::Draining);
+        let in_time = tokio::time::timeout(drain, self.phase.closed())
+            .await
+            .is_ok();
+        if !in_time {
+            tracing::warn!(
+                deadline = ?drain,
+                "drain deadline passed: closing the remaining connections"
+            );
+            let _ = self.phase.send(Phase::Closing);
+            // Closing is immediate; the bound only guards against a
+            // connection task that is not being polled.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.phase.closed()).await;
+        }
+        self.task.abort();
+        Drained { in_time }
     }
 
     /// Waits until the first table is served (its ports are bound).
@@ -98,6 +163,8 @@ struct Listeners {
     config: DataPlaneConfig,
     accepting: HashMap<u16, JoinHandle<()>>,
     shared: Arc<Shared>,
+    observer: Arc<Observer>,
+    phase: watch::Receiver<Phase>,
 }
 
 impl Listeners {
@@ -121,7 +188,15 @@ impl Listeners {
                     tracing::info!(port, address = ?listener.local_addr().ok(), "listening");
                     self.accepting.insert(
                         port,
-                        tokio::spawn(accept_loop(listener, port, self.shared.clone())),
+                        tokio::spawn(accept_loop(
+                            listener,
+                            port,
+                            Serving {
+                                shared: self.shared.clone(),
+                                observer: self.observer.clone(),
+                                phase: self.phase.clone(),
+                            },
+                        )),
                     );
                 }
                 // Retried with the next table; the controller reports the
@@ -154,11 +229,19 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
+/// What every connection of a data plane shares.
+#[derive(Clone)]
+struct Serving {
+    shared: Arc<Shared>,
+    observer: Arc<Observer>,
+    phase: watch::Receiver<Phase>,
+}
+
+async fn accept_loop(listener: TcpListener, port: u16, serving: Serving) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
-                tokio::spawn(serve_connection(stream, remote, port, shared.clone()));
+                tokio::spawn(serve_connection(stream, remote, port, serving.clone()));
             }
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning.
@@ -169,9 +252,10 @@ async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, shared: Arc<Shared>) {
+async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serving: Serving) {
+    let _open = metrics::global().connection_opened(port);
     let _ = stream.set_nodelay(true);
-    let state = shared.current();
+    let state = serving.shared.current();
     let Some(port_state) = state.port(port) else {
         return;
     };
@@ -202,18 +286,18 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, shar
             local_port: port,
             tls: true,
         });
-        serve_http(TokioIo::new(tls_stream), conn, shared).await;
+        serve_http(TokioIo::new(tls_stream), conn, serving).await;
     } else {
         let conn = Arc::new(ConnInfo {
             remote,
             local_port: port,
             tls: false,
         });
-        serve_http(TokioIo::new(stream), conn, shared).await;
+        serve_http(TokioIo::new(stream), conn, serving).await;
     }
 }
 
-async fn serve_http<I>(io: I, conn: Arc<ConnInfo>, shared: Arc<Shared>)
+async fn serve_http<I>(io: I, conn: Arc<ConnInfo>, serving: Serving)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -226,8 +310,35 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024);
-    let service = service_fn(move |req| proxy::handle(shared.clone(), conn.clone(), req));
-    if let Err(e) = builder.serve_connection_with_upgrades(io, service).await {
+    let Serving {
+        shared,
+        observer,
+        mut phase,
+    } = serving;
+    let service =
+        service_fn(move |req| observe::handle(observer.clone(), shared.clone(), conn.clone(), req));
+    let mut closing = phase.clone();
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = reached(&mut phase, Phase::Draining) => {
+            // HTTP/1.1: finish the current response, then close; idle
+            // connections close now. HTTP/2: GOAWAY, open streams finish.
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = reached(&mut closing, Phase::Closing) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with error");
     }
+}
+
+/// Resolves once the data plane has reached `phase` (or was dropped).
+async fn reached(rx: &mut watch::Receiver<Phase>, phase: Phase) {
+    // The guard `wait_for` returns is not `Send`: drop it here.
+    let _ = rx.wait_for(|p| *p >= phase).await.map(|_| ());
 }

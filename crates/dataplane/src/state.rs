@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis_model::RouteTable;
 
+use crate::metrics::TableSeries;
 use crate::router::PortRoutes;
 use crate::upstream::{RoundRobin, Upstreams};
 
@@ -15,6 +16,8 @@ pub struct Prepared {
     pub table: Arc<RouteTable>,
     ports: HashMap<u16, Arc<PortState>>,
     pub round_robin: RoundRobin,
+    /// Request metric series of this table's ports, rules and backends.
+    pub series: TableSeries,
 }
 
 pub struct PortState {
@@ -43,10 +46,13 @@ impl Prepared {
             );
         }
         let round_robin = RoundRobin::for_table(&table, previous.map(|p| &p.round_robin));
+        let series = TableSeries::new(&table);
+        series.activate(table.generation, previous.map(|p| &p.series));
         Prepared {
             table,
             ports,
             round_robin,
+            series,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The admin listener (a separate port, never the data path): health,
-//! readiness, the compiled table being served and the computed statuses.
+//! readiness, Prometheus metrics, the compiled table being served and the
+//! computed statuses.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -54,13 +55,39 @@ async fn answer(req: Request<Incoming>, state: AdminState) -> Result<Response<Bo
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
+        "/metrics" => metrics(),
         "/config_dump" => json(&*state.shared.current().table),
         "/status" => json(&*state.statuses.borrow().clone()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "endpoints: /healthz /readyz /config_dump /status\n",
+            "endpoints: /healthz /readyz /metrics /config_dump /status\n",
         ),
     })
+}
+
+/// Prometheus / OpenMetrics text: the data plane's and the controller's
+/// registries.
+fn metrics() -> Response<Body> {
+    let registries = [
+        portcullis_dataplane::metrics::global().registry(),
+        portcullis_controller::metrics::global().registry(),
+    ];
+    match portcullis_dataplane::metrics::encode(&registries) {
+        Ok(text) => {
+            let mut resp = Response::new(body::full(text));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode metrics");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n")
+        }
+    }
 }
 
 fn text(status: StatusCode, body_text: &'static str) -> Response<Body> {

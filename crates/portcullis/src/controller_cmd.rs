@@ -98,6 +98,15 @@ pub async fn run(
             None
         }
     };
+    let mut leading = leading_rx.clone();
+    tokio::spawn(async move {
+        loop {
+            portcullis_controller::metrics::global().set_leader(*leading.borrow_and_update());
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
+    });
     let (stats_tx, mut stats_rx) = watch::channel(WriterStats::default());
     let provisioner = args.provision.map(|settings| {
         tokio::spawn(provision::run(
@@ -117,9 +126,16 @@ pub async fn run(
         stats_tx,
     ));
     tokio::spawn(async move {
-        // Log status writing progress at most every 10 s.
+        // Log status writing progress at most every 10 s; count it in the
+        // metrics (the stats are running totals).
+        let mut counted = WriterStats::default();
         while stats_rx.changed().await.is_ok() {
             let stats = *stats_rx.borrow_and_update();
+            let m = portcullis_controller::metrics::global();
+            m.record_status_writes("written", stats.writes.saturating_sub(counted.writes));
+            m.record_status_writes("conflict", stats.conflicts.saturating_sub(counted.conflicts));
+            m.record_status_writes("error", stats.errors.saturating_sub(counted.errors));
+            counted = stats;
             tracing::info!(
                 writes = stats.writes,
                 conflicts = stats.conflicts,

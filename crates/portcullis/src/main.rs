@@ -2,7 +2,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::lifecycle::{ServeOptions, Shutdown};
+use portcullis_dataplane::DataPlaneConfig;
 use portcullis_controller::kube::provision::render::ProvisionSettings;
 
 /// Portcullis: a Kubernetes-native API gateway.
@@ -32,9 +36,11 @@ enum Command {
         /// Address the Gateway listener ports are bound on.
         #[arg(long, default_value = "0.0.0.0")]
         bind: IpAddr,
-        /// Admin listener: /healthz /readyz /config_dump /status.
+        /// Admin listener: /healthz /readyz /metrics /config_dump /status.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        #[command(flatten)]
+        serve: ServeOptions,
     },
     /// Compile a directory once and print every object's status; exits
     /// non-zero when anything is invalid.
@@ -60,7 +66,7 @@ enum Command {
         /// Write status without an election (one replica only).
         #[arg(long)]
         no_leader_election: bool,
-        /// Admin listener: /healthz /readyz /config_dump /status.
+        /// Admin listener: /healthz /readyz /metrics /config_dump /status.
         #[arg(long, default_value = "0.0.0.0:9902")]
         admin: SocketAddr,
         /// Image of the provisioned proxies (unless GatewayParameters
@@ -94,10 +100,12 @@ enum Command {
         /// Address the Gateway listener ports are bound on.
         #[arg(long, default_value = "0.0.0.0")]
         bind: IpAddr,
-        /// Admin listener: /healthz /readyz /config_dump /status (up, and
-        /// ready, once the first complete table is served).
+        /// Admin listener: /healthz /readyz /metrics /config_dump /status
+        /// (up, and ready, once the first complete table is served).
         #[arg(long, default_value = "0.0.0.0:9901")]
         admin: SocketAddr,
+        #[command(flatten)]
+        serve: ServeOptions,
     },
     /// Print the CustomResourceDefinitions of Portcullis' own resources
     /// (YAML), e.g. `portcullis crds | kubectl apply -f -`.
@@ -140,10 +148,22 @@ fn main() -> ExitCode {
             config_dir,
             bind,
             admin,
+            serve,
         } => run_async(async move {
-            let _running = portcullis::standalone::start(config_dir, bind, admin, None).await?;
+            let config = DataPlaneConfig {
+                bind_ip: bind,
+                access_log: serve.access_log()?,
+                ..DataPlaneConfig::default()
+            };
+            let running =
+                portcullis::standalone::start(config_dir, bind, admin, Some(config)).await?;
             shutdown_signal().await;
-            tracing::info!("shutting down");
+            running
+                .shutdown(Shutdown {
+                    delay: serve.shutdown_delay.unwrap_or(Duration::ZERO),
+                    drain: serve.drain_timeout,
+                })
+                .await;
             Ok(())
         }),
         Command::Controller {
@@ -178,6 +198,7 @@ fn main() -> ExitCode {
             controller_name,
             bind,
             admin,
+            serve,
         } => run_async(async move {
             let args = portcullis::proxy_cmd::ProxyArgs {
                 kubeconfig,
@@ -185,14 +206,19 @@ fn main() -> ExitCode {
                 controller_name,
                 bind,
                 admin,
+                access_log: serve.access_log()?,
             };
             let proxy = tokio::select! {
                 proxy = portcullis::proxy_cmd::start(args) => proxy?,
                 _ = shutdown_signal() => return Ok(()),
             };
             shutdown_signal().await;
-            tracing::info!("shutting down");
-            drop(proxy);
+            proxy
+                .shutdown(Shutdown {
+                    delay: serve.shutdown_delay.unwrap_or(Duration::from_secs(5)),
+                    drain: serve.drain_timeout,
+                })
+                .await;
             Ok(())
         }),
         Command::Crds => match portcullis::crds::yaml() {

@@ -13,6 +13,9 @@ use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
 use crate::kube_client;
+use crate::lifecycle::{self, Shutdown};
+use portcullis_dataplane::server::Drained;
+use portcullis_dataplane::access_log::AccessLog;
 
 pub struct ProxyArgs {
     pub kubeconfig: Option<PathBuf>,
@@ -20,6 +23,7 @@ pub struct ProxyArgs {
     pub controller_name: String,
     pub bind: IpAddr,
     pub admin: SocketAddr,
+    pub access_log: Option<AccessLog>,
 }
 
 /// Parses `namespace/name`.
@@ -36,6 +40,15 @@ pub struct Proxy {
     pub provider: KubeProviderHandle,
     pub dataplane: DataPlane,
     pub admin_addr: SocketAddr,
+    /// What /readyz reports.
+    pub ready: watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Graceful shutdown (see [`lifecycle::shut_down`]).
+    pub async fn shutdown(self, how: Shutdown) -> Drained {
+        lifecycle::shut_down(&self.ready, self.dataplane, how).await
+    }
 }
 
 /// Starts watching; resolves once the first complete table is served (the
@@ -54,6 +67,7 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
         provider.tables.clone(),
         DataPlaneConfig {
             bind_ip: args.bind,
+            access_log: args.access_log,
             ..DataPlaneConfig::default()
         },
     );
@@ -62,7 +76,7 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
         .await
         .with_context(|| format!("cannot bind admin listener {}", args.admin))?;
     let admin_addr = admin_listener.local_addr()?;
-    let (_ready_tx, ready) = watch::channel(true);
+    let (ready_tx, ready) = watch::channel(true);
     let state = AdminState {
         shared: dataplane.shared.clone(),
         statuses: provider.statuses.clone(),
@@ -83,6 +97,7 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
         provider,
         dataplane,
         admin_addr,
+        ready: ready_tx,
     })
 }
 

@@ -11,11 +11,22 @@ use portcullis_dataplane::{DataPlane, DataPlaneConfig};
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
+use crate::lifecycle::{self, Shutdown};
+use portcullis_dataplane::server::Drained;
 
 pub struct Standalone {
     pub provider: FileProviderHandle,
     pub dataplane: DataPlane,
     pub admin_addr: SocketAddr,
+    /// What /readyz reports.
+    pub ready: watch::Sender<bool>,
+}
+
+impl Standalone {
+    /// Graceful shutdown (see [`lifecycle::shut_down`]).
+    pub async fn shutdown(self, how: Shutdown) -> Drained {
+        lifecycle::shut_down(&self.ready, self.dataplane, how).await
+    }
 }
 
 /// Starts everything and returns once the first table is served.
@@ -47,7 +58,7 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot bind admin listener {admin_addr}"))?;
     let admin_addr = admin_listener.local_addr()?;
-    let (_ready_tx, ready) = watch::channel(true);
+    let (ready_tx, ready) = watch::channel(true);
     let state = AdminState {
         shared: dataplane.shared.clone(),
         statuses: provider.statuses.clone(),
@@ -63,5 +74,6 @@ pub async fn start(
         provider,
         dataplane,
         admin_addr,
+        ready: ready_tx,
     })
 }

@@ -265,6 +265,7 @@ where
                 Ok(Event::Delete(o)) => Change::Deleted(wrap(o)),
                 Err(e) => {
                     failing = true;
+                    crate::metrics::global().record_watch_error(&kind);
                     if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                         let hint = watch_error_hint(&e);
                         tracing::warn!(%kind, error = %e, "cannot watch {kind}{hint}; serving the last configuration and retrying");
@@ -421,6 +422,7 @@ async fn compile_loop(
             let compiling = Instant::now();
             let compiled = compile(stores.snapshot(), &options);
             let compile_time = compiling.elapsed();
+            crate::metrics::global().record_compile(compile_time);
             let mut compiled_statuses = compiled.statuses;
             add_supported_features(&mut compiled_statuses, &config.supported_features);
             statuses = Arc::new(compiled_statuses);

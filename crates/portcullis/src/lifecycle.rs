@@ -1,0 +1,132 @@
+//! Serving options shared by `run` and `proxy`: the access log and the
+//! graceful shutdown sequence.
+
+use std::time::Duration;
+
+use clap::Args;
+use portcullis_dataplane::access_log::{AccessLog, AccessLogConfig, Destination, Field};
+use portcullis_dataplane::server::Drained;
+use portcullis_dataplane::DataPlane;
+use tokio::sync::watch;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeOptions {
+    /// Access log destination: `stdout`, `stderr`, a file path, or `off`.
+    #[arg(long, env = "PORTCULLIS_ACCESS_LOG", default_value = "stdout")]
+    pub access_log: String,
+    /// Access log fields, comma-separated, in output order (default: all
+    /// but `query`). Known: timestamp, request_id, trace_id, span_id,
+    /// client, port, protocol, method, host, path, query, user_agent,
+    /// status, bytes, duration_ms, upstream, upstream_ms, route, backend,
+    /// identity, auth_mechanism, rate_limit.
+    #[arg(long, env = "PORTCULLIS_ACCESS_LOG_FIELDS", value_delimiter = ',')]
+    pub access_log_fields: Option<Vec<Field>>,
+    /// Share of requests logged (0.0 - 1.0); 5xx answers are always logged.
+    #[arg(long, env = "PORTCULLIS_ACCESS_LOG_SAMPLE_RATE", default_value_t = 1.0)]
+    pub access_log_sample_rate: f64,
+    /// On SIGTERM/SIGINT, how long /readyz reports not ready while the
+    /// listeners still accept, so that load balancers and Endpoints stop
+    /// sending new connections first (e.g. `5s`; default 0s for `run`, 5s
+    /// for `proxy`).
+    #[arg(long, value_parser = parse_duration)]
+    pub shutdown_delay: Option<Duration>,
+    /// How long in-flight requests may take to finish after the listeners
+    /// close; connections still open then are closed.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub drain_timeout: Duration,
+}
+
+impl ServeOptions {
+    /// Starts the access log writer (on the current runtime).
+    pub fn access_log(&self) -> anyhow::Result<Option<AccessLog>> {
+        if self.access_log == "off" {
+            return Ok(None);
+        }
+        if !(0.0..=1.0).contains(&self.access_log_sample_rate) {
+            anyhow::bail!(
+                "--access-log-sample-rate must be between 0 and 1, got {}",
+                self.access_log_sample_rate
+            );
+        }
+        let destination: Destination = self.access_log.parse().map_err(anyhow::Error::msg)?;
+        let config = AccessLogConfig {
+            destination,
+            fields: self
+                .access_log_fields
+                .clone()
+                .unwrap_or_else(Field::defaults),
+            sample_rate: self.access_log_sample_rate,
+            ..AccessLogConfig::default()
+        };
+        let log = AccessLog::spawn(config)
+            .map_err(|e| anyhow::anyhow!("cannot open access log {}: {e}", self.access_log))?;
+        Ok(Some(log))
+    }
+}
+
+/// `500ms`, `5s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!(
+            "expected a duration such as 500ms, 5s or 2m, got {text:?}"
+        )),
+    }
+}
+
+/// How to stop.
+#[derive(Debug, Clone, Copy)]
+pub struct Shutdown {
+    pub delay: Duration,
+    pub drain: Duration,
+}
+
+/// The graceful shutdown sequence: readiness false first, keep serving for
+/// `delay` (endpoints and load balancers catch up), then stop accepting and
+/// drain in-flight requests for up to `drain`.
+pub async fn shut_down(ready: &watch::Sender<bool>, dataplane: DataPlane, how: Shutdown) -> Drained {
+    let _ = ready.send(false);
+    tracing::info!(
+        delay = ?how.delay,
+        drain = ?how.drain,
+        "shutting down: not ready; draining"
+    );
+    if !how.delay.is_zero() {
+        tokio::time::sleep(how.delay).await;
+    }
+    let drained = dataplane.shutdown(how.drain).await;
+    if drained.in_time {
+        tracing::info!("drained: every in-flight request finished");
+    } else {
+        tracing::warn!("drain deadline passed: some connections were closed");
+    }
+    // Give the access log writer a moment to write what the last requests
+    // queued.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drained
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

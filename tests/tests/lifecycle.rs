@@ -34,19 +34,20 @@ async fn start_gated_backend() -> GatedBackend {
             let arrived_tx = arrived_tx.clone();
             let gate = gate.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let arrived_tx = arrived_tx.clone();
-                    let gate = gate.clone();
-                    async move {
-                        let _ = arrived_tx.send(req.uri().path().to_string());
-                        if let Ok(permit) = gate.acquire().await {
-                            permit.forget();
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let arrived_tx = arrived_tx.clone();
+                        let gate = gate.clone();
+                        async move {
+                            let _ = arrived_tx.send(req.uri().path().to_string());
+                            if let Ok(permit) = gate.acquire().await {
+                                permit.forget();
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"finished"),
+                            )))
                         }
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                            Bytes::from_static(b"finished"),
-                        )))
-                    }
-                });
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -203,7 +204,9 @@ async fn http2_clients_get_goaway_and_their_open_stream_completes() {
     // refusal names GOAWAY with NO_ERROR (a graceful close).
     let mut refusal = None;
     for _ in 0..500 {
-        let request = Request::get("http://example.com/late").body(()).expect("request");
+        let request = Request::get("http://example.com/late")
+            .body(())
+            .expect("request");
         let ready = client.clone().ready().await;
         match ready.and_then(|mut c| c.send_request(request, true).map(|_| ())) {
             Err(e) => {

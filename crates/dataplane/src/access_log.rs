@@ -301,9 +301,7 @@ pub fn write_line(buf: &mut Vec<u8>, entry: &Entry, fields: &[Field]) -> serde_j
             Field::Status => map.serialize_entry(key, &entry.status.as_u16())?,
             Field::Bytes => map.serialize_entry(key, &entry.bytes)?,
             Field::DurationMs => map.serialize_entry(key, &millis(entry.duration))?,
-            Field::Upstream => {
-                map.serialize_entry(key, &entry.upstream.map(|a| a.to_string()))?
-            }
+            Field::Upstream => map.serialize_entry(key, &entry.upstream.map(|a| a.to_string()))?,
             Field::UpstreamMs => map.serialize_entry(key, &entry.upstream_time.map(millis))?,
             Field::Route => map.serialize_entry(key, &entry.route.as_deref())?,
             Field::Backend => map.serialize_entry(key, &entry.backend.as_deref())?,
@@ -311,14 +309,12 @@ pub fn write_line(buf: &mut Vec<u8>, entry: &Entry, fields: &[Field]) -> serde_j
                 key,
                 &entry.identity.as_ref().and_then(|i| i.subject.as_deref()),
             )?,
-            Field::AuthMechanism => map.serialize_entry(
-                key,
-                &entry.identity.as_ref().and_then(|i| i.mechanism),
-            )?,
-            Field::RateLimit => map.serialize_entry(
-                key,
-                &entry.rate_limit.map(|d| format!("{d:?}")),
-            )?,
+            Field::AuthMechanism => {
+                map.serialize_entry(key, &entry.identity.as_ref().and_then(|i| i.mechanism))?
+            }
+            Field::RateLimit => {
+                map.serialize_entry(key, &entry.rate_limit.map(|d| format!("{d:?}")))?
+            }
         }
     }
     SerializeMap::end(map)?;

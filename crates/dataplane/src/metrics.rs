@@ -697,7 +697,11 @@ mod tests {
 
     #[test]
     fn series_are_encoded_with_their_labels() {
-        let s = RequestSeries::new(8080, Arc::from("httproute/ns/r/rule/0"), Arc::from("ns/svc:80"));
+        let s = RequestSeries::new(
+            8080,
+            Arc::from("httproute/ns/r/rule/0"),
+            Arc::from("ns/svc:80"),
+        );
         s.record(
             MethodClass::GET,
             StatusClass::of(StatusCode::OK),

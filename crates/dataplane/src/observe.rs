@@ -31,7 +31,9 @@ use portcullis_model::{Backend, Rule};
 use crate::access_log::{AccessLog, Entry};
 use crate::body::{self, Body, BoxError};
 use crate::identity::Identity;
-use crate::metrics::{self, MethodClass, RateLimitDecision, RequestSeries, StatusClass, UpstreamError};
+use crate::metrics::{
+    self, MethodClass, RateLimitDecision, RequestSeries, StatusClass, UpstreamError,
+};
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 
@@ -77,7 +79,11 @@ pub fn route_matched(rule: &Arc<Rule>) {
 
 /// An attempt is about to be sent to `endpoint` of `backend`. Reads the
 /// caller's [`Identity`] from the request's extensions when present.
-pub fn upstream_chosen(backend: &Arc<Backend>, endpoint: SocketAddr, extensions: &http::Extensions) {
+pub fn upstream_chosen(
+    backend: &Arc<Backend>,
+    endpoint: SocketAddr,
+    extensions: &http::Extensions,
+) {
     with_current(|o| {
         o.backend = Some(backend.clone());
         o.endpoint = Some(endpoint);
@@ -442,7 +448,10 @@ mod tests {
         );
         let ctx = TraceContext::propagate(&mut headers);
         let sent = headers[&TRACEPARENT].to_str().unwrap().to_string();
-        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{sent}");
+        assert!(
+            sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{sent}"
+        );
         assert!(sent.ends_with("-01"));
         assert!(!sent.contains("00f067aa0ba902b7"), "a new span id: {sent}");
         assert_eq!(ctx.parent_id, Some(*b"\x00\xf0\x67\xaa\x0b\xa9\x02\xb7"));

@@ -85,7 +85,10 @@ fn metrics() -> Response<Body> {
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot encode metrics");
-            text(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n")
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics encoding failed\n",
+            )
         }
     }
 }

@@ -133,7 +133,10 @@ pub async fn run(
             let stats = *stats_rx.borrow_and_update();
             let m = portcullis_controller::metrics::global();
             m.record_status_writes("written", stats.writes.saturating_sub(counted.writes));
-            m.record_status_writes("conflict", stats.conflicts.saturating_sub(counted.conflicts));
+            m.record_status_writes(
+                "conflict",
+                stats.conflicts.saturating_sub(counted.conflicts),
+            );
             m.record_status_writes("error", stats.errors.saturating_sub(counted.errors));
             counted = stats;
             tracing::info!(

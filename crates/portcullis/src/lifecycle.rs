@@ -94,7 +94,11 @@ pub struct Shutdown {
 /// The graceful shutdown sequence: readiness false first, keep serving for
 /// `delay` (endpoints and load balancers catch up), then stop accepting and
 /// drain in-flight requests for up to `drain`.
-pub async fn shut_down(ready: &watch::Sender<bool>, dataplane: DataPlane, how: Shutdown) -> Drained {
+pub async fn shut_down(
+    ready: &watch::Sender<bool>,
+    dataplane: DataPlane,
+    how: Shutdown,
+) -> Drained {
     let _ = ready.send(false);
     tracing::info!(
         delay = ?how.delay,

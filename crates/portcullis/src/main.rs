@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::lifecycle::{ServeOptions, Shutdown};
-use portcullis_dataplane::DataPlaneConfig;
 use portcullis_controller::kube::provision::render::ProvisionSettings;
+use portcullis_dataplane::DataPlaneConfig;
 
 /// Portcullis: a Kubernetes-native API gateway.
 #[derive(Parser)]

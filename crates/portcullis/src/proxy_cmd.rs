@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState};
 use crate::kube_client;
 use crate::lifecycle::{self, Shutdown};
-use portcullis_dataplane::server::Drained;
 use portcullis_dataplane::access_log::AccessLog;
+use portcullis_dataplane::server::Drained;
 
 pub struct ProxyArgs {
     pub kubeconfig: Option<PathBuf>,

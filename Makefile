@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= /var/tmp/portcullis-target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release/portcullis
 
-.PHONY: run build test lint bench e2e deps-test deps-bench
+.PHONY: run build test lint bench e2e deps-test deps-bench crds manifests packaging
 
 build:
 	$(CARGO) build --release -p portcullis
@@ -31,6 +31,23 @@ test: deps-test
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) run -q -p portcullis -- crds --check crds
+	bash scripts/check-packaging.sh
+
+# Regenerates crds/ from the Rust types (crates/api). `make lint` and
+# `make test` fail when the checked-in YAML differs.
+crds:
+	$(CARGO) run -q -p portcullis -- crds --out-dir crds
+
+# Regenerates what the packaging derives: the chart's CRDs and RBAC rules
+# (from crds/ and deploy/rbac) and deploy/install (from the chart).
+manifests: crds
+	bash scripts/check-packaging.sh --update
+
+# helm lint + helm template + derived files up to date (helm is built from
+# its Go module, once, into a cache).
+packaging:
+	bash scripts/check-packaging.sh
 
 deps-bench:
 	@bash scripts/install-deps.sh bench

@@ -25,12 +25,18 @@ pub const GROUP: &str = "portcullis.dev";
     plural = "gatewayparameters",
     namespaced,
     derive = "Default",
-    derive = "PartialEq"
+    derive = "PartialEq",
+    shortname = "gwparams",
+    category = "portcullis",
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Service Type", type_ = "string", json_path = ".spec.serviceType"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayParametersSpec {
     /// Proxy replicas (Deployment `spec.replicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
     /// Proxy container image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,6 +46,7 @@ pub struct GatewayParametersSpec {
     pub resources: Option<ResourceRequirements>,
     /// Service type: `LoadBalancer` (default), `NodePort` or `ClusterIP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern("^(LoadBalancer|NodePort|ClusterIP)$"))]
     pub service_type: Option<String>,
     /// Extra annotations on the provisioned Service (e.g. cloud load
     /// balancer settings).

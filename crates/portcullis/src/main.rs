@@ -107,9 +107,20 @@ enum Command {
         #[command(flatten)]
         serve: ServeOptions,
     },
-    /// Print the CustomResourceDefinitions of Portcullis' own resources
-    /// (YAML), e.g. `portcullis crds | kubectl apply -f -`.
-    Crds,
+    /// Generate the CustomResourceDefinitions of Portcullis' own resources
+    /// from its Rust types: printed as YAML (`portcullis crds | kubectl
+    /// apply -f -`), written one file per CRD (`--out-dir crds`), or
+    /// compared with a directory (`--check crds`, exits 1 on drift).
+    #[command(alias = "crdgen")]
+    Crds {
+        /// Write one file per CRD here (and remove generated files of kinds
+        /// that no longer exist).
+        #[arg(long, conflicts_with = "check")]
+        out_dir: Option<PathBuf>,
+        /// Compare this directory with the generated CRDs.
+        #[arg(long)]
+        check: Option<PathBuf>,
+    },
     /// An echo backend answering with a JSON description of each request
     /// (the Gateway API conformance echo format).
     Echo {
@@ -221,17 +232,40 @@ fn main() -> ExitCode {
                 .await;
             Ok(())
         }),
-        Command::Crds => match portcullis::crds::yaml() {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Crds { out_dir, check } => crds(out_dir, check),
         Command::Echo { listen } => run_async(portcullis::echo::run(listen)),
+    }
+}
+
+fn crds(out_dir: Option<PathBuf>, check: Option<PathBuf>) -> ExitCode {
+    let result = match (out_dir, check) {
+        (Some(dir), _) => portcullis::crds::write_dir(&dir).map(|files| {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            true
+        }),
+        (None, Some(dir)) => portcullis::crds::check_dir(&dir).map(|problems| {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            if !problems.is_empty() {
+                eprintln!("CRDs are out of date: run `make crds`");
+            }
+            problems.is_empty()
+        }),
+        (None, None) => portcullis::crds::yaml()
+            .map(|text| print!("{text}"))
+            .map(|()| true)
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

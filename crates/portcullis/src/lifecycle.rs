@@ -32,7 +32,7 @@ pub struct ServeOptions {
     pub shutdown_delay: Option<Duration>,
     /// How long in-flight requests may take to finish after the listeners
     /// close; connections still open then are closed.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub drain_timeout: Duration,
 }
 

@@ -331,3 +331,129 @@ async fn sampling_drops_successes_but_keeps_errors() {
         "successes are sampled out: {text}"
     );
 }
+
+/// A stand-in OpenTelemetry collector: records the JSON bodies posted to
+/// /v1/traces (no collector binary is available to the tests).
+async fn start_collector() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind((LOOPBACK, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let ok = req.method() == http::Method::POST
+                                && req.uri().path() == "/v1/traces"
+                                && req.headers()["content-type"] == "application/json";
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            if let (true, Ok(v)) = (ok, serde_json::from_slice(&body)) {
+                                store.lock().expect("lock").push(v);
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
+                            ))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_with_the_callers_trace() {
+    use portcullis_dataplane::otlp::{OtlpConfig, SpanExporter};
+    let (collector, received) = start_collector().await;
+    let echo = start_echo("traced").await;
+    let yaml = format!(
+        "{}{}{}",
+        gateway(PLAIN_LISTENER),
+        service_yaml("traced-svc", &[echo], None),
+        route_yaml("traced", "traced-svc"),
+    );
+    let exporter = SpanExporter::spawn(OtlpConfig {
+        endpoint: format!("http://{collector}"),
+        service_name: "edge-gateway".into(),
+        buffer: 64,
+    })
+    .expect("exporter");
+    let gw = TestGateway::start_with(&yaml, &["HTTP_PORT"], |c| c.spans = Some(exporter)).await;
+
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let not_sampled = "00-11111111111111111111111111111111-2222222222222222-00";
+    let answer = get(
+        &gw.url("HTTP_PORT", "/pay"),
+        "traced.example",
+        &[("traceparent", not_sampled)],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let answer = get(
+        &gw.url("HTTP_PORT", "/pay"),
+        "traced.example",
+        &[("traceparent", sampled)],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let sent = answer
+        .echoed_header("traceparent")
+        .expect("traceparent upstream");
+
+    let mut span = None;
+    for _ in 0..500 {
+        let bodies = received.lock().expect("lock").clone();
+        span = bodies
+            .iter()
+            .flat_map(|b| {
+                b["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .find(|s| s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736");
+        if span.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let span = span.expect("the span reached the collector");
+    assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(
+        span["spanId"].as_str(),
+        Some(&sent[36..52]),
+        "the backend's parent is our span"
+    );
+    assert_eq!(span["name"], "GET httproute/default/traced/rule/0");
+    assert_eq!(span["kind"], 2);
+    let bodies = received.lock().expect("lock").clone();
+    assert_eq!(
+        bodies[0]["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
+        "edge-gateway"
+    );
+    let all = serde_json::to_string(&bodies).unwrap();
+    assert!(
+        !all.contains("11111111111111111111111111111111"),
+        "unsampled traces are not exported"
+    );
+}

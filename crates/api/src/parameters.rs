@@ -29,8 +29,16 @@ pub const GROUP: &str = "portcullis.dev";
     shortname = "gwparams",
     category = "portcullis",
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
-    printcolumn(name = "Service Type", type_ = "string", json_path = ".spec.serviceType"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Service Type",
+        type_ = "string",
+        json_path = ".spec.serviceType"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayParametersSpec {

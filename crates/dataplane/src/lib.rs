@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod normalize;
 pub mod observe;
+pub mod otlp;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -207,6 +207,8 @@ pub struct Metrics {
     config_generation: Gauge,
     config_last_reload: Gauge<f64, AtomicU64>,
     access_log_dropped: Counter,
+    spans_exported: Counter,
+    spans_dropped: Counter,
     retries: Family<BackendLabels, Counter>,
     circuit_rejections: Family<BackendLabels, Counter>,
     outlier_ejections: Family<BackendLabels, Counter>,
@@ -234,6 +236,8 @@ impl Metrics {
             config_generation: Gauge::default(),
             config_last_reload: Gauge::default(),
             access_log_dropped: Counter::default(),
+            spans_exported: Counter::default(),
+            spans_dropped: Counter::default(),
             retries: Family::default(),
             circuit_rejections: Family::default(),
             outlier_ejections: Family::default(),
@@ -292,6 +296,16 @@ impl Metrics {
             "access_log_dropped",
             "Access log lines dropped because the writer could not keep up",
             self.access_log_dropped.clone(),
+        );
+        p.register(
+            "trace_spans_exported",
+            "Spans delivered to the OTLP collector",
+            self.spans_exported.clone(),
+        );
+        p.register(
+            "trace_spans_dropped",
+            "Spans dropped: exporter queue full or collector unreachable",
+            self.spans_dropped.clone(),
         );
         p.register(
             "upstream_retries",
@@ -358,6 +372,14 @@ impl Metrics {
 
     pub fn record_access_log_dropped(&self) {
         self.access_log_dropped.inc();
+    }
+
+    pub fn record_spans_exported(&self, n: u64) {
+        self.spans_exported.inc_by(n);
+    }
+
+    pub fn record_spans_dropped(&self, n: u64) {
+        self.spans_dropped.inc_by(n);
     }
 
     // ----- recorded by policy stages -----

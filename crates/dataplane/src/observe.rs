@@ -34,6 +34,7 @@ use crate::identity::Identity;
 use crate::metrics::{
     self, MethodClass, RateLimitDecision, RequestSeries, StatusClass, UpstreamError,
 };
+use crate::otlp::{SpanExporter, SpanRecord};
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 
@@ -44,6 +45,7 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 #[derive(Clone, Default)]
 pub struct Observer {
     pub access_log: Option<AccessLog>,
+    pub spans: Option<SpanExporter>,
 }
 
 /// What the proxy reported about the current request.
@@ -136,7 +138,8 @@ pub async fn handle(
     let method = MethodClass::of(req.method());
     let request_id = ensure_request_id(req.headers_mut());
     let trace = TraceContext::propagate(req.headers_mut());
-    let captured = observer.access_log.as_ref().map(|_| Captured {
+    let traced = observer.spans.is_some() && trace.flags & 0x01 != 0;
+    let captured = (observer.access_log.is_some() || traced).then(|| Captured {
         start: SystemTime::now(),
         version: req.version(),
         method: req.method().clone(),
@@ -148,7 +151,7 @@ pub async fn handle(
     // sends this request down the slow path of `series`).
     let state = shared.current();
     let observed = RefCell::new(Observed {
-        wants_identity: captured.is_some(),
+        wants_identity: observer.access_log.is_some(),
         ..Observed::default()
     });
     let port = conn.local_port;
@@ -190,6 +193,29 @@ pub async fn handle(
     }
 
     let status = resp.status();
+    let route = (!series.route().is_empty()).then(|| series.route().clone());
+    let backend = (!series.backend().is_empty()).then(|| series.backend().clone());
+    let span = match (&observer.spans, &captured) {
+        (Some(exporter), Some(c)) if traced => Some((
+            exporter.clone(),
+            Box::new(SpanRecord {
+                trace_id: trace.trace_id,
+                span_id: trace.span_id,
+                parent_id: trace.parent_id,
+                start: c.start,
+                duration: Duration::ZERO,
+                method: c.method.clone(),
+                uri: c.uri.clone(),
+                status,
+                port,
+                client,
+                route: route.clone(),
+                backend: backend.clone(),
+                upstream: observed.endpoint,
+            }),
+        )),
+        _ => None,
+    };
     let log = match (&observer.access_log, captured) {
         (Some(log), Some(c)) if log.wants(status) => Some((
             log.clone(),
@@ -210,8 +236,8 @@ pub async fn handle(
                 duration: Duration::ZERO,
                 upstream: observed.endpoint,
                 upstream_time,
-                route: (!series.route().is_empty()).then(|| series.route().clone()),
-                backend: (!series.backend().is_empty()).then(|| series.backend().clone()),
+                route,
+                backend,
                 identity: observed.identity,
                 rate_limit: observed.rate_limit,
             }),
@@ -224,6 +250,7 @@ pub async fn handle(
         method,
         status: StatusClass::of(status),
         log,
+        span,
     };
     let (parts, inner) = resp.into_parts();
     Ok(Response::from_parts(
@@ -365,12 +392,17 @@ struct Finish {
     method: MethodClass,
     status: StatusClass,
     log: Option<(AccessLog, Box<Entry>)>,
+    span: Option<(SpanExporter, Box<SpanRecord>)>,
 }
 
 impl Finish {
     fn record(self, bytes: u64) {
         let elapsed = self.start.elapsed();
         self.series.record(self.method, self.status, elapsed);
+        if let Some((exporter, mut span)) = self.span {
+            span.duration = elapsed;
+            exporter.submit(*span);
+        }
         if let Some((log, mut entry)) = self.log {
             entry.bytes = bytes;
             entry.duration = elapsed;

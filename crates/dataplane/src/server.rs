@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::access_log::AccessLog;
 use crate::metrics;
 use crate::observe::{self, Observer};
+use crate::otlp::SpanExporter;
 use crate::proxy::ConnInfo;
 use crate::state::Shared;
 
@@ -33,6 +34,8 @@ pub struct DataPlaneConfig {
     pub preopened: HashMap<u16, std::net::TcpListener>,
     /// Where finished requests are logged (none: no access log).
     pub access_log: Option<AccessLog>,
+    /// Where spans are exported (none: trace context is only propagated).
+    pub spans: Option<SpanExporter>,
 }
 
 impl Default for DataPlaneConfig {
@@ -41,6 +44,7 @@ impl Default for DataPlaneConfig {
             bind_ip: IpAddr::from([0, 0, 0, 0]),
             preopened: HashMap::new(),
             access_log: None,
+            spans: None,
         }
     }
 }
@@ -87,6 +91,7 @@ impl DataPlane {
         let task_shared = shared.clone();
         let observer = Arc::new(Observer {
             access_log: config.access_log.clone(),
+            spans: config.spans.clone(),
         });
         let task = tokio::spawn(async move {
             let mut listeners = Listeners {

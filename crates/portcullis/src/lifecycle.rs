@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use portcullis_dataplane::access_log::{AccessLog, AccessLogConfig, Destination, Field};
+use portcullis_dataplane::otlp::{OtlpConfig, SpanExporter};
 use portcullis_dataplane::server::Drained;
 use portcullis_dataplane::DataPlane;
 use tokio::sync::watch;
@@ -24,6 +25,14 @@ pub struct ServeOptions {
     /// Share of requests logged (0.0 - 1.0); 5xx answers are always logged.
     #[arg(long, env = "PORTCULLIS_ACCESS_LOG_SAMPLE_RATE", default_value_t = 1.0)]
     pub access_log_sample_rate: f64,
+    /// OpenTelemetry collector (OTLP/HTTP, JSON) to export a span per
+    /// request to, e.g. `http://otel-collector:4318`. Unset: trace context
+    /// is only propagated and logged.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "portcullis")]
+    pub otlp_service_name: String,
     /// On SIGTERM/SIGINT, how long /readyz reports not ready while the
     /// listeners still accept, so that load balancers and Endpoints stop
     /// sending new connections first (e.g. `5s`; default 0s for `run`, 5s
@@ -61,6 +70,22 @@ impl ServeOptions {
         let log = AccessLog::spawn(config)
             .map_err(|e| anyhow::anyhow!("cannot open access log {}: {e}", self.access_log))?;
         Ok(Some(log))
+    }
+}
+
+impl ServeOptions {
+    /// Starts the span exporter when an endpoint is configured.
+    pub fn spans(&self) -> anyhow::Result<Option<SpanExporter>> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(None);
+        };
+        SpanExporter::spawn(OtlpConfig {
+            endpoint: endpoint.clone(),
+            service_name: self.otlp_service_name.clone(),
+            buffer: 8192,
+        })
+        .map(Some)
+        .map_err(anyhow::Error::msg)
     }
 }
 

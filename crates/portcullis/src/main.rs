@@ -164,6 +164,7 @@ fn main() -> ExitCode {
             let config = DataPlaneConfig {
                 bind_ip: bind,
                 access_log: serve.access_log()?,
+                spans: serve.spans()?,
                 ..DataPlaneConfig::default()
             };
             let running =
@@ -218,6 +219,7 @@ fn main() -> ExitCode {
                 bind,
                 admin,
                 access_log: serve.access_log()?,
+                spans: serve.spans()?,
             };
             let proxy = tokio::select! {
                 proxy = portcullis::proxy_cmd::start(args) => proxy?,

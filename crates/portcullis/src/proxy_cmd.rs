@@ -15,6 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::kube_client;
 use crate::lifecycle::{self, Shutdown};
 use portcullis_dataplane::access_log::AccessLog;
+use portcullis_dataplane::otlp::SpanExporter;
 use portcullis_dataplane::server::Drained;
 
 pub struct ProxyArgs {
@@ -24,6 +25,7 @@ pub struct ProxyArgs {
     pub bind: IpAddr,
     pub admin: SocketAddr,
     pub access_log: Option<AccessLog>,
+    pub spans: Option<SpanExporter>,
 }
 
 /// Parses `namespace/name`.
@@ -68,6 +70,7 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
         DataPlaneConfig {
             bind_ip: args.bind,
             access_log: args.access_log,
+            spans: args.spans,
             ..DataPlaneConfig::default()
         },
     );

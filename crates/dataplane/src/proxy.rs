@@ -164,6 +164,14 @@ async fn route_and_forward(
         })?;
     let rule = route.rule.clone();
     crate::observe::route_matched(&rule);
+    if let Some(reason) = &rule.policies.invalid {
+        // Fail closed: the policies may be what protects this backend.
+        return Err(ProxyError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the policies of this route are invalid",
+            format!("{}: {reason}", rule.id),
+        ));
+    }
     // Borrowed from `state`, which this request holds to the end.
     let matched = &route.matcher.path;
 

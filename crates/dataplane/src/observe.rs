@@ -272,16 +272,17 @@ fn ensure_request_id(headers: &mut HeaderMap) -> Option<HeaderValue> {
     let mut bytes: [u8; 16] = rand::random();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let h = crate::access_log::hex(&bytes);
-    let text = format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    );
-    let value = HeaderValue::from_str(&text).ok()?;
+    // xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx, formatted on the stack.
+    let mut text = [b'-'; 36];
+    let mut at = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        write_hex(&mut text[at..at + 2], &[*b]);
+        at += 2;
+    }
+    let value = HeaderValue::from_bytes(&text).ok()?;
     headers.insert(X_REQUEST_ID.clone(), value.clone());
     Some(value)
 }
@@ -320,19 +321,29 @@ impl TraceContext {
                 flags: 0x01,
             },
         };
-        if let Ok(v) = HeaderValue::from_str(&ctx.header()) {
+        if let Ok(v) = HeaderValue::from_bytes(&ctx.header()) {
             headers.insert(TRACEPARENT.clone(), v);
         }
         ctx
     }
 
-    pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{}",
-            crate::access_log::hex(&self.trace_id),
-            crate::access_log::hex(&self.span_id),
-            crate::access_log::hex(&[self.flags])
-        )
+    /// `00-<trace id>-<span id>-<flags>`, formatted on the stack.
+    pub fn header(&self) -> [u8; 55] {
+        let mut out = [b'-'; 55];
+        out[0..2].copy_from_slice(b"00");
+        write_hex(&mut out[3..35], &self.trace_id);
+        write_hex(&mut out[36..52], &self.span_id);
+        write_hex(&mut out[53..55], &[self.flags]);
+        out
+    }
+}
+
+/// Lowercase hex of `bytes` into `out` (twice as long).
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
     }
 }
 
@@ -520,6 +531,9 @@ mod tests {
         let mut headers = HeaderMap::new();
         let id = ensure_request_id(&mut headers).unwrap();
         assert_eq!(id.len(), 36);
+        let text = id.to_str().unwrap();
+        assert_eq!(text.as_bytes()[14], b'4', "version 4: {text}");
+        assert_eq!(text.split('-').map(str::len).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
         assert_eq!(headers[&X_REQUEST_ID], id);
         assert_ne!(ensure_request_id(&mut HeaderMap::new()).unwrap(), id);
     }

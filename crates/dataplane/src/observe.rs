@@ -533,7 +533,10 @@ mod tests {
         assert_eq!(id.len(), 36);
         let text = id.to_str().unwrap();
         assert_eq!(text.as_bytes()[14], b'4', "version 4: {text}");
-        assert_eq!(text.split('-').map(str::len).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert_eq!(
+            text.split('-').map(str::len).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
         assert_eq!(headers[&X_REQUEST_ID], id);
         assert_ne!(ensure_request_id(&mut HeaderMap::new()).unwrap(), id);
     }

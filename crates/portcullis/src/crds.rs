@@ -32,7 +32,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     for crd in &mut crds {
         add_default_columns(crd);
     }
-    crds.sort_by(|a, b| file_name(a).cmp(&file_name(b)));
+    crds.sort_by_key(file_name);
     crds
 }
 

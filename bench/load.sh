@@ -12,6 +12,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-$(nproc)}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
+# nginx runs with access_log off; so does portcullis unless asked otherwise.
+export PORTCULLIS_ACCESS_LOG=${PORTCULLIS_ACCESS_LOG:-off}
 
 work=$(mktemp -d)
 pids=()

@@ -23,6 +23,9 @@ HELM_VERSION=v3.20.2
 CACHE=${PORTCULLIS_TOOLS_CACHE:-/var/tmp/portcullis-tools}
 HELM="$CACHE/helm-$HELM_VERSION/helm"
 NAMESPACE=portcullis-system
+# The Kubernetes version templates are rendered for (the e2e cluster's); a
+# helm built with `go install` would otherwise assume v1.20.
+KUBE_VERSION=1.35.0
 
 log() { printf '[packaging] %s\n' "$*" >&2; }
 die() { printf '[packaging] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -78,7 +81,7 @@ PY
 }
 
 render_install() {
-  "$HELM" template portcullis charts/portcullis --namespace "$NAMESPACE" --include-crds
+  "$HELM" template portcullis charts/portcullis --namespace "$NAMESPACE" --include-crds --kube-version "$KUBE_VERSION"
 }
 
 write_install() {
@@ -135,11 +138,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 log "helm lint"
-"$HELM" lint --strict charts/portcullis >"$work/lint.log" 2>&1 || { cat "$work/lint.log" >&2; die "helm lint failed"; }
+"$HELM" lint --strict --kube-version "$KUBE_VERSION" charts/portcullis >"$work/lint.log" 2>&1 || { cat "$work/lint.log" >&2; die "helm lint failed"; }
 
 log "helm template (default values, every option on)"
 render_install >"$work/default.yaml" || die "helm template failed (default values)"
-"$HELM" template portcullis charts/portcullis --namespace "$NAMESPACE" \
+"$HELM" template portcullis charts/portcullis --namespace "$NAMESPACE" --kube-version "$KUBE_VERSION" \
   --set controller.replicas=3 \
   --set controller.provisioning=false \
   --set 'controller.supportedFeatures={HTTPRouteQueryParamMatching,HTTPRouteMethodMatching}' \
@@ -153,7 +156,7 @@ render_install >"$work/default.yaml" || die "helm template failed (default value
 for kind in ServiceMonitor PodMonitor; do
   grep -q "^kind: $kind" "$work/options.yaml" || die "$kind not rendered when enabled"
 done
-if "$HELM" template portcullis charts/portcullis --set controller.leaderElection.enabled=false >/dev/null 2>&1; then
+if "$HELM" template portcullis charts/portcullis --kube-version "$KUBE_VERSION" --set controller.leaderElection.enabled=false >/dev/null 2>&1; then
   die "2 replicas without leader election must be refused"
 fi
 

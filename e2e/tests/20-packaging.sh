@@ -12,6 +12,7 @@ source "$(dirname "$0")/../scripts/lib.sh"
 cd "$REPO_DIR"
 
 HELM=$(bash scripts/check-packaging.sh --helm)
+kube_version=$(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')
 work=$(mktemp -d)
 cleanup() {
   kubectl delete namespace pc-packaging demo --ignore-not-found --wait=false >/dev/null 2>&1 || true
@@ -45,11 +46,11 @@ done
 
 # The chart, default values, in its own namespace and names (so that
 # nothing an earlier test installed is touched even in a dry run).
-"$HELM" template pc-packaging charts/portcullis --namespace pc-packaging --include-crds \
+"$HELM" template pc-packaging charts/portcullis --namespace pc-packaging --include-crds --kube-version "$kube_version" \
   --set fullnameOverride=pc-packaging >"$work/chart-default.yaml"
 dry_run "$work/chart-default.yaml" "helm template (default values)"
 
-"$HELM" template pc-packaging charts/portcullis --namespace pc-packaging \
+"$HELM" template pc-packaging charts/portcullis --namespace pc-packaging --kube-version "$kube_version" \
   --set fullnameOverride=pc-packaging \
   --set controller.replicas=3 \
   --set controller.provisioning=false \

@@ -153,6 +153,21 @@ render_install >"$work/default.yaml" || die "helm template failed (default value
   --set gatewayClass.parametersRef.name=defaults \
   --set gatewayClass.parametersRef.namespace="$NAMESPACE" \
   >"$work/options.yaml" || die "helm template failed (every option on)"
+# YAML the API server would refuse or silently change: duplicate keys.
+python3 - "$work/default.yaml" "$work/options.yaml" <<'PY' || die "rendered YAML has duplicate keys"
+import sys, yaml
+class Strict(yaml.SafeLoader):
+    pass
+def mapping(loader, node, deep=False):
+    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+    dup = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if dup:
+        raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {dup}", node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+for path in sys.argv[1:]:
+    list(yaml.load_all(open(path), Loader=Strict))
+PY
 for kind in ServiceMonitor PodMonitor; do
   grep -q "^kind: $kind" "$work/options.yaml" || die "$kind not rendered when enabled"
 done

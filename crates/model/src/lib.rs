@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 mod pattern;
+pub mod ratelimit;
 mod serde_helpers;
 
 pub use pattern::Pattern;
@@ -272,6 +273,8 @@ pub struct Rule {
     /// without usable backends).
     pub backends: Vec<WeightedBackend>,
     pub timeouts: Timeouts,
+    /// Effective `RateLimitPolicy` limits of this rule.
+    pub rate_limit: Option<Arc<ratelimit::RateLimitConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod mirror;
 pub mod normalize;
 pub mod proxy;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod state;

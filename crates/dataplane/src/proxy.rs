@@ -149,6 +149,25 @@ async fn route_and_forward(
     // Borrowed from `state`, which this request holds to the end.
     let matched = &route.matcher.path;
 
+    // Rate limits: after authentication, whose Identity (in the request's
+    // extensions) keys consumer and claim counters.
+    let rate_report = match &rule.rate_limit {
+        Some(limits) => {
+            let info = crate::ratelimit::RequestInfo {
+                client_ip: conn.remote.ip(),
+                method: req.method(),
+                path: &path,
+                headers: req.headers(),
+                identity: req.extensions().get(),
+            };
+            match crate::ratelimit::enforce(&state.rate_limits, &rule, limits, &info).await {
+                Ok(report) => report,
+                Err(rejected) => return Ok(rejected),
+            }
+        }
+        None => None,
+    };
+
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut ctx = RequestContext {
         host: raw_host,
@@ -229,6 +248,9 @@ async fn route_and_forward(
         if filters::cors_origin_allowed(cors, origin.to_str().unwrap_or("")) {
             filters::cors_response_headers(cors, origin, resp.headers_mut());
         }
+    }
+    if let Some(report) = &rate_report {
+        report.apply(resp.headers_mut());
     }
     Ok(resp)
 }

@@ -15,6 +15,7 @@ pub struct Prepared {
     pub table: Arc<RouteTable>,
     ports: HashMap<u16, Arc<PortState>>,
     pub round_robin: RoundRobin,
+    pub rate_limits: crate::ratelimit::Limiters,
 }
 
 pub struct PortState {
@@ -43,10 +44,13 @@ impl Prepared {
             );
         }
         let round_robin = RoundRobin::for_table(&table, previous.map(|p| &p.round_robin));
+        let rate_limits =
+            crate::ratelimit::Limiters::for_table(&table, previous.map(|p| &p.rate_limits));
         Prepared {
             table,
             ports,
             round_robin,
+            rate_limits,
         }
     }
 

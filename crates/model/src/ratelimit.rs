@@ -166,3 +166,19 @@ impl std::fmt::Debug for RedisTls {
             .finish_non_exhaustive()
     }
 }
+
+/// The name of one rate in `RateLimit-Policy` / `RateLimit` headers: the
+/// limit's name, suffixed with the rate's position when the limit has
+/// several (`per-client`, or `per-client-1`, `per-client-2`).
+pub fn rate_item_name(limit_name: &str, index: usize, rate_count: usize) -> String {
+    if rate_count <= 1 {
+        limit_name.to_string()
+    } else {
+        format!("{limit_name}-{}", index + 1)
+    }
+}
+
+/// Whole seconds of a window as the headers state it (at least 1).
+pub fn window_seconds(window: Duration) -> u64 {
+    window.as_secs() + u64::from(window.subsec_nanos() > 0)
+}

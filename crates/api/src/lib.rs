@@ -18,4 +18,5 @@ pub const CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 pub use parameters::{GatewayParameters, GatewayParametersSpec};
+pub use policy::PolicyKind;
 pub use ratelimit::{RateLimitPolicy, RateLimitPolicySpec};

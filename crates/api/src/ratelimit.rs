@@ -28,9 +28,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Merge, PolicyTargetReference};
+use crate::policy::{Merge, PolicyEnvelope, PolicyStatus};
 
-/// Rate limits for the routes the policy targets.
+/// Rate limits for the routes the policy targets. `targetRefs`,
+/// `defaults` and `overrides` are the shared policy envelope; rules given at
+/// the top level of `spec` are shorthand for `defaults`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "portcullis.dev",
@@ -38,24 +40,18 @@ use crate::policy::{Merge, PolicyTargetReference};
     kind = "RateLimitPolicy",
     plural = "ratelimitpolicies",
     shortname = "rlp",
+    status = "PolicyStatus",
     namespaced,
     derive = "Default",
     derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitPolicySpec {
-    /// Gateways, listeners (Gateway + sectionName), HTTPRoutes / GRPCRoutes
-    /// or route rules (route + sectionName = rule name) the policy applies
-    /// to.
-    pub target_refs: Vec<PolicyTargetReference>,
-    /// Rules that a more specific policy may replace (a route's policy wins
-    /// over its Gateway's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub defaults: Option<RateLimitRules>,
-    /// Rules that a more specific policy cannot replace (a Gateway's
-    /// overrides win over its routes' policies).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overrides: Option<RateLimitRules>,
+    #[serde(flatten)]
+    pub envelope: PolicyEnvelope<RateLimitRules>,
+    /// Shorthand for `defaults`.
+    #[serde(flatten)]
+    pub rules: RateLimitRules,
 }
 
 /// The rate-limit settings of one route rule. Every part is optional so
@@ -316,7 +312,7 @@ mod tests {
             }
         }))
         .expect("valid spec");
-        let rules = spec.defaults.expect("defaults");
+        let rules = spec.envelope.defaults.expect("defaults");
         let limit = &rules.limits.as_ref().expect("limits")["per-client"];
         assert_eq!(limit.rates.len(), 2);
         assert_eq!(limit.key[0].kind, KeyPartKind::ClientIp);

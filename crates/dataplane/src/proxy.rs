@@ -146,12 +146,20 @@ async fn route_and_forward(
             ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("{host}{path}"))
         })?;
     let rule = route.rule.clone();
+    if let Some(reason) = &rule.policies.invalid {
+        // Fail closed: the policies may be what protects this backend.
+        return Err(ProxyError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the policies of this route are invalid",
+            format!("{}: {reason}", rule.id),
+        ));
+    }
     // Borrowed from `state`, which this request holds to the end.
     let matched = &route.matcher.path;
 
     // Rate limits: after authentication, whose Identity (in the request's
     // extensions) keys consumer and claim counters.
-    let rate_report = match &rule.rate_limit {
+    let rate_report = match &rule.policies.rate_limit {
         Some(limits) => {
             let info = crate::ratelimit::RequestInfo {
                 client_ip: conn.remote.ip(),

@@ -197,7 +197,7 @@ impl Limiters {
         for port in &table.ports {
             for vhost in &port.virtual_hosts {
                 for route in &vhost.routes {
-                    if let Some(config) = &route.rule.rate_limit {
+                    if let Some(config) = &route.rule.policies.rate_limit {
                         for limit in &config.limits {
                             out.add(&route.rule, config, limit, previous);
                         }

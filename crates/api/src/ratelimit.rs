@@ -102,7 +102,7 @@ pub struct Limit {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub when: Vec<RequestCondition>,
     /// For a limit attached to a Gateway or listener: one counter shared by
-    /// all routes instead of one per route rule. Default false.
+    /// all routes instead of one per route. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<bool>,
     /// `Local` (each gateway replica counts on its own) or `Global` (all

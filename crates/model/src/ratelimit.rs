@@ -61,8 +61,8 @@ pub struct Limit {
     pub key: Vec<KeyPart>,
     /// The limit applies when any condition matches (empty: always).
     pub when: Vec<Condition>,
-    /// One counter for every route rule carrying this limit, instead of one
-    /// per rule.
+    /// One counter for every route carrying this limit, instead of one per
+    /// route.
     pub shared: bool,
     /// Present for `mode: Global`: where the counters live.
     pub global: Option<Arc<GlobalStore>>,

@@ -104,27 +104,36 @@ const LEASE_DIVISOR: u64 = 8;
 pub const MAX_LEASE: u64 = 1000;
 const SHARDS: usize = 64;
 
-enum Cached {
-    Lease {
-        tokens: u64,
-        /// Room left in Redis after the lease was granted.
-        remaining: u64,
-        rate: usize,
-        until: Instant,
-        reset_at: Instant,
-    },
-    Denied {
-        until: Instant,
-        remaining: u64,
-        rate: usize,
-    },
+/// Quota leased to this replica (already counted in Redis).
+struct Lease {
+    tokens: u64,
+    /// Room left in Redis after the lease was granted.
+    remaining: u64,
+    rate: usize,
+    /// End of the window the lease was counted in.
+    until: Instant,
+    reset_at: Instant,
+}
+
+/// A denial: certain until `until`.
+struct Denial {
+    until: Instant,
+    remaining: u64,
+    rate: usize,
+}
+
+/// What this replica knows for sure about one key.
+#[derive(Default)]
+struct Cached {
+    lease: Option<Lease>,
+    denial: Option<Denial>,
 }
 
 impl Cached {
-    fn expires(&self) -> Instant {
-        match self {
-            Cached::Lease { until, .. } | Cached::Denied { until, .. } => *until,
-        }
+    fn expires(&self) -> Option<Instant> {
+        let lease = self.lease.as_ref().map(|l| l.until);
+        let denial = self.denial.as_ref().map(|d| d.until);
+        lease.max(denial)
     }
 }
 
@@ -214,34 +223,29 @@ impl GlobalCounters {
 
     fn from_cache(&self, key: u64, now: Instant) -> Option<Decision> {
         let mut map = self.shard(key);
-        match map.get_mut(&key)? {
-            Cached::Lease {
-                tokens,
-                remaining,
-                rate,
-                until,
-                reset_at,
-            } if *until > now && *tokens > 0 => {
-                *tokens -= 1;
-                Some(Decision::admit(
-                    *rate,
-                    self.rates[*rate].limit,
-                    *remaining + *tokens,
-                    ms(reset_at.saturating_duration_since(now)),
-                ))
-            }
-            Cached::Denied {
-                until,
-                remaining,
-                rate,
-            } if *until > now => Some(Decision::reject(
-                *rate,
-                self.rates[*rate].limit,
-                *remaining,
-                ms(until.saturating_duration_since(now)).max(1),
-            )),
-            _ => None,
+        let cached = map.get_mut(&key)?;
+        // Leased quota first: it is already paid for, even when a later
+        // request of this replica found Redis exhausted.
+        if let Some(lease) = cached
+            .lease
+            .as_mut()
+            .filter(|l| l.until > now && l.tokens > 0)
+        {
+            lease.tokens -= 1;
+            return Some(Decision::admit(
+                lease.rate,
+                self.rates[lease.rate].limit,
+                lease.remaining + lease.tokens,
+                ms(lease.reset_at.saturating_duration_since(now)),
+            ));
         }
+        let denial = cached.denial.as_ref().filter(|d| d.until > now)?;
+        Some(Decision::reject(
+            denial.rate,
+            self.rates[denial.rate].limit,
+            denial.remaining,
+            ms(denial.until.saturating_duration_since(now)).max(1),
+        ))
     }
 
     /// Turns a script reply into a decision and caches what is certain.
@@ -261,45 +265,34 @@ impl GlobalCounters {
         if map.len() >= self.per_shard && !map.contains_key(&key) {
             evict(&mut map, now, self.per_shard);
         }
+        let cached = map.entry(key).or_default();
         if admitted == 1 {
             let extra = amount.saturating_sub(1);
             let until = now + Duration::from_millis(first_left);
             let reset_at = now + Duration::from_millis(rate_left);
-            let tokens = match map.get(&key) {
-                // A lease from the same window (concurrent requests of this
-                // replica both asked): keep both.
-                Some(Cached::Lease {
-                    tokens, until: u, ..
-                }) if u.saturating_duration_since(until) < Duration::from_millis(20)
-                    && until.saturating_duration_since(*u) < Duration::from_millis(20) =>
-                {
-                    tokens + extra
-                }
-                _ => extra,
+            // Concurrent requests of this replica may each have been
+            // granted a lease for the same window: keep them all.
+            let kept = match &cached.lease {
+                Some(l) if l.until > now && close(l.until, until) => l.tokens,
+                _ => 0,
             };
-            if tokens > 0 {
-                map.insert(
-                    key,
-                    Cached::Lease {
-                        tokens,
-                        remaining,
-                        rate,
-                        until,
-                        reset_at,
-                    },
-                );
-            }
+            let tokens = kept + extra;
+            cached.lease = (tokens > 0).then_some(Lease {
+                tokens,
+                remaining,
+                rate,
+                until,
+                reset_at,
+            });
+            cached.denial = None;
             Some(Decision::admit(rate, limit, remaining + tokens, rate_left))
         } else {
             let retry = amount.max(1);
-            map.insert(
-                key,
-                Cached::Denied {
-                    until: now + Duration::from_millis(retry),
-                    remaining,
-                    rate,
-                },
-            );
+            cached.denial = Some(Denial {
+                until: now + Duration::from_millis(retry),
+                remaining,
+                rate,
+            });
             Some(Decision::reject(rate, limit, remaining, retry))
         }
     }
@@ -312,16 +305,25 @@ impl GlobalCounters {
 }
 
 fn evict(map: &mut HashedKeyMap<Cached>, now: Instant, per_shard: usize) {
-    map.retain(|_, c| c.expires() > now);
+    map.retain(|_, c| c.expires().is_some_and(|e| e > now));
     if map.len() >= per_shard {
         // All still valid: drop those expiring first (the cache is only an
         // optimization; Redis stays the truth).
-        let mut expiries: Vec<Instant> = map.values().map(Cached::expires).collect();
+        let mut expiries: Vec<Instant> = map.values().filter_map(Cached::expires).collect();
+        if expiries.is_empty() {
+            return;
+        }
         let cut = expiries.len() / 4;
-        let (_, threshold, _) = expiries.select_nth_unstable(cut);
-        let threshold = *threshold;
-        map.retain(|_, c| c.expires() > threshold);
+        let threshold = *expiries.select_nth_unstable(cut).1;
+        map.retain(|_, c| c.expires().is_some_and(|e| e > threshold));
     }
+}
+
+/// Two window ends computed from replies of the same window differ only by
+/// the replies' latency.
+fn close(a: Instant, b: Instant) -> bool {
+    a.saturating_duration_since(b) < Duration::from_millis(50)
+        && b.saturating_duration_since(a) < Duration::from_millis(50)
 }
 
 fn ms(d: Duration) -> u64 {

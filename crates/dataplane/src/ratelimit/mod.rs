@@ -219,12 +219,20 @@ impl Limiters {
         if self.states.contains_key(&id) {
             return;
         }
-        // Shared limits count for every rule carrying them; the others
-        // per rule.
+        // Shared limits count for every route carrying them; the others
+        // per route (all rules of a route share its counter; a policy on
+        // one rule only reaches that rule anyway).
         let scope = if limit.shared {
             format!("shared/{}", limit.counter_id)
         } else {
-            format!("{}/{}", rule.id, limit.counter_id)
+            let kind = match rule.id.kind {
+                portcullis_model::RouteKind::Http => "httproute",
+                portcullis_model::RouteKind::Grpc => "grpcroute",
+            };
+            format!(
+                "{kind}/{}/{}/{}",
+                rule.id.namespace, rule.id.name, limit.counter_id
+            )
         };
         let counters_key = format!("{scope}#{}", config.max_tracked_keys);
         let counters = self

@@ -10,7 +10,9 @@
 //! Shape: one multiplexed connection per Redis server, owned by a task.
 //! Callers send encoded commands over a bounded channel and wait on a
 //! oneshot; the task pipelines everything queued into one write and
-//! matches replies in order. When the connection breaks every pending
+//! matches replies in order. Calls made while a connection is being
+//! established wait for it (bounded by the caller's timeout). When the
+//! connection breaks every pending
 //! caller gets an error at once, the task reconnects with backoff (50 ms
 //! doubling to 1 s), and while it is down new calls fail immediately, so no
 //! request ever waits on a dead Redis longer than its policy's timeout. A
@@ -143,11 +145,12 @@ impl RedisClient {
     pub async fn eval_script(&self, keys: &[&[u8]], args: &[&[u8]]) -> Result<Value, RedisError> {
         let numkeys = keys.len().to_string();
         let mut argv: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
-        argv.push(b"EVALSHA");
-        argv.push(match self.script_sha.get() {
-            Some(sha) => sha.as_bytes(),
-            None => return Err(RedisError::Unavailable("not connected")),
-        });
+        // Until the first connection reported the SHA, send the script
+        // itself (EVAL also caches it on the server).
+        match self.script_sha.get() {
+            Some(sha) => argv.extend_from_slice(&[b"EVALSHA", sha.as_bytes()]),
+            None => argv.extend_from_slice(&[b"EVAL", self.script.as_bytes()]),
+        }
         argv.push(numkeys.as_bytes());
         argv.extend_from_slice(keys);
         argv.extend_from_slice(args);
@@ -367,22 +370,20 @@ async fn serve(stream: Box<dyn Stream>, calls: &mut mpsc::Receiver<Call>) -> End
         tokio::select! {
             call = calls.recv() => {
                 let Some(call) = call else {
-                    // Let the replies already asked for arrive? Nobody waits
-                    // for them any more: just stop.
+                    // Every handle is gone: nobody waits for replies.
                     return Ended::Closed;
                 };
                 let now = Instant::now();
-                write_buf.extend_from_slice(&call.command);
-                pending.push_back((now, call.reply));
+                queue(call, now, &mut write_buf, &mut pending);
                 // Everything queued right now goes out in one write.
                 while write_buf.len() < 64 * 1024 {
                     match calls.try_recv() {
-                        Ok(call) => {
-                            write_buf.extend_from_slice(&call.command);
-                            pending.push_back((now, call.reply));
-                        }
+                        Ok(call) => queue(call, now, &mut write_buf, &mut pending),
                         Err(_) => break,
                     }
+                }
+                if write_buf.is_empty() {
+                    continue;
                 }
                 if let Err(e) = writer.write_all(&write_buf).await {
                     return fail(&mut pending, e.to_string());
@@ -412,6 +413,18 @@ async fn serve(stream: Box<dyn Stream>, calls: &mut mpsc::Receiver<Call>) -> End
                 return fail(&mut pending, format!("no reply within {STALL_LIMIT:?}"));
             }
         }
+    }
+}
+
+type Pending = VecDeque<(Instant, oneshot::Sender<Result<Value, RedisError>>)>;
+
+/// Adds a call to the next write, unless its caller already gave up (its
+/// timeout passed while we were connecting: it got its failureMode answer,
+/// so it must not be counted now).
+fn queue(call: Call, now: Instant, write_buf: &mut Vec<u8>, pending: &mut Pending) {
+    if !call.reply.is_closed() {
+        write_buf.extend_from_slice(&call.command);
+        pending.push_back((now, call.reply));
     }
 }
 

@@ -187,7 +187,7 @@ impl GlobalCounters {
         timeout: Duration,
     ) -> GlobalOutcome {
         let now = Instant::now();
-        if let Some(decision) = self.from_cache(key, now) {
+        if let Some(decision) = self.cached_answer(key, now) {
             return GlobalOutcome::Decided(decision);
         }
         let parts = key_parts();
@@ -221,7 +221,7 @@ impl GlobalCounters {
         }
     }
 
-    fn from_cache(&self, key: u64, now: Instant) -> Option<Decision> {
+    fn cached_answer(&self, key: u64, now: Instant) -> Option<Decision> {
         let mut map = self.shard(key);
         let cached = map.get_mut(&key)?;
         // Leased quota first: it is already paid for, even when a later

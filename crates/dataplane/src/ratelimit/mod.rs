@@ -537,7 +537,9 @@ pub async fn enforce<'a>(
         let mut decision = match state.decide(key, req).await {
             Ok(d) => d,
             Err(e) => {
-                unavailable(state, rule, config, &e)?;
+                if let Some(resp) = unavailable(state, rule, config, &e) {
+                    return Err(resp);
+                }
                 continue;
             }
         };
@@ -555,7 +557,9 @@ pub async fn enforce<'a>(
                     Ok(Some(d)) => decision = d,
                     Ok(None) => {}
                     Err(e) => {
-                        unavailable(state, rule, config, &e)?;
+                        if let Some(resp) = unavailable(state, rule, config, &e) {
+                            return Err(resp);
+                        }
                         continue;
                     }
                 }
@@ -594,13 +598,13 @@ pub async fn enforce<'a>(
     }))
 }
 
-/// Redis did not answer: `failureMode` decides.
+/// Redis did not answer: `failureMode` decides. `Some`: reject with it.
 fn unavailable(
     state: &LimitState,
     rule: &Rule,
     config: &RateLimitConfig,
     error: &redis::RedisError,
-) -> Result<(), Response<Body>> {
+) -> Option<Response<Body>> {
     let mode = state
         .store
         .as_ref()
@@ -612,12 +616,11 @@ fn unavailable(
             failure_mode = ?mode, unavailable_total = total,
             "global rate limit could not be checked");
     }
-    if mode == FailureMode::Closed && !config.shadow {
-        return Err(rejection(
+    (mode == FailureMode::Closed && !config.shadow).then(|| {
+        rejection(
             StatusCode::SERVICE_UNAVAILABLE,
             "rate limit service unavailable",
             1000,
-        ));
-    }
-    Ok(())
+        )
+    })
 }

@@ -477,6 +477,34 @@ async fn global_limit_counts_exactly_in_redis() {
 }
 
 #[tokio::test]
+async fn global_rate_boundary_releases_exactly_one_window_of_requests() {
+    let redis = RedisServer::start();
+    let gw = start(&policy(
+        "g",
+        "HTTPRoute/api",
+        &format!(
+            "  global: {{url: \"{}\", timeout: 500ms, failureMode: Closed}}
+  limits:
+    burst:
+      mode: Global
+      rates: [{{limit: 3, window: 1s}}]",
+            redis.url()
+        ),
+    ))
+    .await;
+    let first = statuses(&gw, "/api", &[], 5).await;
+    assert_eq!(first, vec![200, 200, 200, 429, 429]);
+    let rejected = hit(&gw, "/api", &[]).await;
+    // 3 spent in this window: admitted again a third into the next one,
+    // i.e. 1/3 to 4/3 of a second from now.
+    let retry = header(&rejected, "retry-after").expect("Retry-After");
+    assert!(retry == "1" || retry == "2", "Retry-After {retry}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let second = statuses(&gw, "/api", &[], 5).await;
+    assert_eq!(second, vec![200, 200, 200, 429, 429]);
+}
+
+#[tokio::test]
 async fn concurrent_clients_on_one_key_never_over_admit_global() {
     let redis = RedisServer::start();
     let gw = start(&global_policy(

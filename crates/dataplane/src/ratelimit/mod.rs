@@ -624,3 +624,97 @@ fn unavailable(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_model::ratelimit::Rate;
+    use portcullis_model::HeaderNameSer;
+
+    fn limit(key: Vec<KeyPart>) -> Limit {
+        Limit {
+            name: "l".into(),
+            counter_id: "c".into(),
+            rates: vec![Rate {
+                limit: 1,
+                window: Duration::from_secs(1),
+            }],
+            key,
+            when: vec![],
+            shared: false,
+            global: None,
+        }
+    }
+
+    fn info<'a>(headers: &'a HeaderMap, identity: Option<&'a Identity>) -> RequestInfo<'a> {
+        RequestInfo {
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            method: &Method::GET,
+            path: "/p",
+            headers,
+            identity,
+        }
+    }
+
+    #[test]
+    fn consumer_and_claim_keys_come_from_the_verified_identity() {
+        let l = limit(vec![KeyPart::Consumer, KeyPart::Claim("tier".into())]);
+        let headers = HeaderMap::new();
+        let mut claims = serde_json::Map::new();
+        claims.insert("tier".into(), Json::from(3));
+        let alice = Identity {
+            consumer: Some("alice".into()),
+            claims: Some(Arc::new(claims.clone())),
+            ..Identity::default()
+        };
+        let bob = Identity {
+            consumer: Some("bob".into()),
+            claims: Some(Arc::new(claims)),
+            ..Identity::default()
+        };
+        let a = key_hash(&l, &info(&headers, Some(&alice))).expect("keyed");
+        let b = key_hash(&l, &info(&headers, Some(&bob))).expect("keyed");
+        assert_ne!(a, b);
+        assert_eq!(Some(a), key_hash(&l, &info(&headers, Some(&alice))));
+        // Anonymous requests are not counted by consumer-keyed limits.
+        assert_eq!(key_hash(&l, &info(&headers, None)), None);
+        assert_eq!(key_bytes(&l, &info(&headers, Some(&alice))), b"5:alice1:3");
+    }
+
+    #[test]
+    fn key_parts_cannot_be_confused_by_their_boundaries() {
+        let name = |n: &'static str| KeyPart::Header(HeaderNameSer(HeaderName::from_static(n)));
+        let l = limit(vec![name("x-a"), name("x-b")]);
+        let mut one = HeaderMap::new();
+        one.insert("x-a", HeaderValue::from_static("ab"));
+        one.insert("x-b", HeaderValue::from_static("c"));
+        let mut two = HeaderMap::new();
+        two.insert("x-a", HeaderValue::from_static("a"));
+        two.insert("x-b", HeaderValue::from_static("bc"));
+        assert_ne!(
+            key_hash(&l, &info(&one, None)),
+            key_hash(&l, &info(&two, None))
+        );
+        assert_ne!(
+            key_bytes(&l, &info(&one, None)),
+            key_bytes(&l, &info(&two, None))
+        );
+    }
+
+    #[test]
+    fn the_tightest_rate_is_reported() {
+        let mut d = Decision::unlimited();
+        let verdict = |remaining, retry| Verdict {
+            remaining,
+            retry_after_ms: retry,
+            window_left_ms: 500,
+        };
+        d.combine(0, verdict(9, 0), 10);
+        d.combine(1, verdict(3, 0), 100);
+        assert_eq!((d.rate, d.remaining, d.limit), (1, 3, 100));
+        d.combine(2, verdict(0, 700), 5);
+        d.combine(3, verdict(0, 200), 7);
+        assert!(!d.admitted());
+        assert_eq!((d.rate, d.retry_after_ms), (2, 700), "longest wait wins");
+    }
+}

@@ -98,10 +98,11 @@ end
 return {1, grant, min_avail - grant, report, min_left, lefts[report]}
 "#;
 
-/// Share of the room left that one replica may lease (1/LEASE_DIVISOR).
-const LEASE_DIVISOR: u64 = 8;
-/// Largest number of extra requests leased at once.
-pub const MAX_LEASE: u64 = 1000;
+/// Share of the room left that one replica may lease (1/LEASE_DIVISOR), as
+/// the script argument.
+const LEASE_DIVISOR: &[u8] = b"8";
+/// Largest number of extra requests leased at once, as the script argument.
+const MAX_LEASE: &[u8] = b"1000";
 const SHARDS: usize = 64;
 
 /// Quota leased to this replica (already counted in Redis).
@@ -202,9 +203,8 @@ impl GlobalCounters {
             })
             .collect();
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        let divisor = LEASE_DIVISOR.to_string();
-        let max_lease = MAX_LEASE.to_string();
-        let mut args: Vec<&[u8]> = vec![b"1", divisor.as_bytes(), max_lease.as_bytes()];
+        let mut args: Vec<&[u8]> = Vec::with_capacity(3 + 2 * self.rate_args.len());
+        args.extend_from_slice(&[b"1", LEASE_DIVISOR, MAX_LEASE]);
         for (limit, window) in self.rate_args.iter() {
             args.push(limit);
             args.push(window);

@@ -50,14 +50,24 @@ TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=warn "$BIN" run --config-dir "$work/confi
 pids+=($!)
 wait_port "$echo_port"; wait_port "$gw_port"
 
-# One run: prints "<requests/s> <p99 in ms> <non-2xx count>".
+gw_pid=${pids[2]}
+# CPU time (user + system, clock ticks) a process has used.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tick_us=$(awk -v t="$(getconf CLK_TCK)" 'BEGIN{print 1000000 / t}')
+
+# One run: prints "<requests/s> <p99 in ms> <non-2xx count> <gateway CPU
+# µs per request>". CPU per request is the steadier figure on a busy
+# machine: it does not depend on how much CPU the other processes leave us.
 measure() {
-  local out rps p99 bad
+  local out rps p99 bad before after requests
+  before=$(cpu_ticks "$gw_pid")
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "Host: $1.example.com" "http://127.0.0.1:$gw_port/bench")
+  after=$(cpu_ticks "$gw_pid")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  echo "$rps $(to_ms "$p99") ${bad:-0}"
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  echo "$rps $(to_ms "$p99") ${bad:-0} $(awk -v t=$((after - before)) -v u="$tick_us" -v n="$requests" 'BEGIN{printf "%.1f", t * u / n}')"
 }
 to_ms() {
   local v=$1
@@ -75,19 +85,33 @@ done
 
 printf '\nHTTP/1.1 keep-alive, %s connections, %s per run, %s rounds, %s workers\n' \
   "$CONNECTIONS" "$DURATION" "$ROUNDS" "$WORKERS"
-printf '%-6s %14s %8s %14s %8s %14s %8s %12s %12s\n' round 'no limit rps' 'p99 ms' 'local rps' 'p99 ms' 'global rps' 'p99 ms' 'local ratio' 'global ratio'
-local_ratios=(); global_ratios=()
+printf '%-6s %13s %7s %7s %13s %7s %7s %13s %7s %7s %7s %7s\n' round 'no limit rps' 'p99 ms' 'cpu us' \
+  'local rps' 'p99 ms' 'cpu us' 'global rps' 'p99 ms' 'cpu us' 'local' 'global'
+local_ratios=(); global_ratios=(); n_cpus=(); l_cpus=(); g_cpus=()
 for round in $(seq 1 "$ROUNDS"); do
-  read -r n_rps n_p99 n_bad <<<"$(measure none)"
-  read -r l_rps l_p99 l_bad <<<"$(measure local)"
-  read -r g_rps g_p99 g_bad <<<"$(measure global)"
+  # Rotate the order each round so that neither drift in the background
+  # load nor warm-up favours one route.
+  order=(none local global)
+  for ((i = 0; i < (round - 1) % 3; i++)); do order=("${order[@]:1}" "${order[0]}"); done
+  for h in "${order[@]}"; do
+    case $h in
+      none) read -r n_rps n_p99 n_bad n_cpu <<<"$(measure none)" ;;
+      local) read -r l_rps l_p99 l_bad l_cpu <<<"$(measure local)" ;;
+      global) read -r g_rps g_p99 g_bad g_cpu <<<"$(measure global)" ;;
+    esac
+  done
   if [ "$n_bad$l_bad$g_bad" != "000" ]; then
     echo "non-2xx answers (none/local/global): $n_bad/$l_bad/$g_bad" >&2
   fi
   lr=$(awk -v a="$l_rps" -v b="$n_rps" 'BEGIN{printf "%.2f", a/b}')
   gr=$(awk -v a="$g_rps" -v b="$n_rps" 'BEGIN{printf "%.2f", a/b}')
-  local_ratios+=("$lr"); global_ratios+=("$gr")
-  printf '%-6s %14s %8s %14s %8s %14s %8s %12s %12s\n' "$round" "$n_rps" "$n_p99" "$l_rps" "$l_p99" "$g_rps" "$g_p99" "$lr" "$gr"
+  local_ratios+=("$lr"); global_ratios+=("$gr"); n_cpus+=("$n_cpu"); l_cpus+=("$l_cpu"); g_cpus+=("$g_cpu")
+  printf '%-6s %13s %7s %7s %13s %7s %7s %13s %7s %7s %7s %7s\n' "$round" "$n_rps" "$n_p99" "$n_cpu" \
+    "$l_rps" "$l_p99" "$l_cpu" "$g_rps" "$g_p99" "$g_cpu" "$lr" "$gr"
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo "median throughput ratio to no limit: local $(median "${local_ratios[@]}"), global $(median "${global_ratios[@]}")"
+nc=$(median "${n_cpus[@]}"); lc=$(median "${l_cpus[@]}"); gc=$(median "${g_cpus[@]}")
+echo "median gateway CPU per request: no limit ${nc} us, local ${lc} us, global ${gc} us;" \
+  "throughput at equal CPU: local $(awk -v a="$nc" -v b="$lc" 'BEGIN{printf "%.2f", a/b}'), global $(awk -v a="$nc" -v b="$gc" 'BEGIN{printf "%.2f", a/b}')"
+echo "redis CPU over the whole run: $(awk -v t="$(cpu_ticks "${pids[0]}")" -v u="$tick_us" 'BEGIN{printf "%.2f", t * u / 1000000}') s"

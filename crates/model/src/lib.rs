@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod backend_policy;
 mod pattern;
 mod serde_helpers;
 
@@ -272,6 +273,9 @@ pub struct Rule {
     /// without usable backends).
     pub backends: Vec<WeightedBackend>,
     pub timeouts: Timeouts,
+    /// Retries of this rule (HTTPRoute `retry`, or a BackendPolicy attached
+    /// to the route or rule); `None` falls back to the backend's.
+    pub retry: Option<Arc<backend_policy::RetryPolicy>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -372,6 +376,10 @@ pub struct Backend {
     pub protocol: AppProtocol,
     /// Ready endpoints only. Empty means 503.
     pub endpoints: Vec<SocketAddr>,
+    /// From a BackendPolicy attached to the Service; the defaults without
+    /// one. Backends with equal names and settings share data-plane state
+    /// (load balancer, breakers, health) across tables.
+    pub settings: Arc<backend_policy::BackendSettings>,
 }
 
 /// How the gateway talks to a backend (from the Service port `appProtocol`).

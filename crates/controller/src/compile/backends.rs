@@ -109,6 +109,7 @@ pub(crate) fn resolve(
         name: format!("{key}:{port}"),
         protocol,
         endpoints: ready_endpoints(index, &key, service_port),
+        settings: Default::default(),
     }))
 }
 

@@ -19,3 +19,4 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 pub use backend_policy::{BackendPolicy, BackendPolicySpec};
 pub use parameters::{GatewayParameters, GatewayParametersSpec};
+pub use policy::PolicyKind;

@@ -148,6 +148,14 @@ async fn route_and_forward(
             ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("{host}{path}"))
         })?;
     let rule = route.rule.clone();
+    if let Some(reason) = &rule.policies.invalid {
+        // Fail closed: the policies may be what protects this backend.
+        return Err(ProxyError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the policies of this route are invalid",
+            format!("{}: {reason}", rule.id),
+        ));
+    }
     // Borrowed from `state`, which this request holds to the end.
     let matched = &route.matcher.path;
 
@@ -204,7 +212,10 @@ async fn route_and_forward(
     let protocol = upstream_protocol(&rule, &target);
     let upgrade = is_upgrade(&req) && protocol != AppProtocol::H2c;
     let upstream_req = build_upstream_request(req, &ctx, conn, protocol, &state)?;
-    let retry = rule.retry.as_deref().or(target.settings.retry.as_ref());
+    let route_policy = rule.policies.backend.as_deref();
+    let retry = route_policy
+        .and_then(|p| p.retry.as_ref())
+        .or(target.settings.retry.as_ref());
     let attempts = resilience::retry::Attempts {
         backend: backend_state,
         protocol,
@@ -218,7 +229,11 @@ async fn route_and_forward(
         upgrade,
     };
     let forward = forward(attempts, upstream_req, &rule);
-    let request_timeout = rule.timeouts.request.or(target.settings.request_timeout);
+    let request_timeout = rule
+        .timeouts
+        .request
+        .or(route_policy.and_then(|p| p.request_timeout))
+        .or(target.settings.request_timeout);
     let mut resp = match request_timeout {
         Some(limit) => tokio::time::timeout(limit, forward).await.map_err(|_| {
             ProxyError::new(

@@ -3,8 +3,8 @@
 //!
 //! Two places carry them: [`BackendSettings`] on a [`crate::Backend`]
 //! (Service-attached: everything that acts on the Service's endpoints) and
-//! [`RetryPolicy`] plus [`crate::Timeouts`] on a [`crate::Rule`]
-//! (request-level settings a route may set for itself).
+//! [`RouteBackendPolicy`] in a [`crate::Rule`]'s policies (request-level
+//! settings a route may set for itself).
 
 use std::time::Duration;
 
@@ -53,6 +53,15 @@ impl Default for BackendSettings {
             max_idle_per_endpoint: None,
         }
     }
+}
+
+/// Request-level settings of a BackendPolicy attached to a route or rule.
+/// An HTTPRoute's own `timeouts` win over them; they win over the
+/// Service's [`BackendSettings`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct RouteBackendPolicy {
+    pub request_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
 }
 
 /// Which failures a retry answers.

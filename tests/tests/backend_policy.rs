@@ -93,13 +93,22 @@ async fn serve(listener: TcpListener, e: Arc<Endpoint>) {
                 let e = e.clone();
                 async move {
                     if req.uri().path() == "/healthz" {
-                        let status = if e.healthy.load(Ordering::SeqCst) { 200 } else { 503 };
+                        let status = if e.healthy.load(Ordering::SeqCst) {
+                            200
+                        } else {
+                            503
+                        };
                         let mut r = Response::new(Full::new(Bytes::from_static(b"health")));
                         *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
                         return Ok(r);
                     }
                     e.hits.fetch_add(1, Ordering::SeqCst);
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
                     e.bodies.lock().expect("lock").push(body);
                     let status = match e.mode.load(Ordering::SeqCst) {
                         1 => 500,
@@ -191,7 +200,12 @@ async fn request(gw: &TestGateway, method: &str, headers: &[(&str, &str)], body:
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    send(&http1_client(), b.body(Full::new(Bytes::from(body.to_string()))).expect("request")).await
+    send(
+        &http1_client(),
+        b.body(Full::new(Bytes::from(body.to_string())))
+            .expect("request"),
+    )
+    .await
 }
 
 fn who(a: &Answer) -> String {
@@ -224,7 +238,11 @@ async fn gateway_errors_are_retried_on_another_endpoint() {
         assert_eq!((a.status.as_u16(), who(&a)), (200, "good".to_string()));
     }
     // Round robin sent about half the first attempts to the bad endpoint.
-    assert!(eps[0].hits() >= 3, "bad endpoint tried {} times", eps[0].hits());
+    assert!(
+        eps[0].hits() >= 3,
+        "bad endpoint tried {} times",
+        eps[0].hits()
+    );
 }
 
 #[tokio::test]
@@ -244,20 +262,28 @@ async fn attempts_bound_retries_and_the_last_answer_is_relayed() {
     assert_eq!(a.status, 500);
     assert_eq!(eps[0].hits(), 8);
     let bodies = eps[0].bodies.lock().expect("lock").clone();
-    assert!(bodies[4..].iter().all(|b| &b[..] == b"payload"), "{bodies:?}");
+    assert!(
+        bodies[4..].iter().all(|b| &b[..] == b"payload"),
+        "{bodies:?}"
+    );
 }
 
 #[tokio::test]
 async fn non_idempotent_requests_are_not_retried_unless_allowed() {
     let eps = fleet(1, &["bad"]).await;
     eps[0].set(Mode::Status500);
-    let yaml = config(&[&eps[0]], &service_policy("    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}}"));
+    let yaml = config(
+        &[&eps[0]],
+        &service_policy("    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}}"),
+    );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     assert_eq!(request(&gw, "POST", &[], "x").await.status, 500);
     assert_eq!(eps[0].hits(), 1, "POST must not be retried");
     gw.reconfigure(&config(
         &[&eps[0]],
-        &service_policy("    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}, retryNonIdempotent: true}"),
+        &service_policy(
+            "    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}, retryNonIdempotent: true}",
+        ),
     ))
     .await;
     assert_eq!(request(&gw, "POST", &[], "x").await.status, 500);
@@ -270,13 +296,19 @@ async fn bodies_over_the_buffer_limit_are_not_retried() {
     eps[0].set(Mode::Status500);
     let yaml = config(
         &[&eps[0]],
-        &service_policy("    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}, maxBodyBytes: 16}"),
+        &service_policy(
+            "    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}, maxBodyBytes: 16}",
+        ),
     );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     let long = "x".repeat(100);
     assert_eq!(request(&gw, "PUT", &[], &long).await.status, 500);
     assert_eq!(eps[0].hits(), 1);
-    assert_eq!(eps[0].bodies.lock().expect("lock")[0].len(), 100, "the body still arrives whole");
+    assert_eq!(
+        eps[0].bodies.lock().expect("lock")[0].len(),
+        100,
+        "the body still arrives whole"
+    );
 }
 
 #[tokio::test]
@@ -286,7 +318,9 @@ async fn resets_and_connect_failures_are_retried() {
     // A third endpoint where nothing listens: connect failures.
     let yaml = config(
         &[&eps[0], &eps[1]],
-        &service_policy("    retry: {on: [reset, connect-failure], attempts: 2, backoff: {base: 1ms}}"),
+        &service_policy(
+            "    retry: {on: [reset, connect-failure], attempts: 2, backoff: {base: 1ms}}",
+        ),
     )
     .replace(
         "\n- addresses: [\"127.0.0.3\"]",
@@ -346,16 +380,29 @@ async fn over_max_requests_is_503_at_once_with_a_reason() {
     let mut hanging = Vec::new();
     for _ in 0..2 {
         let gw = gw.clone();
-        hanging.push(tokio::spawn(async move { request(&gw, "GET", &[], "").await.status }));
+        hanging.push(tokio::spawn(async move {
+            request(&gw, "GET", &[], "").await.status
+        }));
     }
-    eventually("two requests in flight", Duration::from_secs(5), async || eps[0].hits() == 2).await;
+    eventually(
+        "two requests in flight",
+        Duration::from_secs(5),
+        async || eps[0].hits() == 2,
+    )
+    .await;
     let a = request(&gw, "GET", &[], "").await;
     assert_eq!(a.status, 503);
     assert_eq!(
-        a.headers.get("x-portcullis-overloaded").and_then(|v| v.to_str().ok()),
+        a.headers
+            .get("x-portcullis-overloaded")
+            .and_then(|v| v.to_str().ok()),
         Some("max-requests")
     );
-    assert_eq!(eps[0].hits(), 2, "the refused request never reached the backend");
+    assert_eq!(
+        eps[0].hits(),
+        2,
+        "the refused request never reached the backend"
+    );
     for h in hanging {
         assert_eq!(h.await.expect("join"), 504);
     }
@@ -377,11 +424,18 @@ async fn max_connections_with_no_pending_room_is_503() {
     let gw = Arc::new(TestGateway::start(&yaml, &["HTTP_PORT"]).await);
     let g = gw.clone();
     let first = tokio::spawn(async move { request(&g, "GET", &[], "").await.status });
-    eventually("one request in flight", Duration::from_secs(5), async || eps[0].hits() == 1).await;
+    eventually(
+        "one request in flight",
+        Duration::from_secs(5),
+        async || eps[0].hits() == 1,
+    )
+    .await;
     let a = request(&gw, "GET", &[], "").await;
     assert_eq!(a.status, 503);
     assert_eq!(
-        a.headers.get("x-portcullis-overloaded").and_then(|v| v.to_str().ok()),
+        a.headers
+            .get("x-portcullis-overloaded")
+            .and_then(|v| v.to_str().ok()),
         Some("max-pending")
     );
     assert_eq!(first.await.expect("join"), 504);
@@ -410,9 +464,11 @@ async fn outliers_are_ejected_and_come_back() {
     assert_eq!(eps[0].hits(), 2, "ejected: no traffic");
     // Fixed, and the ejection (1 s) over: it gets traffic again.
     eps[0].set(Mode::Ok);
-    eventually("ejected endpoint back", Duration::from_secs(10), async || {
-        who(&request(&gw, "GET", &[], "").await) == "flaky"
-    })
+    eventually(
+        "ejected endpoint back",
+        Duration::from_secs(10),
+        async || who(&request(&gw, "GET", &[], "").await) == "flaky",
+    )
     .await;
 }
 
@@ -448,18 +504,24 @@ async fn active_health_checks_take_endpoints_out_and_back() {
     );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     eps[0].healthy.store(false, Ordering::SeqCst);
-    eventually("unhealthy endpoint out", Duration::from_secs(10), async || {
-        let before = eps[0].hits();
-        for _ in 0..6 {
-            request(&gw, "GET", &[], "").await;
-        }
-        eps[0].hits() == before
-    })
+    eventually(
+        "unhealthy endpoint out",
+        Duration::from_secs(10),
+        async || {
+            let before = eps[0].hits();
+            for _ in 0..6 {
+                request(&gw, "GET", &[], "").await;
+            }
+            eps[0].hits() == before
+        },
+    )
     .await;
     eps[0].healthy.store(true, Ordering::SeqCst);
-    eventually("healthy endpoint back", Duration::from_secs(10), async || {
-        who(&request(&gw, "GET", &[], "").await) == "a"
-    })
+    eventually(
+        "healthy endpoint back",
+        Duration::from_secs(10),
+        async || who(&request(&gw, "GET", &[], "").await) == "a",
+    )
     .await;
     // Health checks removed: their tasks stop and every endpoint serves.
     eps[1].healthy.store(false, Ordering::SeqCst);
@@ -498,10 +560,16 @@ async fn tcp_health_checks_take_dead_endpoints_out() {
 }
 
 /// Requests per endpoint name over `n` sequential requests.
-async fn distribution(gw: &TestGateway, n: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
+async fn distribution(
+    gw: &TestGateway,
+    n: usize,
+    headers: &[(&str, &str)],
+) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for _ in 0..n {
-        *counts.entry(who(&request(gw, "GET", headers, "").await)).or_insert(0) += 1;
+        *counts
+            .entry(who(&request(gw, "GET", headers, "").await))
+            .or_insert(0) += 1;
     }
     counts
 }
@@ -510,10 +578,25 @@ async fn distribution(gw: &TestGateway, n: usize, headers: &[(&str, &str)]) -> H
 async fn round_robin_and_random_spread_requests() {
     let eps = fleet(3, &["a", "b", "c"]).await;
     let all = [&eps[0], &eps[1], &eps[2]];
-    let gw = TestGateway::start(&config(&all, &service_policy("    loadBalancer: {type: RoundRobin}")), &["HTTP_PORT"]).await;
+    let gw = TestGateway::start(
+        &config(
+            &all,
+            &service_policy("    loadBalancer: {type: RoundRobin}"),
+        ),
+        &["HTTP_PORT"],
+    )
+    .await;
     let rr = distribution(&gw, 30, &[]).await;
-    assert_eq!(rr.values().copied().collect::<Vec<_>>(), vec![10, 10, 10], "{rr:?}");
-    gw.reconfigure(&config(&all, &service_policy("    loadBalancer: {type: Random}"))).await;
+    assert_eq!(
+        rr.values().copied().collect::<Vec<_>>(),
+        vec![10, 10, 10],
+        "{rr:?}"
+    );
+    gw.reconfigure(&config(
+        &all,
+        &service_policy("    loadBalancer: {type: Random}"),
+    ))
+    .await;
     let random = distribution(&gw, 300, &[]).await;
     assert_eq!(random.len(), 3, "{random:?}");
     // Expected 100 each; 40..160 holds with overwhelming probability.
@@ -524,7 +607,10 @@ async fn round_robin_and_random_spread_requests() {
 async fn least_request_prefers_the_endpoint_with_fewer_in_flight() {
     let eps = fleet(2, &["slow", "fast"]).await;
     eps[0].set(Mode::Slow);
-    let yaml = config(&[&eps[0], &eps[1]], &service_policy("    loadBalancer: {type: LeastRequest}"));
+    let yaml = config(
+        &[&eps[0], &eps[1]],
+        &service_policy("    loadBalancer: {type: LeastRequest}"),
+    );
     let gw = Arc::new(TestGateway::start(&yaml, &["HTTP_PORT"]).await);
     // 8 concurrent clients, 10 requests each: the slow endpoint keeps
     // requests in flight, so two-choice sampling mostly avoids it.
@@ -552,14 +638,24 @@ async fn least_request_prefers_the_endpoint_with_fewer_in_flight() {
 #[tokio::test]
 async fn consistent_hash_keeps_keys_when_an_unrelated_endpoint_leaves() {
     let eps = fleet(3, &["a", "b", "c"]).await;
-    let policy = service_policy("    loadBalancer: {type: ConsistentHash, consistentHash: {header: x-user}}");
-    let gw = TestGateway::start(&config(&[&eps[0], &eps[1], &eps[2]], &policy), &["HTTP_PORT"]).await;
+    let policy = service_policy(
+        "    loadBalancer: {type: ConsistentHash, consistentHash: {header: x-user}}",
+    );
+    let gw = TestGateway::start(
+        &config(&[&eps[0], &eps[1], &eps[2]], &policy),
+        &["HTTP_PORT"],
+    )
+    .await;
     let users: Vec<String> = (0..40).map(|i| format!("user-{i}")).collect();
     let mut owner = HashMap::new();
     for u in &users {
         let first = who(&request(&gw, "GET", &[("x-user", u)], "").await);
         for _ in 0..2 {
-            assert_eq!(who(&request(&gw, "GET", &[("x-user", u)], "").await), first, "{u} moved");
+            assert_eq!(
+                who(&request(&gw, "GET", &[("x-user", u)], "").await),
+                first,
+                "{u} moved"
+            );
         }
         owner.insert(u.clone(), first);
     }
@@ -592,12 +688,18 @@ async fn session_cookie_sticks_to_one_endpoint() {
         .and_then(|v| v.to_str().ok())
         .expect("session cookie set")
         .to_string();
-    assert!(set_cookie.starts_with("sticky=") && set_cookie.contains("Max-Age=3600"), "{set_cookie}");
+    assert!(
+        set_cookie.starts_with("sticky=") && set_cookie.contains("Max-Age=3600"),
+        "{set_cookie}"
+    );
     let cookie = set_cookie.split(';').next().expect("pair").to_string();
     for _ in 0..9 {
         let a = request(&gw, "GET", &[("cookie", &cookie)], "").await;
         assert_eq!(who(&a), who(&first));
-        assert!(a.headers.get("set-cookie").is_none(), "cookie already right");
+        assert!(
+            a.headers.get("set-cookie").is_none(),
+            "cookie already right"
+        );
     }
     // Without the cookie, round robin goes on.
     let others = distribution(&gw, 3, &[]).await;
@@ -608,7 +710,10 @@ async fn session_cookie_sticks_to_one_endpoint() {
 async fn policy_request_timeout_ends_hanging_requests() {
     let eps = fleet(1, &["hang"]).await;
     eps[0].set(Mode::Hang);
-    let yaml = config(&[&eps[0]], &service_policy("    timeouts: {request: 300ms}"));
+    let yaml = config(
+        &[&eps[0]],
+        &service_policy("    timeouts: {request: 300ms}"),
+    );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     // The backend would hang for 30 s; the client's own limit is 10 s.
     assert_eq!(request(&gw, "GET", &[], "").await.status, 504);

@@ -16,7 +16,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Merge, PolicyStatus, PolicyTargetReference};
+use crate::policy::{Merge, PolicyEnvelope, PolicyStatus};
 
 /// Backend resilience and load balancing for the targeted Services and
 /// routes.
@@ -34,15 +34,14 @@ use crate::policy::{Merge, PolicyStatus, PolicyTargetReference};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackendPolicySpec {
-    /// What the policy applies to: Services (group `""`, kind `Service`),
-    /// HTTPRoutes, or one rule of an HTTPRoute (`sectionName`).
-    pub target_refs: Vec<PolicyTargetReference>,
-    /// Settings that more specific policies may change.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub defaults: Option<BackendPolicyRules>,
-    /// Settings that more specific policies may not change.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overrides: Option<BackendPolicyRules>,
+    /// `targetRefs`: Services (group `""`, kind `Service`, optionally a
+    /// port name as `sectionName`), HTTPRoutes or GRPCRoutes (optionally a
+    /// rule name); `defaults` and `overrides`.
+    #[serde(flatten)]
+    pub envelope: PolicyEnvelope<BackendPolicyRules>,
+    /// Rules at the top level of `spec`: shorthand for `defaults`.
+    #[serde(flatten)]
+    pub rules: BackendPolicyRules,
 }
 
 /// Every part is optional: an unset part is taken from a lower-priority
@@ -184,7 +183,11 @@ pub struct CircuitBreakerSpec {
 pub struct OutlierDetectionSpec {
     /// Consecutive 5xx answers (or broken connections) that eject an
     /// endpoint (default 5; 0 disables).
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "consecutive5xx")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "consecutive5xx"
+    )]
     pub consecutive_5xx: Option<u32>,
     /// Consecutive 502/503/504 answers, connect failures and resets that
     /// eject an endpoint (default 0: disabled).
@@ -402,7 +405,8 @@ mod tests {
             }
         }))
         .expect("valid spec");
-        let d = spec.defaults.expect("defaults");
+        assert_eq!(spec.envelope.target_refs[0].kind, "Service");
+        let d = spec.envelope.defaults.expect("defaults");
         let retry = d.retry.expect("retry");
         assert_eq!(
             retry.on,
@@ -410,13 +414,26 @@ mod tests {
         );
         assert_eq!(d.outlier_detection.and_then(|o| o.consecutive_5xx), Some(3));
         assert_eq!(
-            d.load_balancer.and_then(|l| l.consistent_hash).and_then(|c| c.source_ip),
+            d.load_balancer
+                .and_then(|l| l.consistent_hash)
+                .and_then(|c| c.source_ip),
             Some(true)
         );
         assert_eq!(
             d.connection.and_then(|c| c.http_version),
             Some(UpstreamHttpVersion::Http2)
         );
+    }
+
+    #[test]
+    fn top_level_rules_are_read_as_shorthand() {
+        let spec: BackendPolicySpec = serde_json::from_value(serde_json::json!({
+            "targetRefs": [{"group": "", "kind": "Service", "name": "api"}],
+            "retry": {"attempts": 1}
+        }))
+        .expect("valid spec");
+        assert_eq!(spec.rules.retry.and_then(|r| r.attempts), Some(1));
+        assert!(spec.envelope.defaults.is_none());
     }
 
     #[test]

@@ -41,7 +41,10 @@ pub enum Balancer {
     RoundRobin(Arc<AtomicUsize>),
     LeastRequest,
     Random,
-    ConsistentHash { key: HashKey, ring: Ring },
+    ConsistentHash {
+        key: HashKey,
+        ring: Ring,
+    },
 }
 
 impl Balancer {
@@ -105,7 +108,12 @@ impl Balancer {
             Balancer::LeastRequest => slow_start(endpoints, now, &mut rand::rng(), || {
                 let mut rng = rand::rng();
                 let a = scan_from(endpoints, rng.random_range(0..n), ok)?;
-                let b = scan_from(endpoints, rng.random_range(0..n), ok)?;
+                // Two distinct candidates: with replacement, a backend of two
+                // endpoints would compare an endpoint with itself half the time.
+                let b = match n {
+                    1 => a,
+                    _ => scan_from(endpoints, (a + rng.random_range(1..n)) % n, ok)?,
+                };
                 let load = |i: usize| endpoints[i].active_requests();
                 Some(if load(b) < load(a) { b } else { a })
             }),

@@ -19,8 +19,8 @@ use crate::body::{self, Body};
 use crate::filters::{self, RedirectInput};
 use crate::mirror::TeeBody;
 use crate::normalize::normalize_path;
-use crate::router::{canonical_host, RequestParts};
 use crate::resilience;
+use crate::router::{canonical_host, RequestParts};
 use crate::state::Shared;
 use crate::upstream::Overloaded;
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis_model::RouteTable;
 
-use crate::router::PortRoutes;
 use crate::resilience::Backends;
+use crate::router::PortRoutes;
 use crate::upstream::Upstreams;
 
 /// A `RouteTable` plus the indexes and TLS configs derived from it, built

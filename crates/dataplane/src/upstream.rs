@@ -46,10 +46,6 @@ impl Upstreams {
         }
     }
 
-    pub fn client(&self, protocol: AppProtocol) -> &UpstreamClient {
-        self.default.client(protocol)
-    }
-
     pub fn default_pair(&self) -> &ClientPair {
         &self.default
     }
@@ -194,13 +190,6 @@ impl ConnectionLimit {
             Ok(Ok(p)) => Ok(Some(p)),
             _ => Err(Overloaded::MaxConnections),
         }
-    }
-
-    /// Connections open now (for tests and metrics); `None` when unlimited.
-    pub fn open(&self, max: u32) -> Option<u32> {
-        self.permits
-            .as_ref()
-            .map(|p| max.saturating_sub(p.available_permits() as u32))
     }
 }
 

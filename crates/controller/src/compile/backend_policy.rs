@@ -44,7 +44,10 @@ impl PolicyCompiler for BackendPolicyCompiler {
     type Resolved = BackendPolicyRules;
     type Output = RouteBackendPolicy;
 
-    fn resolve(rules: &BackendPolicyRules, ctx: &PolicyContext<'_>) -> Result<Self::Resolved, String> {
+    fn resolve(
+        rules: &BackendPolicyRules,
+        ctx: &PolicyContext<'_>,
+    ) -> Result<Self::Resolved, String> {
         settings(rules)?;
         if targets_a_route(ctx) {
             route_level_only(rules)?;
@@ -60,7 +63,10 @@ impl PolicyCompiler for BackendPolicyCompiler {
         Ok(RouteBackendPolicy {
             request_timeout: duration(
                 "timeouts.request",
-                effective.timeouts.as_ref().and_then(|t| t.request.as_deref()),
+                effective
+                    .timeouts
+                    .as_ref()
+                    .and_then(|t| t.request.as_deref()),
             )?,
             retry: effective.retry.as_ref().map(retry).transpose()?,
         })
@@ -72,17 +78,27 @@ impl PolicyCompiler for BackendPolicyCompiler {
 }
 
 /// Does the policy being resolved target an HTTPRoute or GRPCRoute? (The
-/// context names the policy; its targets are read from the snapshot.)
+/// context names the policy, `BackendPolicy namespace/name`; its targets
+/// are read from the snapshot.)
 fn targets_a_route(ctx: &PolicyContext<'_>) -> bool {
     let kind = PolicyKind::BackendPolicy;
+    let key = ctx
+        .policy
+        .strip_prefix(kind.as_str())
+        .map(str::trim_start)
+        .and_then(|k| k.split_once('/'))
+        .map(|(ns, name)| ObjectKey::new(ns, name));
+    let Some(key) = key else {
+        return false;
+    };
     ctx.index
         .snapshot
         .policies
         .get(&kind)
+        .and_then(|policies| policies.get(&key))
+        .and_then(|p| p.spec.get("targetRefs"))
+        .and_then(|t| t.as_array())
         .into_iter()
-        .flatten()
-        .filter(|(key, _)| format!("{kind} {key}") == ctx.policy)
-        .flat_map(|(_, p)| p.spec.get("targetRefs").and_then(|t| t.as_array()))
         .flatten()
         .any(|t| {
             matches!(
@@ -95,31 +111,39 @@ fn targets_a_route(ctx: &PolicyContext<'_>) -> bool {
 /// Routes may set `timeouts.request` and `retry` only.
 fn route_level_only(effective: &BackendPolicyRules) -> Result<(), String> {
     let endpoint_level = [
-            ("circuitBreaker", effective.circuit_breaker.is_some()),
-            ("outlierDetection", effective.outlier_detection.is_some()),
-            ("healthCheck", effective.health_check.is_some()),
-            ("loadBalancer", effective.load_balancer.is_some()),
-            ("connection", effective.connection.is_some()),
-            (
-                "timeouts.connect",
-                effective.timeouts.as_ref().is_some_and(|t| t.connect.is_some()),
-            ),
-            (
-                "timeouts.idle",
-                effective.timeouts.as_ref().is_some_and(|t| t.idle.is_some()),
-            ),
-        ];
-        if let Some((name, _)) = endpoint_level.iter().find(|(_, set)| *set) {
-            return Err(format!(
+        ("circuitBreaker", effective.circuit_breaker.is_some()),
+        ("outlierDetection", effective.outlier_detection.is_some()),
+        ("healthCheck", effective.health_check.is_some()),
+        ("loadBalancer", effective.load_balancer.is_some()),
+        ("connection", effective.connection.is_some()),
+        (
+            "timeouts.connect",
+            effective
+                .timeouts
+                .as_ref()
+                .is_some_and(|t| t.connect.is_some()),
+        ),
+        (
+            "timeouts.idle",
+            effective
+                .timeouts
+                .as_ref()
+                .is_some_and(|t| t.idle.is_some()),
+        ),
+    ];
+    if let Some((name, _)) = endpoint_level.iter().find(|(_, set)| *set) {
+        return Err(format!(
                 "{name} acts on a Service's endpoints: put it in a BackendPolicy that targets the Service (a policy that targets routes may set timeouts.request and retry only)"
             ));
-        }
+    }
     Ok(())
 }
 
 /// Settings of every Service port some BackendPolicy targets, keyed by
 /// Service and port number, for `backends::resolve`.
-pub(crate) fn service_settings(index: &Index<'_>) -> HashMap<(ObjectKey, i32), Arc<BackendSettings>> {
+pub(crate) fn service_settings(
+    index: &Index<'_>,
+) -> HashMap<(ObjectKey, i32), Arc<BackendSettings>> {
     let mut out = HashMap::new();
     let policies = index.snapshot.policies.get(&PolicyKind::BackendPolicy);
     let targeted: HashSet<ObjectKey> = policies
@@ -199,24 +223,14 @@ pub(crate) fn settings(rules: &BackendPolicyRules) -> Result<BackendSettings, St
         };
         s.circuit_breaker = CircuitBreaker {
             max_connections: limit("maxConnections", cb.max_connections)?,
-            max_pending_requests: match cb.max_pending_requests {
-                // Zero pending is meaningful: refuse at once when all
-                // connections are busy.
-                Some(n) => n,
-                None => u32::MAX,
-            },
+            // Zero pending is meaningful: refuse at once when all
+            // connections are busy; so is zero retries.
+            max_pending_requests: cb.max_pending_requests.unwrap_or(u32::MAX),
             max_requests: limit("maxRequests", cb.max_requests)?,
-            max_retries: match cb.max_retries {
-                Some(n) => n,
-                None => u32::MAX,
-            },
+            max_retries: cb.max_retries.unwrap_or(u32::MAX),
         };
     }
-    s.outlier_detection = rules
-        .outlier_detection
-        .as_ref()
-        .map(outlier)
-        .transpose()?;
+    s.outlier_detection = rules.outlier_detection.as_ref().map(outlier).transpose()?;
     s.health_check = rules.health_check.as_ref().map(health).transpose()?;
     if let Some(lb) = &rules.load_balancer {
         s.load_balancer = load_balancer(lb)?;
@@ -305,11 +319,17 @@ fn retry(r: &RetrySpec) -> Result<RetryPolicy, String> {
 }
 
 fn outlier(o: &OutlierDetectionSpec) -> Result<OutlierDetection, String> {
-    let base = duration("outlierDetection.baseEjectionTime", o.base_ejection_time.as_deref())?
-        .unwrap_or(Duration::from_secs(30));
-    let max = duration("outlierDetection.maxEjectionTime", o.max_ejection_time.as_deref())?
-        .unwrap_or(Duration::from_secs(300))
-        .max(base);
+    let base = duration(
+        "outlierDetection.baseEjectionTime",
+        o.base_ejection_time.as_deref(),
+    )?
+    .unwrap_or(Duration::from_secs(30));
+    let max = duration(
+        "outlierDetection.maxEjectionTime",
+        o.max_ejection_time.as_deref(),
+    )?
+    .unwrap_or(Duration::from_secs(300))
+    .max(base);
     let pct = o.max_ejection_percent.unwrap_or(10);
     if pct > 100 {
         return Err(format!(
@@ -349,13 +369,21 @@ fn health(h: &HealthCheckSpec) -> Result<HealthCheck, String> {
         (None, Some(_)) => HealthCheckKind::Tcp,
         (Some(http), None) => {
             let path = http.path.clone().unwrap_or_else(|| "/".to_string());
-            if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            if !path.starts_with('/')
+                || path
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
                 return Err(format!(
                     "healthCheck.http.path {path:?} must start with / and contain no spaces or control characters"
                 ));
             }
             if let Some(host) = &http.host {
-                if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+                if host.is_empty()
+                    || host
+                        .bytes()
+                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                {
                     return Err(format!("healthCheck.http.host {host:?} is not a host name"));
                 }
             }
@@ -388,7 +416,9 @@ fn health(h: &HealthCheckSpec) -> Result<HealthCheck, String> {
 
 /// `204` or `200-299`.
 fn status_range(s: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("healthCheck.http.expectedStatuses: {s:?} is not a status or a range like 200-299");
+    let bad = || {
+        format!("healthCheck.http.expectedStatuses: {s:?} is not a status or a range like 200-299")
+    };
     let code = |v: &str| {
         v.trim()
             .parse::<u16>()
@@ -468,7 +498,10 @@ fn load_balancer(lb: &LoadBalancerSpec) -> Result<LoadBalancer, String> {
     Ok(LoadBalancer {
         algorithm,
         session_cookie,
-        slow_start_window: duration("loadBalancer.slowStartWindow", lb.slow_start_window.as_deref())?,
+        slow_start_window: duration(
+            "loadBalancer.slowStartWindow",
+            lb.slow_start_window.as_deref(),
+        )?,
     })
 }
 
@@ -523,16 +556,40 @@ mod tests {
     #[test]
     fn mistakes_get_messages_that_name_the_field() {
         let cases = [
-            (serde_json::json!({"timeouts": {"connect": "soon"}}), "timeouts.connect"),
+            (
+                serde_json::json!({"timeouts": {"connect": "soon"}}),
+                "timeouts.connect",
+            ),
             (serde_json::json!({"retry": {"codes": [42]}}), "retry.codes"),
-            (serde_json::json!({"retry": {"backoff": {"base": "1s", "max": "10ms"}}}), "retry.backoff.max"),
-            (serde_json::json!({"circuitBreaker": {"maxRequests": 0}}), "circuitBreaker.maxRequests"),
+            (
+                serde_json::json!({"retry": {"backoff": {"base": "1s", "max": "10ms"}}}),
+                "retry.backoff.max",
+            ),
+            (
+                serde_json::json!({"circuitBreaker": {"maxRequests": 0}}),
+                "circuitBreaker.maxRequests",
+            ),
             (serde_json::json!({"healthCheck": {}}), "healthCheck"),
-            (serde_json::json!({"healthCheck": {"http": {"expectedStatuses": ["300-200"]}}}), "expectedStatuses"),
-            (serde_json::json!({"loadBalancer": {"type": "ConsistentHash"}}), "consistentHash"),
-            (serde_json::json!({"loadBalancer": {"type": "ConsistentHash", "consistentHash": {"header": "x", "sourceIP": true}}}), "exactly one"),
-            (serde_json::json!({"loadBalancer": {"sessionPersistence": {"cookieName": "a b"}}}), "cookieName"),
-            (serde_json::json!({"outlierDetection": {"maxEjectionPercent": 150}}), "maxEjectionPercent"),
+            (
+                serde_json::json!({"healthCheck": {"http": {"expectedStatuses": ["300-200"]}}}),
+                "expectedStatuses",
+            ),
+            (
+                serde_json::json!({"loadBalancer": {"type": "ConsistentHash"}}),
+                "consistentHash",
+            ),
+            (
+                serde_json::json!({"loadBalancer": {"type": "ConsistentHash", "consistentHash": {"header": "x", "sourceIP": true}}}),
+                "exactly one",
+            ),
+            (
+                serde_json::json!({"loadBalancer": {"sessionPersistence": {"cookieName": "a b"}}}),
+                "cookieName",
+            ),
+            (
+                serde_json::json!({"outlierDetection": {"maxEjectionPercent": 150}}),
+                "maxEjectionPercent",
+            ),
         ];
         for (json, field) in cases {
             let e = settings(&rules(json.clone())).expect_err(&json.to_string());

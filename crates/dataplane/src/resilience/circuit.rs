@@ -96,7 +96,10 @@ mod tests {
         };
         let a = c.start_request(&limits).unwrap();
         let _b = c.start_request(&limits).unwrap();
-        assert_eq!(c.start_request(&limits).err(), Some(Overloaded::MaxRequests));
+        assert_eq!(
+            c.start_request(&limits).err(),
+            Some(Overloaded::MaxRequests)
+        );
         drop(a);
         assert!(c.start_request(&limits).is_ok());
         assert_eq!(c.active_requests(), 1);

@@ -192,13 +192,9 @@ impl BackendState {
             _ => ClientPair::new(&connection),
         };
         let health = match (&settings.health_check, previous) {
-            (None, _) => {
-                // Checks removed: nothing may keep an endpoint out.
-                for e in &endpoints {
-                    e.set_healthy(true);
-                }
-                None
-            }
+            // Endpoints are marked healthy in `for_table`, once the
+            // previous checks are stopped.
+            (None, _) => None,
             (Some(check), Some(p))
                 if p.settings.health_check.as_ref() == Some(check)
                     && same_addrs(&p.endpoints, &endpoints) =>
@@ -301,14 +297,25 @@ impl Backends {
         // holding the old table ends.
         if let Some(previous) = previous {
             for (name, old) in &previous.by_name {
-                let kept = by_name.get(name).is_some_and(|new| match (&new.health, &old.health) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    _ => false,
-                });
+                let kept = by_name
+                    .get(name)
+                    .is_some_and(|new| match (&new.health, &old.health) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        _ => false,
+                    });
                 if !kept {
                     if let Some(h) = &old.health {
                         h.stop();
                     }
+                }
+            }
+        }
+        // Without checks (now), nothing may keep an endpoint out; done after
+        // the stops above so that no old probe flips one back.
+        for state in by_name.values() {
+            if state.health.is_none() {
+                for e in &state.endpoints {
+                    e.set_healthy(true);
                 }
             }
         }

@@ -64,8 +64,7 @@ pub fn record(
             o.consecutive_5xx.store(0, Ordering::Relaxed);
             o.consecutive_gateway.store(0, Ordering::Relaxed);
             let until = o.ejected_until.load(Ordering::Relaxed);
-            if until != 0
-                && now >= until.saturating_add(o.last_ejection_ms.load(Ordering::Relaxed))
+            if until != 0 && now >= until.saturating_add(o.last_ejection_ms.load(Ordering::Relaxed))
             {
                 o.ejections.store(0, Ordering::Relaxed);
             }
@@ -87,7 +86,10 @@ pub fn record(
     if !tripped || o.is_ejected(now) {
         return;
     }
-    let ejected = endpoints.iter().filter(|e| e.outlier.is_ejected(now)).count();
+    let ejected = endpoints
+        .iter()
+        .filter(|e| e.outlier.is_ejected(now))
+        .count();
     let allowed = (endpoints.len() * config.max_ejection_percent as usize / 100).max(1);
     if ejected >= allowed {
         tracing::debug!(endpoint = %endpoint.addr, ejected, allowed, "outlier not ejected: max ejection percent reached");

@@ -70,14 +70,20 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
         None => Replay::Streamed(Some(body)),
     };
     let idempotent = is_idempotent(&parts.method);
+    let session_cookie = settings.load_balancer.session_cookie.as_ref();
+    let mut parts = Some(parts);
     let mut tried = Vec::new();
     let mut attempt: u32 = 0;
     // Held while a retry is in flight (budget and `maxRetries`).
     let mut _retry_guard = None;
     loop {
+        let Some(head) = parts.as_ref() else {
+            // Unreachable: the head is moved out only for the last attempt.
+            return Err(Failure::Upstream("request already sent".into()));
+        };
         let endpoint = backend
             .pick(&PickInput {
-                headers: &parts.headers,
+                headers: &head.headers,
                 query: a.query,
                 client_ip: a.client_ip,
                 tried: &tried,
@@ -85,13 +91,25 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
             .ok_or(Failure::NoEndpoint)?
             .clone();
         tried.push(endpoint.addr);
+        let set_cookie = session_cookie.is_some_and(|c| {
+            crate::lb::cookie(&head.headers, &c.name) != Some(endpoint.session_token.as_str())
+        });
+        // The last possible attempt takes the head instead of copying it:
+        // a request without retries is never copied.
+        let last = !replay.replayable() || retry.is_none_or(|r| attempt >= r.attempts);
+        let mut p = if last {
+            match parts.take() {
+                Some(p) => p,
+                None => return Err(Failure::Upstream("request already sent".into())),
+            }
+        } else {
+            head.clone()
+        };
         let Some(body) = replay.body() else {
-            // Unreachable: a streamed body is never retried (see
-            // `retriable` below); answer as an upstream failure anyway.
+            // Unreachable: a streamed body is sent once (`last` above).
             return Err(Failure::Upstream("request body already sent".into()));
         };
-        let mut p = parts.clone();
-        p.uri = endpoint_uri(&parts.uri, endpoint.addr)
+        p.uri = endpoint_uri(&p.uri, endpoint.addr)
             .map_err(|e| Failure::Upstream(format!("cannot build upstream URI: {e}")))?;
         let endpoint_guard = endpoint.start_request();
         let client = backend.clients.client(a.protocol);
@@ -129,10 +147,7 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
         let method_allows = idempotent
             || retry.is_some_and(|r| r.retry_non_idempotent)
             || matches!(result, Err(AttemptError::Connect(_)));
-        let retriable = wants_retry
-            && method_allows
-            && replay.replayable()
-            && retry.is_some_and(|r| attempt < r.attempts);
+        let retriable = wants_retry && method_allows && !last;
         if retriable {
             if let Some(r) = retry {
                 if let Some(g) = backend
@@ -158,23 +173,24 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
                         _guards: (request_guard, endpoint_guard),
                     })
                 });
-                if let Some(cookie) = &settings.load_balancer.session_cookie {
-                    let current = crate::lb::cookie(&parts.headers, &cookie.name);
-                    if current != Some(endpoint.session_token.as_str()) {
-                        let v = format!(
-                            "{}={}{}",
-                            cookie.name, endpoint.session_token, backend.session_cookie_attributes
-                        );
-                        if let Ok(v) = HeaderValue::from_str(&v) {
-                            resp.headers_mut().append(http::header::SET_COOKIE, v);
-                        }
+                if let (true, Some(cookie)) = (set_cookie, session_cookie) {
+                    let v = format!(
+                        "{}={}{}",
+                        cookie.name, endpoint.session_token, backend.session_cookie_attributes
+                    );
+                    if let Ok(v) = HeaderValue::from_str(&v) {
+                        resp.headers_mut().append(http::header::SET_COOKIE, v);
                     }
                 }
                 Ok(resp)
             }
             Err(AttemptError::Overloaded(o)) => Err(Failure::Overloaded(o)),
-            Err(AttemptError::Connect(e)) => Err(Failure::Connect(format!("{}: {e}", endpoint.addr))),
-            Err(AttemptError::Reset(e)) => Err(Failure::Upstream(format!("{}: {e}", endpoint.addr))),
+            Err(AttemptError::Connect(e)) => {
+                Err(Failure::Connect(format!("{}: {e}", endpoint.addr)))
+            }
+            Err(AttemptError::Reset(e)) => {
+                Err(Failure::Upstream(format!("{}: {e}", endpoint.addr)))
+            }
             Err(AttemptError::Timeout(t)) => Err(Failure::Timeout(t)),
         };
     }
@@ -224,10 +240,7 @@ pub fn backoff(r: &RetryPolicy, attempt: u32) -> Duration {
 /// `http://<endpoint><path?query>`: the endpoint in the authority keys the
 /// connection pool; the client's host travels in the Host header.
 fn endpoint_uri(origin: &Uri, endpoint: std::net::SocketAddr) -> Result<Uri, http::Error> {
-    let pq = origin
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let pq = origin.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     Uri::builder()
         .scheme("http")
         .authority(endpoint.to_string())

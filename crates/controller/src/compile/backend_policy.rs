@@ -521,6 +521,135 @@ fn cookie_name(field: &str, name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::{compile, CompileOptions};
+    use crate::file::parse_documents;
+    use crate::snapshot::Snapshot;
+    use crate::status::StatusKind;
+    use portcullis_model::{BackendTarget, RouteTable};
+
+    const BASE: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: pc}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: app}
+spec:
+  gatewayClassName: pc
+  listeners: [{name: http, protocol: HTTP, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: app}
+spec: {ports: [{name: web, port: 80}, {name: admin, port: 81}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: app}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - name: web
+    matches: [{path: {type: PathPrefix, value: /web}}]
+    backendRefs: [{name: svc, port: 80}]
+  - name: admin
+    backendRefs: [{name: svc, port: 81}]
+";
+
+    fn compiled(policies: &str) -> crate::compile::Compiled {
+        let mut snapshot = Snapshot::default();
+        for o in parse_documents(&format!("{BASE}{policies}")).expect("test YAML") {
+            snapshot.insert(o);
+        }
+        compile(&snapshot, &CompileOptions::default())
+    }
+
+    /// Settings of each backend port of the table, by backend name.
+    fn backends(table: &RouteTable) -> HashMap<String, Arc<BackendSettings>> {
+        let mut out = HashMap::new();
+        for route in table
+            .ports
+            .iter()
+            .flat_map(|p| &p.virtual_hosts)
+            .flat_map(|v| &v.routes)
+        {
+            for b in &route.rule.backends {
+                if let BackendTarget::Service(b) = &b.target {
+                    out.insert(b.name.clone(), b.settings.clone());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn service_policies_reach_the_backends_of_every_route_port_by_port() {
+        let c = compiled(
+            "---
+apiVersion: portcullis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: all-ports, namespace: app}
+spec:
+  targetRefs: [{group: '', kind: Service, name: svc}]
+  loadBalancer: {type: Random}
+  timeouts: {connect: 2s}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: admin-port, namespace: app}
+spec:
+  targetRefs: [{group: '', kind: Service, name: svc, sectionName: admin}]
+  defaults:
+    loadBalancer: {type: LeastRequest}
+",
+        );
+        let b = backends(&c.table);
+        let web = &b["app/svc:80"];
+        let admin = &b["app/svc:81"];
+        assert_eq!(web.load_balancer.algorithm, LbAlgorithm::Random);
+        // The port-level policy is more specific: its load balancer wins,
+        // the Service-level timeout fills in.
+        assert_eq!(admin.load_balancer.algorithm, LbAlgorithm::LeastRequest);
+        assert_eq!(admin.connect_timeout, Duration::from_secs(2));
+        let status = c
+            .status(
+                StatusKind::Policy(PolicyKind::BackendPolicy),
+                Some("app"),
+                "all-ports",
+            )
+            .expect("status");
+        assert!(status.problems.is_empty(), "{:?}", status.problems);
+    }
+
+    #[test]
+    fn invalid_policies_are_reported_and_leave_defaults_in_place() {
+        let c = compiled(
+            "---
+apiVersion: portcullis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: broken, namespace: app}
+spec:
+  targetRefs: [{group: '', kind: Service, name: svc}]
+  retry: {codes: [42]}
+",
+        );
+        let b = backends(&c.table);
+        assert_eq!(*b["app/svc:80"], BackendSettings::default());
+        let status = c
+            .status(
+                StatusKind::Policy(PolicyKind::BackendPolicy),
+                Some("app"),
+                "broken",
+            )
+            .expect("status");
+        assert!(
+            status.problems.iter().any(|p| p.contains("retry.codes")),
+            "{:?}",
+            status.problems
+        );
+    }
 
     fn rules(json: serde_json::Value) -> BackendPolicyRules {
         serde_json::from_value(json).expect("rules decode")

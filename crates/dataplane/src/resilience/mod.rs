@@ -332,3 +332,128 @@ impl Backends {
 pub(crate) fn random_cursor() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(rand::random::<u32>() as usize))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_model::backend_policy::{HealthCheck, HealthCheckKind};
+    use portcullis_model::{
+        AppProtocol, HostMatch, PortConfig, Protocol, RequestMatch, Route, RouteKind, Rule, RuleId,
+        Timeouts, VirtualHost, WeightedBackend,
+    };
+
+    fn table(endpoints: &[SocketAddr], settings: BackendSettings) -> RouteTable {
+        let backend = Arc::new(Backend {
+            name: "ns/svc:80".into(),
+            protocol: AppProtocol::Http1,
+            endpoints: endpoints.to_vec(),
+            settings: Arc::new(settings),
+        });
+        let rule = Arc::new(Rule {
+            id: RuleId {
+                kind: RouteKind::Http,
+                namespace: "ns".into(),
+                name: "r".into(),
+                rule_index: 0,
+                rule_name: None,
+            },
+            filters: vec![],
+            backends: vec![WeightedBackend {
+                weight: 1,
+                target: BackendTarget::Service(backend),
+                filters: vec![],
+            }],
+            timeouts: Timeouts::default(),
+            policies: Default::default(),
+        });
+        RouteTable {
+            generation: 1,
+            ports: vec![PortConfig {
+                port: 8080,
+                protocol: Protocol::Http,
+                tls: None,
+                virtual_hosts: vec![VirtualHost {
+                    hostname: HostMatch::Any,
+                    routes: vec![Route {
+                        matcher: RequestMatch::default(),
+                        rule,
+                    }],
+                }],
+            }],
+        }
+    }
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, i], 1))
+    }
+
+    #[test]
+    fn unchanged_backends_are_reused_and_surviving_endpoints_keep_their_state() {
+        let upstreams = Upstreams::new();
+        let first = Backends::for_table(
+            &table(&[addr(1), addr(2)], BackendSettings::default()),
+            None,
+            &upstreams,
+        );
+        let same = Backends::for_table(
+            &table(&[addr(1), addr(2)], BackendSettings::default()),
+            Some(&first),
+            &upstreams,
+        );
+        let (a, b) = (
+            first.get("ns/svc:80").unwrap(),
+            same.get("ns/svc:80").unwrap(),
+        );
+        assert!(Arc::ptr_eq(a, b));
+        // Endpoint 2 leaves, 3 arrives: 1 keeps its state (in-flight count).
+        let _in_flight = a.endpoints[0].start_request();
+        let next = Backends::for_table(
+            &table(&[addr(1), addr(3)], BackendSettings::default()),
+            Some(&same),
+            &upstreams,
+        );
+        let c = next.get("ns/svc:80").unwrap();
+        assert!(Arc::ptr_eq(&a.endpoints[0], &c.endpoints[0]));
+        assert_eq!(c.endpoints[0].active_requests(), 1);
+        assert_eq!(c.endpoints[1].active_requests(), 0);
+        assert!(Arc::ptr_eq(&a.counters, &c.counters));
+    }
+
+    #[tokio::test]
+    async fn health_checks_stop_when_the_table_drops_them() {
+        let upstreams = Upstreams::new();
+        let with_checks = BackendSettings {
+            health_check: Some(HealthCheck {
+                interval: Duration::from_secs(3600),
+                timeout: Duration::from_millis(10),
+                jitter: Duration::from_secs(3600),
+                healthy_threshold: 1,
+                unhealthy_threshold: 1,
+                kind: HealthCheckKind::Tcp,
+            }),
+            ..Default::default()
+        };
+        let first = Backends::for_table(&table(&[addr(1)], with_checks), None, &upstreams);
+        let endpoint = first.get("ns/svc:80").unwrap().endpoints[0].clone();
+        tokio::task::yield_now().await;
+        // This test, the backend state and the probe task.
+        assert_eq!(Arc::strong_count(&endpoint), 3);
+        let second = Backends::for_table(
+            &table(&[addr(1)], BackendSettings::default()),
+            Some(&first),
+            &upstreams,
+        );
+        // Aborted tasks release their endpoint once the runtime drops them.
+        for _ in 0..100 {
+            if Arc::strong_count(&endpoint) == 3 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        // This test, the old and the new backend state: no probe task.
+        assert_eq!(Arc::strong_count(&endpoint), 3);
+        drop(first);
+        assert_eq!(Arc::strong_count(&endpoint), 2);
+        drop(second);
+    }
+}

@@ -759,3 +759,26 @@ spec:
     let wrong = find("wrong-place").to_string();
     assert!(wrong.contains("targets the Service"), "{wrong}");
 }
+
+#[tokio::test]
+async fn a_malformed_body_on_a_retried_route_is_400_and_never_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let eps = fleet(1, &["backend"]).await;
+    let yaml = config(
+        &[&eps[0]],
+        &service_policy("    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}}"),
+    );
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    // The body is buffered for replay before any attempt: its bad chunk
+    // size is found before the backend is contacted.
+    let raw = "PUT / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n";
+    let mut stream = tokio::net::TcpStream::connect((LOOPBACK, gw.port("HTTP_PORT")))
+        .await
+        .expect("connect");
+    stream.write_all(raw.as_bytes()).await.expect("write");
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(eps[0].hits(), 0);
+}

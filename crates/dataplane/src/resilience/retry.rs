@@ -50,6 +50,8 @@ pub enum Failure {
     NoEndpoint,
     Connect(String),
     Upstream(String),
+    /// Reading the client's request body failed (malformed, cut short).
+    ClientBody(String),
     Timeout(Duration),
 }
 
@@ -66,7 +68,9 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
     let (parts, body) = req.into_parts();
     let retry = a.retry.filter(|r| r.attempts > 0 && !a.upgrade);
     let mut replay = match retry {
-        Some(r) => Replay::prepare(body, r.max_body_bytes).await,
+        Some(r) => Replay::prepare(body, r.max_body_bytes)
+            .await
+            .map_err(|e| Failure::ClientBody(e.to_string()))?,
         None => Replay::Streamed(Some(body)),
     };
     let idempotent = is_idempotent(&parts.method);
@@ -129,7 +133,7 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
             let outcome = match &result {
                 Ok(resp) => Some(Outcome::of_status(resp.status().as_u16())),
                 // Refused by our own limit: says nothing about the endpoint.
-                Err(AttemptError::Overloaded(_)) => None,
+                Err(AttemptError::Overloaded(_) | AttemptError::ClientBody(_)) => None,
                 Err(_) => Some(Outcome::GatewayError),
             };
             if let Some(outcome) = outcome {
@@ -138,7 +142,7 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
         }
         let wants_retry = match (&result, retry) {
             (_, None) => false,
-            (Err(AttemptError::Overloaded(_)), _) => false,
+            (Err(AttemptError::Overloaded(_) | AttemptError::ClientBody(_)), _) => false,
             (Ok(resp), Some(r)) => r.retries_status(resp.status().as_u16()),
             (Err(AttemptError::Connect(_)), Some(r)) => r.on.connect_failure,
             (Err(AttemptError::Reset(_)), Some(r)) => r.on.reset,
@@ -191,6 +195,7 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
             Err(AttemptError::Reset(e)) => {
                 Err(Failure::Upstream(format!("{}: {e}", endpoint.addr)))
             }
+            Err(AttemptError::ClientBody(e)) => Err(Failure::ClientBody(e)),
             Err(AttemptError::Timeout(t)) => Err(Failure::Timeout(t)),
         };
     }
@@ -198,6 +203,7 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
 
 enum AttemptError {
     Overloaded(Overloaded),
+    ClientBody(String),
     Connect(String),
     Reset(String),
     Timeout(Duration),
@@ -206,6 +212,9 @@ enum AttemptError {
 fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
     if let Some(o) = overloaded_cause(e) {
         return AttemptError::Overloaded(o);
+    }
+    if crate::proxy::client_body_failed(e) {
+        return AttemptError::ClientBody(format!("{e:?}"));
     }
     if e.is_connect() {
         AttemptError::Connect(format!("{e:?}"))
@@ -260,53 +269,48 @@ enum Replay {
 }
 
 impl Replay {
-    async fn prepare(mut body: Body, limit: usize) -> Replay {
+    /// Reads the body up to `limit`; `Err` when the client's body broke
+    /// (nothing was sent upstream yet).
+    async fn prepare(mut body: Body, limit: usize) -> Result<Replay, BoxError> {
         if body.is_end_stream() {
-            return Replay::Buffered {
+            return Ok(Replay::Buffered {
                 data: Arc::from(Vec::new()),
                 trailers: None,
-            };
+            });
         }
         if body.size_hint().lower() as usize > limit {
-            return Replay::Streamed(Some(body));
+            return Ok(Replay::Streamed(Some(body)));
         }
         let mut data = Vec::new();
         let mut len = 0usize;
         loop {
             match body.frame().await {
                 None => {
-                    return Replay::Buffered {
+                    return Ok(Replay::Buffered {
                         data: Arc::from(data),
                         trailers: None,
-                    }
+                    })
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(chunk) => {
                         len += chunk.len();
                         data.push(chunk);
                         if len > limit {
-                            return Replay::Streamed(Some(body::boxed(Prefixed {
+                            return Ok(Replay::Streamed(Some(body::boxed(Prefixed {
                                 prefix: data.into(),
                                 rest: body,
-                            })));
+                            }))));
                         }
                     }
                     Err(frame) => {
                         // Trailers end the body.
-                        return Replay::Buffered {
+                        return Ok(Replay::Buffered {
                             data: Arc::from(data),
                             trailers: frame.into_trailers().ok(),
-                        };
+                        });
                     }
                 },
-                Some(Err(e)) => {
-                    // The client's body broke: send what we have and the
-                    // error, once, so the upstream request fails the same way.
-                    return Replay::Streamed(Some(body::boxed(Prefixed {
-                        prefix: data.into(),
-                        rest: body::boxed(Failed(Some(e))),
-                    })));
-                }
+                Some(Err(e)) => return Err(e),
             }
         }
     }
@@ -389,20 +393,6 @@ impl HttpBody for Prefixed {
     }
 }
 
-struct Failed(Option<BoxError>);
-
-impl HttpBody for Failed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.0.take().map(Err))
-    }
-}
-
 /// A response body that keeps the request counted as in flight until it
 /// ends or is dropped.
 struct Guarded<B> {
@@ -453,13 +443,15 @@ mod tests {
 
     #[tokio::test]
     async fn small_bodies_replay_and_long_ones_stream_once() {
-        let mut small = Replay::prepare(body::full("hello"), 16).await;
+        let mut small = Replay::prepare(body::full("hello"), 16).await.unwrap();
         assert!(small.replayable());
         for _ in 0..2 {
             let b = small.body().unwrap().collect().await.unwrap().to_bytes();
             assert_eq!(&b[..], b"hello");
         }
-        let mut long = Replay::prepare(body::full(vec![b'x'; 100]), 16).await;
+        let mut long = Replay::prepare(body::full(vec![b'x'; 100]), 16)
+            .await
+            .unwrap();
         assert!(!long.replayable());
         let b = long.body().unwrap().collect().await.unwrap().to_bytes();
         assert_eq!(b.len(), 100);

@@ -93,19 +93,18 @@ impl Balancer {
         ok: &dyn Fn(&EndpointState) -> bool,
     ) -> Option<usize> {
         let n = endpoints.len();
-        let mut rng = rand::rng();
         match self {
             Balancer::ConsistentHash { key, ring } => match hash_key(key, input) {
                 Some(h) => ring.lookup(h, |i| ok(&endpoints[i])),
-                None => scan_from(endpoints, rng.random_range(0..n), ok),
+                None => scan_from(endpoints, rand::rng().random_range(0..n), ok),
             },
-            Balancer::RoundRobin(cursor) => slow_start(endpoints, now, &mut rng, || {
+            Balancer::RoundRobin(cursor) => slow_start(endpoints, now, || {
                 scan_from(endpoints, cursor.fetch_add(1, Ordering::Relaxed) % n, ok)
             }),
-            Balancer::Random => slow_start(endpoints, now, &mut rand::rng(), || {
+            Balancer::Random => slow_start(endpoints, now, || {
                 scan_from(endpoints, rand::rng().random_range(0..n), ok)
             }),
-            Balancer::LeastRequest => slow_start(endpoints, now, &mut rand::rng(), || {
+            Balancer::LeastRequest => slow_start(endpoints, now, || {
                 let mut rng = rand::rng();
                 let a = scan_from(endpoints, rng.random_range(0..n), ok)?;
                 // Two distinct candidates: with replacement, a backend of two
@@ -137,13 +136,12 @@ fn scan_from(
 fn slow_start(
     endpoints: &[Arc<EndpointState>],
     now: u64,
-    rng: &mut impl Rng,
     mut draw: impl FnMut() -> Option<usize>,
 ) -> Option<usize> {
     let mut candidate = draw()?;
     for _ in 1..SLOW_START_DRAWS {
         let share = endpoints[candidate].slow_start_share(now);
-        if share >= 1.0 || rng.random::<f64>() < share {
+        if share >= 1.0 || rand::random::<f64>() < share {
             break;
         }
         candidate = draw()?;

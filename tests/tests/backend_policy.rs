@@ -40,6 +40,7 @@ struct Endpoint {
     healthy: AtomicBool,
     hits: AtomicUsize,
     bodies: std::sync::Mutex<Vec<Bytes>>,
+    versions: std::sync::Mutex<Vec<http::Version>>,
 }
 
 impl Endpoint {
@@ -73,6 +74,7 @@ async fn fleet(n: usize, names: &[&str]) -> Vec<Arc<Endpoint>> {
                 healthy: AtomicBool::new(true),
                 hits: AtomicUsize::new(0),
                 bodies: Default::default(),
+                versions: Default::default(),
             });
             tokio::spawn(serve(l, e.clone()));
             out.push(e);
@@ -103,6 +105,7 @@ async fn serve(listener: TcpListener, e: Arc<Endpoint>) {
                         return Ok(r);
                     }
                     e.hits.fetch_add(1, Ordering::SeqCst);
+                    e.versions.lock().expect("lock").push(req.version());
                     let body = req
                         .into_body()
                         .collect()
@@ -781,4 +784,40 @@ async fn a_malformed_body_on_a_retried_route_is_400_and_never_sent() {
     let text = String::from_utf8_lossy(&received);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert_eq!(eps[0].hits(), 0);
+}
+
+#[tokio::test]
+async fn hanging_attempts_time_out_and_are_retried_elsewhere() {
+    let eps = fleet(2, &["hang", "good"]).await;
+    eps[0].set(Mode::Hang);
+    let yaml = config(
+        &[&eps[0], &eps[1]],
+        &service_policy(
+            "    retry: {on: [gateway-error], attempts: 1, perTryTimeout: 200ms, backoff: {base: 1ms}}",
+        ),
+    );
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    for _ in 0..4 {
+        let a = request(&gw, "GET", &[], "").await;
+        assert_eq!((a.status.as_u16(), who(&a)), (200, "good".to_string()));
+    }
+    assert!(eps[0].hits() >= 1, "round robin tried the hanging endpoint");
+}
+
+#[tokio::test]
+async fn connection_http_version_overrides_the_service_protocol() {
+    let eps = fleet(1, &["h2"]).await;
+    let yaml = config(
+        &[&eps[0]],
+        &service_policy("    connection: {httpVersion: HTTP/2}"),
+    );
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    assert_eq!(request(&gw, "GET", &[], "").await.status, 200);
+    gw.reconfigure(&config(&[&eps[0]], "")).await;
+    assert_eq!(request(&gw, "GET", &[], "").await.status, 200);
+    let versions = eps[0].versions.lock().expect("lock").clone();
+    assert_eq!(
+        versions,
+        vec![http::Version::HTTP_2, http::Version::HTTP_11]
+    );
 }

@@ -280,6 +280,37 @@ mod tests {
     }
 
     #[test]
+    fn new_endpoints_ramp_up_during_slow_start() {
+        let endpoints: Vec<Arc<EndpointState>> = vec![
+            Arc::new(EndpointState::new(addrs(1)[0], None)),
+            // Just arrived, with a long window: a tenth of its share.
+            Arc::new(EndpointState::new(
+                SocketAddr::from(([10, 0, 0, 9], 8080)),
+                Some(std::time::Duration::from_secs(3600)),
+            )),
+        ];
+        let balancer = Balancer::new(
+            &LbAlgorithm::RoundRobin,
+            &endpoints,
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let headers = HeaderMap::new();
+        let input = PickInput {
+            headers: &headers,
+            query: None,
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            tried: &[],
+        };
+        let new = (0..2000)
+            .filter(|_| balancer.pick(&endpoints, &input) == Some(1))
+            .count();
+        // Round robin alone: 1000. At a 10 % share the new endpoint passes
+        // a draw one time in ten; with few redraws it stays far below half.
+        assert!(new < 500, "{new}");
+        assert!(new > 0, "it still gets some traffic");
+    }
+
+    #[test]
     fn cookie_values_are_found() {
         let mut h = HeaderMap::new();
         h.insert(http::header::COOKIE, "a=1; sess=xyz; b=2".parse().unwrap());

@@ -53,7 +53,7 @@ pub struct EndpointState {
 }
 
 impl EndpointState {
-    fn new(addr: SocketAddr, slow_start: Option<Duration>) -> EndpointState {
+    pub(crate) fn new(addr: SocketAddr, slow_start: Option<Duration>) -> EndpointState {
         let window = slow_start.map_or(0, |w| w.as_millis() as u64);
         EndpointState {
             addr,

@@ -233,7 +233,7 @@ async fn gateway_errors_are_retried_on_another_endpoint() {
     eps[0].set(Mode::Status503);
     let yaml = config(
         &[&eps[0], &eps[1]],
-        &service_policy("    retry: {on: [gateway-error], attempts: 1, backoff: {base: 1ms}}"),
+        &service_policy("    retry: {retryOn: [gateway-error], attempts: 1, backoff: {base: 1ms}}"),
     );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     for _ in 0..20 {
@@ -254,7 +254,7 @@ async fn attempts_bound_retries_and_the_last_answer_is_relayed() {
     eps[0].set(Mode::Status500);
     let yaml = config(
         &[&eps[0]],
-        &service_policy("    retry: {on: [5xx], attempts: 3, backoff: {base: 1ms, max: 5ms}}"),
+        &service_policy("    retry: {retryOn: [5xx], attempts: 3, backoff: {base: 1ms, max: 5ms}}"),
     );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     let a = request(&gw, "GET", &[], "").await;
@@ -277,7 +277,7 @@ async fn non_idempotent_requests_are_not_retried_unless_allowed() {
     eps[0].set(Mode::Status500);
     let yaml = config(
         &[&eps[0]],
-        &service_policy("    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}}"),
+        &service_policy("    retry: {retryOn: [5xx], attempts: 2, backoff: {base: 1ms}}"),
     );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     assert_eq!(request(&gw, "POST", &[], "x").await.status, 500);
@@ -285,7 +285,7 @@ async fn non_idempotent_requests_are_not_retried_unless_allowed() {
     gw.reconfigure(&config(
         &[&eps[0]],
         &service_policy(
-            "    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}, retryNonIdempotent: true}",
+            "    retry: {retryOn: [5xx], attempts: 2, backoff: {base: 1ms}, retryNonIdempotent: true}",
         ),
     ))
     .await;
@@ -300,7 +300,7 @@ async fn bodies_over_the_buffer_limit_are_not_retried() {
     let yaml = config(
         &[&eps[0]],
         &service_policy(
-            "    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}, maxBodyBytes: 16}",
+            "    retry: {retryOn: [5xx], attempts: 2, backoff: {base: 1ms}, maxBodyBytes: 16}",
         ),
     );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
@@ -322,7 +322,7 @@ async fn resets_and_connect_failures_are_retried() {
     let yaml = config(
         &[&eps[0], &eps[1]],
         &service_policy(
-            "    retry: {on: [reset, connect-failure], attempts: 2, backoff: {base: 1ms}}",
+            "    retry: {retryOn: [reset, connect-failure], attempts: 2, backoff: {base: 1ms}}",
         ),
     )
     .replace(
@@ -338,7 +338,7 @@ async fn resets_and_connect_failures_are_retried() {
     // Without `reset` in the conditions, a reset is answered 502.
     gw.reconfigure(&config(
         &[&eps[0]],
-        &service_policy("    retry: {on: [connect-failure], attempts: 2}"),
+        &service_policy("    retry: {retryOn: [connect-failure], attempts: 2}"),
     ))
     .await;
     let before = eps[0].hits();
@@ -354,7 +354,7 @@ async fn retry_budget_and_max_retries_stop_retries() {
     let yaml = config(
         &[&eps[0]],
         &service_policy(
-            "    retry: {on: [5xx], attempts: 3, backoff: {base: 1ms}, budget: {percent: 0, minRetryConcurrency: 0}}",
+            "    retry: {retryOn: [5xx], attempts: 3, backoff: {base: 1ms}, budget: {percent: 0, minRetryConcurrency: 0}}",
         ),
     );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
@@ -363,7 +363,7 @@ async fn retry_budget_and_max_retries_stop_retries() {
     gw.reconfigure(&config(
         &[&eps[0]],
         &service_policy(
-            "    retry: {on: [5xx], attempts: 3, backoff: {base: 1ms}}\n    circuitBreaker: {maxRetries: 0}",
+            "    retry: {retryOn: [5xx], attempts: 3, backoff: {base: 1ms}}\n    circuitBreaker: {maxRetries: 0}",
         ),
     ))
     .await;
@@ -733,7 +733,7 @@ metadata: {name: route-policy, namespace: default}
 spec:
   targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r, sectionName: main}]
   defaults:
-    retry: {on: [5xx], attempts: 1, backoff: {base: 1ms}}
+    retry: {retryOn: [5xx], attempts: 1, backoff: {base: 1ms}}
 ---
 apiVersion: portcullis.dev/v1alpha1
 kind: BackendPolicy
@@ -769,7 +769,7 @@ async fn a_malformed_body_on_a_retried_route_is_400_and_never_sent() {
     let eps = fleet(1, &["backend"]).await;
     let yaml = config(
         &[&eps[0]],
-        &service_policy("    retry: {on: [5xx], attempts: 2, backoff: {base: 1ms}}"),
+        &service_policy("    retry: {retryOn: [5xx], attempts: 2, backoff: {base: 1ms}}"),
     );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     // The body is buffered for replay before any attempt: its bad chunk
@@ -793,7 +793,7 @@ async fn hanging_attempts_time_out_and_are_retried_elsewhere() {
     let yaml = config(
         &[&eps[0], &eps[1]],
         &service_policy(
-            "    retry: {on: [gateway-error], attempts: 1, perTryTimeout: 200ms, backoff: {base: 1ms}}",
+            "    retry: {retryOn: [gateway-error], attempts: 1, perTryTimeout: 200ms, backoff: {base: 1ms}}",
         ),
     );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;

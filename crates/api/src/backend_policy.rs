@@ -103,8 +103,10 @@ pub enum RetryOn {
 #[serde(rename_all = "camelCase")]
 pub struct RetrySpec {
     /// Conditions (default `connect-failure`, `reset`, `gateway-error`).
+    /// (Not `on`: YAML 1.1 parsers, kubectl's among them, read an unquoted
+    /// `on` key as the boolean true.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on: Option<Vec<RetryOn>>,
+    pub retry_on: Option<Vec<RetryOn>>,
     /// Further response status codes that are retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codes: Option<Vec<u16>>,
@@ -394,7 +396,7 @@ mod tests {
             "targetRefs": [{"group": "", "kind": "Service", "name": "api"}],
             "defaults": {
                 "timeouts": {"connect": "1s", "request": "10s"},
-                "retry": {"on": ["connect-failure", "5xx"], "codes": [409], "attempts": 3,
+                "retry": {"retryOn": ["connect-failure", "5xx"], "codes": [409], "attempts": 3,
                           "backoff": {"base": "10ms", "max": "1s"},
                           "budget": {"percent": 20, "minRetryConcurrency": 3}},
                 "circuitBreaker": {"maxRequests": 100},
@@ -409,7 +411,7 @@ mod tests {
         let d = spec.envelope.defaults.expect("defaults");
         let retry = d.retry.expect("retry");
         assert_eq!(
-            retry.on,
+            retry.retry_on,
             Some(vec![RetryOn::ConnectFailure, RetryOn::ServerError])
         );
         assert_eq!(d.outlier_detection.and_then(|o| o.consecutive_5xx), Some(3));

@@ -262,7 +262,7 @@ fn duration(field: &str, v: Option<&str>) -> Result<Option<Duration>, String> {
 
 fn retry(r: &RetrySpec) -> Result<RetryPolicy, String> {
     let mut p = RetryPolicy::with_defaults();
-    if let Some(on) = &r.on {
+    if let Some(on) = &r.retry_on {
         p.on = RetryOn::default();
         for c in on {
             match c {
@@ -730,7 +730,7 @@ spec:
     fn routes_take_request_level_parts_and_refuse_endpoint_level_ones() {
         let ok = BackendPolicyCompiler::build(&rules(serde_json::json!({
             "timeouts": {"request": "3s"},
-            "retry": {"attempts": 4, "on": ["5xx"]}
+            "retry": {"attempts": 4, "retryOn": ["5xx"]}
         })))
         .expect("valid");
         assert_eq!(ok.request_timeout, Some(Duration::from_secs(3)));

@@ -39,6 +39,9 @@ pub fn now_ms() -> u64 {
 /// One endpoint of one backend.
 pub struct EndpointState {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once: requests name the endpoint
+    /// in their URI (it keys the connection pool).
+    pub authority: http::uri::Authority,
     /// Requests in flight (until the response body ends).
     active: AtomicU32,
     /// Active health checks' verdict; true without health checks.
@@ -55,8 +58,13 @@ pub struct EndpointState {
 impl EndpointState {
     pub(crate) fn new(addr: SocketAddr, slow_start: Option<Duration>) -> EndpointState {
         let window = slow_start.map_or(0, |w| w.as_millis() as u64);
+        // A SocketAddr prints as `1.2.3.4:80` or `[::1]:80`, always a valid
+        // authority; the fallback only keeps this free of a panic path.
+        let authority = http::uri::Authority::try_from(addr.to_string())
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid.endpoint.local:1"));
         EndpointState {
             addr,
+            authority,
             active: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
             outlier: outlier::EndpointOutlier::default(),

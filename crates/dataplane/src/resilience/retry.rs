@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -94,7 +95,6 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
             })
             .ok_or(Failure::NoEndpoint)?
             .clone();
-        tried.push(endpoint.addr);
         let set_cookie = session_cookie.is_some_and(|c| {
             crate::lb::cookie(&head.headers, &c.name) != Some(endpoint.session_token.as_str())
         });
@@ -113,7 +113,7 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
             // Unreachable: a streamed body is sent once (`last` above).
             return Err(Failure::Upstream("request body already sent".into()));
         };
-        p.uri = endpoint_uri(&p.uri, endpoint.addr)
+        p.uri = endpoint_uri(&p.uri, &endpoint.authority)
             .map_err(|e| Failure::Upstream(format!("cannot build upstream URI: {e}")))?;
         let endpoint_guard = endpoint.start_request();
         let client = backend.clients.client(a.protocol);
@@ -161,6 +161,9 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
                     tracing::debug!(backend = %backend.name, endpoint = %endpoint.addr, attempt, "retrying");
                     drop(result);
                     drop(endpoint_guard);
+                    // Only a retry needs to know (and allocates for) where
+                    // this request has been.
+                    tried.push(endpoint.addr);
                     _retry_guard = Some(g);
                     tokio::time::sleep(backoff(r, attempt)).await;
                     attempt += 1;
@@ -247,14 +250,19 @@ pub fn backoff(r: &RetryPolicy, attempt: u32) -> Duration {
 }
 
 /// `http://<endpoint><path?query>`: the endpoint in the authority keys the
-/// connection pool; the client's host travels in the Host header.
-fn endpoint_uri(origin: &Uri, endpoint: std::net::SocketAddr) -> Result<Uri, http::Error> {
-    let pq = origin.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Uri::builder()
-        .scheme("http")
-        .authority(endpoint.to_string())
-        .path_and_query(pq)
-        .build()
+/// connection pool; the client's host travels in the Host header. No
+/// allocation: the authority is prebuilt, the path shares its bytes.
+fn endpoint_uri(origin: &Uri, authority: &Authority) -> Result<Uri, http::uri::InvalidUriParts> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(
+        origin
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts)
 }
 
 /// The request body, kept for replay when it is small enough.

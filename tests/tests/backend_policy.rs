@@ -821,3 +821,44 @@ async fn connection_http_version_overrides_the_service_protocol() {
         vec![http::Version::HTTP_2, http::Version::HTTP_11]
     );
 }
+
+#[tokio::test]
+async fn requests_wait_for_a_connection_up_to_the_pending_limit() {
+    let eps = fleet(1, &["hang"]).await;
+    eps[0].set(Mode::Hang);
+    let yaml = config(
+        &[&eps[0]],
+        &service_policy(
+            "    timeouts: {request: 3s, connect: 2s}\n    circuitBreaker: {maxConnections: 1, maxPendingRequests: 1}",
+        ),
+    );
+    let gw = Arc::new(TestGateway::start(&yaml, &["HTTP_PORT"]).await);
+    let overloaded = |a: &Answer| {
+        a.headers
+            .get("x-portcullis-overloaded")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let g = gw.clone();
+    let first = tokio::spawn(async move { request(&g, "GET", &[], "").await.status });
+    eventually(
+        "one request in flight",
+        Duration::from_secs(5),
+        async || eps[0].hits() == 1,
+    )
+    .await;
+    // The second waits for the only connection (up to the connect timeout).
+    let g = gw.clone();
+    let second = tokio::spawn(async move { request(&g, "GET", &[], "").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The third finds the one pending place taken.
+    let third = request(&gw, "GET", &[], "").await;
+    assert_eq!(third.status, 503);
+    assert_eq!(overloaded(&third).as_deref(), Some("max-pending"));
+    // The connection never frees up: the waiting request gives up.
+    let second = second.await.expect("join");
+    assert_eq!(second.status, 503);
+    assert_eq!(overloaded(&second).as_deref(), Some("max-connections"));
+    assert_eq!(eps[0].hits(), 1);
+    assert_eq!(first.await.expect("join"), 504);
+}

@@ -862,3 +862,37 @@ async fn requests_wait_for_a_connection_up_to_the_pending_limit() {
     assert_eq!(eps[0].hits(), 1);
     assert_eq!(first.await.expect("join"), 504);
 }
+
+#[tokio::test]
+async fn ejections_survive_unrelated_configuration_changes() {
+    let eps = fleet(2, &["flaky", "good"]).await;
+    eps[0].set(Mode::Status500);
+    let policy = service_policy(
+        "    outlierDetection: {consecutive5xx: 1, baseEjectionTime: 60s, maxEjectionPercent: 50}",
+    );
+    let gw = TestGateway::start(&config(&[&eps[0], &eps[1]], &policy), &["HTTP_PORT"]).await;
+    for _ in 0..2 {
+        request(&gw, "GET", &[], "").await;
+    }
+    assert_eq!(eps[0].hits(), 1, "ejected after its first 500");
+    // Another route appears: a new table, the same backend state.
+    let other_route = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: other, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [other.example]
+  rules:
+  - backendRefs: [{name: svc, port: 80}]
+";
+    gw.reconfigure(&config(
+        &[&eps[0], &eps[1]],
+        &format!("{policy}{other_route}"),
+    ))
+    .await;
+    for _ in 0..6 {
+        assert_eq!(who(&request(&gw, "GET", &[], "").await), "good");
+    }
+    assert_eq!(eps[0].hits(), 1);
+}

@@ -4,6 +4,7 @@
 //! standard channel); Kubernetes core types from `k8s-openapi`. Our own policy
 //! CRDs (group `portcullis.dev`) are added here as they land.
 
+pub mod auth;
 pub mod parameters;
 
 pub use gateway_api;
@@ -15,4 +16,5 @@ pub const CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 /// Gateway API group.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+pub use auth::{AuthPolicy, AuthPolicySpec, AuthRules};
 pub use parameters::{GatewayParameters, GatewayParametersSpec};

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod auth;
 mod pattern;
 mod serde_helpers;
 
@@ -272,6 +273,9 @@ pub struct Rule {
     /// without usable backends).
     pub backends: Vec<WeightedBackend>,
     pub timeouts: Timeouts,
+    /// Effective AuthPolicy of this rule (IP rules, authentication,
+    /// authorization); `None` lets every request through.
+    pub auth: Option<Arc<auth::AuthConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

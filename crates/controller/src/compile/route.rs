@@ -404,6 +404,8 @@ pub(crate) fn compile_rules(lookup: &Index<'_>, route: &RouteSource<'_>) -> Comp
             filters,
             backends,
             timeouts,
+            // Filled in by policy attachment once the route is placed.
+            auth: None,
         };
         out.rules.push(CompiledRule {
             rule: Arc::new(rule),

@@ -131,7 +131,7 @@ async fn route_and_forward(
             e.to_string(),
         )
     })?;
-    let query = req.uri().query().map(str::to_string);
+    let mut query = req.uri().query().map(str::to_string);
 
     let route: &Route = port
         .routes
@@ -146,6 +146,17 @@ async fn route_and_forward(
             ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("{host}{path}"))
         })?;
     let rule = route.rule.clone();
+    // IP rules -> authentication -> authorization (see crate::auth).
+    if let Some(auth) = &rule.auth {
+        let input = crate::auth::AuthInput {
+            remote: conn.remote.ip(),
+            path: &path,
+            query: &mut query,
+        };
+        if let Err(denied) = crate::auth::check(&shared.auth, auth, input, &mut req).await {
+            return Ok(denied);
+        }
+    }
     // Borrowed from `state`, which this request holds to the end.
     let matched = &route.matcher.path;
 

@@ -59,6 +59,8 @@ impl Prepared {
 pub struct Shared {
     current: ArcSwap<Prepared>,
     pub upstreams: Upstreams,
+    /// Remote JWKS caches, kept across tables.
+    pub auth: crate::auth::AuthState,
 }
 
 impl Shared {
@@ -66,6 +68,7 @@ impl Shared {
         Shared {
             current: ArcSwap::from_pointee(Prepared::new(table, None)),
             upstreams: Upstreams::new(),
+            auth: crate::auth::AuthState::new(),
         }
     }
 

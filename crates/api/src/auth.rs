@@ -1,10 +1,10 @@
 //! `AuthPolicy` (group `portcullis.dev`, `v1alpha1`): who may call a route.
 //!
 //! Attached (GEP-713 `targetRefs`) to a Gateway, a listener, a route or a
-//! route rule. `defaults` are filled in by more specific policies,
-//! `overrides` win over them; see [`AuthRules::fill_from`] for how two rule
-//! sets combine (section by section: a section a policy leaves unset comes
-//! from the next policy down).
+//! route rule. More specific policies replace `defaults`; `overrides` win
+//! over more specific policies. Rules combine section by section (see the
+//! `Merge` impl of [`AuthRules`]): a section a policy leaves unset comes
+//! from the next policy down.
 //!
 //! Per request the gateway runs, in order: IP rules (`ipRules`), then
 //! authentication (`jwt`, `apiKeys`, `basic`: the first mechanism whose
@@ -17,19 +17,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A reference from a policy to the object it applies to (GEP-713).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyTargetReference {
-    /// `gateway.networking.k8s.io` for Gateways and routes.
-    pub group: String,
-    /// `Gateway`, `HTTPRoute` or `GRPCRoute`.
-    pub kind: String,
-    pub name: String,
-    /// A listener name (Gateway) or rule name (route).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub section_name: Option<String>,
-}
+use crate::policy::{Merge, PolicyEnvelope, PolicyStatus};
 
 /// Authentication and authorization for the routes it targets.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -39,20 +27,17 @@ pub struct PolicyTargetReference {
     kind = "AuthPolicy",
     plural = "authpolicies",
     namespaced,
-    status = "serde_json::Value",
+    status = "PolicyStatus",
     derive = "Default",
     derive = "PartialEq"
 )]
-#[serde(rename_all = "camelCase")]
 pub struct AuthPolicySpec {
-    /// What this policy applies to.
-    pub target_refs: Vec<PolicyTargetReference>,
-    /// Rules that more specific policies may replace, section by section.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub defaults: Option<AuthRules>,
-    /// Rules that more specific policies cannot replace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overrides: Option<AuthRules>,
+    /// `targetRefs`, `defaults`, `overrides` (GEP-713).
+    #[serde(flatten)]
+    pub envelope: PolicyEnvelope<AuthRules>,
+    /// Rules at the top level of `spec`: shorthand for `defaults`.
+    #[serde(flatten)]
+    pub rules: AuthRules,
 }
 
 /// The rule set of an AuthPolicy. Every section is optional; an unset
@@ -80,12 +65,11 @@ pub struct AuthRules {
     pub responses: Option<DenyResponses>,
 }
 
-impl AuthRules {
-    /// Fills every section `self` leaves unset from `lower` (a
-    /// lower-priority policy). Sections are taken whole: a JWT section is
-    /// never half from one policy and half from another, so what a policy
-    /// says about a mechanism is always what is enforced.
-    pub fn fill_from(&mut self, lower: &AuthRules) {
+/// Sections are taken whole: a JWT section is never half from one policy
+/// and half from another, so what a policy says about a mechanism is always
+/// what is enforced.
+impl Merge for AuthRules {
+    fn fill_from(&mut self, lower: &AuthRules) {
         fn fill<T: Clone>(mine: &mut Option<T>, lower: &Option<T>) {
             if mine.is_none() {
                 mine.clone_from(lower);
@@ -464,7 +448,7 @@ mod tests {
             }
         }))
         .expect("valid spec");
-        let rules = spec.defaults.expect("defaults");
+        let rules = spec.envelope.defaults.expect("defaults");
         assert_eq!(rules.jwt.as_ref().unwrap().providers[0].audiences, ["api"]);
         assert_eq!(
             rules.authorization.unwrap().rules[0].paths[0].kind,
@@ -475,7 +459,7 @@ mod tests {
             Some(2)
         );
         assert_eq!(
-            spec.target_refs[0].section_name.as_deref(),
+            spec.envelope.target_refs[0].section_name.as_deref(),
             Some("admin")
         );
     }

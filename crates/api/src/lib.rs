@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod parameters;
+pub mod policy;
 
 pub use gateway_api;
 pub use k8s_openapi;
@@ -18,3 +19,4 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 pub use auth::{AuthPolicy, AuthPolicySpec, AuthRules};
 pub use parameters::{GatewayParameters, GatewayParametersSpec};
+pub use policy::PolicyKind;

@@ -15,6 +15,7 @@ use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portcullis_api::policy::PolicyKind;
 
 /// Namespace and name of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,6 +68,22 @@ pub struct Snapshot {
     /// Cluster-scoped: keyed by name. Only needed for label selectors; a
     /// namespace missing here is treated as existing with no labels.
     pub namespaces: BTreeMap<String, Namespace>,
+    /// Our policy CRDs, by kind. Kept as JSON: each kind's compile hook
+    /// decodes its own spec, so a spec that does not decode becomes that
+    /// policy's `Invalid` status instead of a lost object.
+    pub policies: BTreeMap<PolicyKind, BTreeMap<ObjectKey, PolicyObject>>,
+}
+
+/// A policy object of one of our kinds ([`PolicyKind`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct PolicyObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    /// As observed, for the status writer's diff.
+    #[serde(default)]
+    pub status: serde_json::Value,
 }
 
 /// One object of a kind the controller reads.
@@ -82,6 +99,7 @@ pub enum KubeObject {
     Secret(Secret),
     ConfigMap(ConfigMap),
     Namespace(Namespace),
+    Policy(PolicyKind, PolicyObject),
 }
 
 /// Why a document could not become a [`KubeObject`].
@@ -108,10 +126,11 @@ impl KubeObject {
             KubeObject::Secret(_) => "Secret",
             KubeObject::ConfigMap(_) => "ConfigMap",
             KubeObject::Namespace(_) => "Namespace",
+            KubeObject::Policy(kind, _) => kind.as_str(),
         }
     }
 
-    fn meta(&self) -> &ObjectMeta {
+    pub fn meta(&self) -> &ObjectMeta {
         match self {
             KubeObject::GatewayClass(o) => &o.metadata,
             KubeObject::Gateway(o) => &o.metadata,
@@ -123,6 +142,23 @@ impl KubeObject {
             KubeObject::Secret(o) => &o.metadata,
             KubeObject::ConfigMap(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
+            KubeObject::Policy(_, o) => &o.metadata,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            KubeObject::GatewayClass(o) => &mut o.metadata,
+            KubeObject::Gateway(o) => &mut o.metadata,
+            KubeObject::HttpRoute(o) => &mut o.metadata,
+            KubeObject::GrpcRoute(o) => &mut o.metadata,
+            KubeObject::ReferenceGrant(o) => &mut o.metadata,
+            KubeObject::Service(o) => &mut o.metadata,
+            KubeObject::EndpointSlice(o) => &mut o.metadata,
+            KubeObject::Secret(o) => &mut o.metadata,
+            KubeObject::ConfigMap(o) => &mut o.metadata,
+            KubeObject::Namespace(o) => &mut o.metadata,
+            KubeObject::Policy(_, o) => &mut o.metadata,
         }
     }
 
@@ -171,6 +207,10 @@ impl KubeObject {
             ("ConfigMap", "") => KubeObject::ConfigMap(decode(value)?),
             ("Namespace", "") => KubeObject::Namespace(decode(value)?),
             ("EndpointSlice", "discovery.k8s.io") => KubeObject::EndpointSlice(decode(value)?),
+            (_, portcullis_api::parameters::GROUP) => match PolicyKind::from_kind(&kind) {
+                Some(policy_kind) => KubeObject::Policy(policy_kind, decode(value)?),
+                None => return Err(ObjectError::Ignored { api_version, kind }),
+            },
             _ => return Err(ObjectError::Ignored { api_version, kind }),
         };
         if object.meta().name.as_deref().unwrap_or("").is_empty() {
@@ -194,6 +234,7 @@ impl KubeObject {
             KubeObject::Service(o) => default_ns(&mut o.metadata),
             KubeObject::EndpointSlice(o) => default_ns(&mut o.metadata),
             KubeObject::ConfigMap(o) => default_ns(&mut o.metadata),
+            KubeObject::Policy(_, o) => default_ns(&mut o.metadata),
             KubeObject::Secret(o) => {
                 default_ns(&mut o.metadata);
                 if let Some(string_data) = o.string_data.take() {
@@ -232,6 +273,7 @@ impl Snapshot {
             KubeObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
             KubeObject::Secret(o) => put(&mut self.secrets, key, o),
             KubeObject::ConfigMap(o) => put(&mut self.config_maps, key, o),
+            KubeObject::Policy(kind, o) => put(self.policies.entry(kind).or_default(), key, o),
         };
         replaced.then_some(name)
     }

@@ -146,8 +146,16 @@ async fn route_and_forward(
             ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("{host}{path}"))
         })?;
     let rule = route.rule.clone();
+    if let Some(reason) = &rule.policies.invalid {
+        // Fail closed: the policies may be what protects this backend.
+        return Err(ProxyError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the policies of this route are invalid",
+            format!("{}: {reason}", rule.id),
+        ));
+    }
     // IP rules -> authentication -> authorization (see crate::auth).
-    if let Some(auth) = &rule.auth {
+    if let Some(auth) = &rule.policies.auth {
         let input = crate::auth::AuthInput {
             remote: conn.remote.ip(),
             path: &path,

@@ -350,7 +350,7 @@ mod tests {
                 filters: vec![],
                 backends: vec![],
                 timeouts: Timeouts::default(),
-                auth: None,
+                policies: Default::default(),
             }),
         }
     }

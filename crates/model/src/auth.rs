@@ -89,7 +89,9 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, unmap(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -277,10 +279,17 @@ pub struct Jwk {
 #[derive(Clone, Serialize)]
 pub enum KeyMaterial {
     /// Big-endian modulus and exponent.
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// Uncompressed point `04 || x || y`.
-    Ec { point: Vec<u8> },
-    Ed25519 { public: Vec<u8> },
+    Ec {
+        point: Vec<u8>,
+    },
+    Ed25519 {
+        public: Vec<u8>,
+    },
     Hmac {
         #[serde(serialize_with = "redacted")]
         secret: Vec<u8>,
@@ -307,7 +316,11 @@ impl Jwks {
     /// written by the operator), skipped with a note otherwise (a remote
     /// JWKS may carry keys for other consumers). Returns the keys and the
     /// reasons keys were skipped.
-    pub fn parse(json: &[u8], allow_hmac: bool, strict: bool) -> Result<(Jwks, Vec<String>), String> {
+    pub fn parse(
+        json: &[u8],
+        allow_hmac: bool,
+        strict: bool,
+    ) -> Result<(Jwks, Vec<String>), String> {
         let doc: serde_json::Value =
             serde_json::from_slice(json).map_err(|e| format!("JWKS is not JSON: {e}"))?;
         let list = doc
@@ -344,7 +357,9 @@ impl Jwk {
         };
         let kty = field("kty").ok_or("missing \"kty\"")?;
         let alg = match field("alg") {
-            Some(a) => Some(JwtAlgorithm::parse(a).ok_or_else(|| format!("unsupported alg {a:?}"))?),
+            Some(a) => {
+                Some(JwtAlgorithm::parse(a).ok_or_else(|| format!("unsupported alg {a:?}"))?)
+            }
             None => None,
         };
         use JwtAlgorithm::*;
@@ -579,8 +594,7 @@ impl AuthzPath {
         if self.exact {
             // `/admin` and `/admin/` are the same resource to most
             // backends: an exact rule covers both spellings.
-            path == self.value
-                || path.strip_suffix('/').is_some_and(|p| p == self.value)
+            path == self.value || path.strip_suffix('/').is_some_and(|p| p == self.value)
         } else {
             crate::prefix_matches(&self.value, path)
         }

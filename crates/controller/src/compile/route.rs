@@ -404,8 +404,7 @@ pub(crate) fn compile_rules(lookup: &Index<'_>, route: &RouteSource<'_>) -> Comp
             filters,
             backends,
             timeouts,
-            // Filled in by policy attachment once the route is placed.
-            auth: None,
+            policies: Default::default(),
         };
         out.rules.push(CompiledRule {
             rule: Arc::new(rule),

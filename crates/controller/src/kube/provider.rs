@@ -14,6 +14,7 @@ use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 use super::provision::{provision_inputs, ProvisionInputs};
 use super::store::{Change, Effect, Kind, Stores};
 use super::writer::{observe, StatusInputs};
-use crate::snapshot::{KubeObject, ObjectKey, Snapshot};
+use crate::snapshot::{KubeObject, ObjectKey, PolicyObject, Snapshot};
 use crate::status::StatusUpdate;
 use crate::{compile, CompileOptions};
 
@@ -189,12 +190,24 @@ impl KubeProvider {
             change_tx.clone(),
         ));
         tasks.push(watch_kind::<Namespace>(
-            Api::all(client),
+            Api::all(client.clone()),
             all(),
             Kind::Namespace,
             KubeObject::Namespace,
-            change_tx,
+            change_tx.clone(),
         ));
+        // Our policies, read as JSON (each kind's compile hook decodes its
+        // spec). Their CRDs may not be installed: see `watch_kind`.
+        for kind in portcullis_api::PolicyKind::ALL {
+            let resource = super::policy_resource(kind);
+            tasks.push(watch_kind::<DynamicObject>(
+                Api::all_with(client.clone(), &resource),
+                all(),
+                Kind::Policy(kind),
+                move |o| KubeObject::Policy(kind, policy_object(o)),
+                change_tx.clone(),
+            ));
+        }
 
         handle
     }
@@ -241,11 +254,15 @@ pub fn start_compile_loop(
 /// re-lists and re-watches by itself after errors (with kube-runtime's
 /// default backoff); errors are logged, the first at once and then at most
 /// every 30 seconds per kind.
+///
+/// A policy kind whose CRD is not installed (the list answers 404) counts
+/// as listed and empty, so that it does not hold back the first table;
+/// the watcher keeps retrying and picks the CRD up once it is installed.
 fn watch_kind<K>(
     api: Api<K>,
     config: watcher::Config,
     kind: Kind,
-    wrap: fn(K) -> KubeObject,
+    wrap: impl Fn(K) -> KubeObject + Send + 'static,
     changes: mpsc::Sender<Change>,
 ) -> JoinHandle<()>
 where
@@ -256,7 +273,22 @@ where
         let mut stream = std::pin::pin!(stream);
         let mut last_error_log: Option<Instant> = None;
         let mut failing = false;
+        let mut listed = false;
         while let Some(event) = stream.next().await {
+            if let (Kind::Policy(_), Err(e), false) = (kind, &event, listed) {
+                if error_code(e) == Some(404) {
+                    listed = true;
+                    tracing::info!(%kind, "the {kind} CRD is not installed: no {kind}s until it is");
+                    for change in [Change::Relisting(kind), Change::Synced(kind)] {
+                        if changes.send(change).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if matches!(event, Ok(Event::InitDone)) {
+                listed = true;
+            }
             let change = match event {
                 Ok(Event::Init) => Change::Relisting(kind),
                 Ok(Event::InitApply(o)) => Change::Listed(wrap(o)),
@@ -339,15 +371,33 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 }
 
 /// What to check for the usual watch failures, for the operator.
-fn watch_error_hint(error: &watcher::Error) -> &'static str {
-    let status = match error {
+fn error_code(error: &watcher::Error) -> Option<u16> {
+    match error {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s))
         | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
         watcher::Error::WatchError(s) => Some(s.code),
         _ => None,
+    }
+}
+
+/// A dynamic object of one of our policy kinds as the snapshot keeps it.
+fn policy_object(object: DynamicObject) -> PolicyObject {
+    let mut data = object.data;
+    let mut take = |key: &str| {
+        data.as_object_mut()
+            .and_then(|m| m.remove(key))
+            .unwrap_or(serde_json::Value::Null)
     };
-    match status {
+    PolicyObject {
+        metadata: object.metadata,
+        spec: take("spec"),
+        status: take("status"),
+    }
+}
+
+fn watch_error_hint(error: &watcher::Error) -> &'static str {
+    match error_code(error) {
         Some(404) => " (is its CRD installed?)",
         Some(401) => " (are the credentials valid?)",
         Some(403) => " (may this service account list and watch it? see deploy/rbac)",

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portcullis_api::PolicyKind;
 
 use crate::snapshot::{KubeObject, ObjectKey, Snapshot};
 
@@ -28,11 +28,14 @@ pub enum Kind {
     Secret,
     ConfigMap,
     Namespace,
+    /// One of our policy CRDs. Optional: until its CRD is installed the
+    /// kind counts as listed and empty (see the provider).
+    Policy(PolicyKind),
 }
 
 impl Kind {
     /// Every kind `compile()` reads.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 13] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
@@ -43,6 +46,9 @@ impl Kind {
         Kind::Secret,
         Kind::ConfigMap,
         Kind::Namespace,
+        Kind::Policy(PolicyKind::AuthPolicy),
+        Kind::Policy(PolicyKind::RateLimitPolicy),
+        Kind::Policy(PolicyKind::BackendPolicy),
     ];
 
     pub fn of(object: &KubeObject) -> Kind {
@@ -57,6 +63,7 @@ impl Kind {
             KubeObject::Secret(_) => Kind::Secret,
             KubeObject::ConfigMap(_) => Kind::ConfigMap,
             KubeObject::Namespace(_) => Kind::Namespace,
+            KubeObject::Policy(kind, _) => Kind::Policy(*kind),
         }
     }
 
@@ -72,6 +79,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
             Kind::Namespace => "Namespace",
+            Kind::Policy(kind) => kind.as_str(),
         }
     }
 }
@@ -112,25 +120,10 @@ pub enum Effect {
 /// Drops the bulk nobody reads before an object is stored: managedFields
 /// and kubectl's copy of the last applied configuration.
 pub fn strip(object: &mut KubeObject) {
-    let meta = meta_mut(object);
+    let meta = object.meta_mut();
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
-fn meta_mut(object: &mut KubeObject) -> &mut ObjectMeta {
-    match object {
-        KubeObject::GatewayClass(o) => &mut o.metadata,
-        KubeObject::Gateway(o) => &mut o.metadata,
-        KubeObject::HttpRoute(o) => &mut o.metadata,
-        KubeObject::GrpcRoute(o) => &mut o.metadata,
-        KubeObject::ReferenceGrant(o) => &mut o.metadata,
-        KubeObject::Service(o) => &mut o.metadata,
-        KubeObject::EndpointSlice(o) => &mut o.metadata,
-        KubeObject::Secret(o) => &mut o.metadata,
-        KubeObject::ConfigMap(o) => &mut o.metadata,
-        KubeObject::Namespace(o) => &mut o.metadata,
     }
 }
 
@@ -222,23 +215,16 @@ fn swap_kind(a: &mut Snapshot, b: &mut Snapshot, kind: Kind) {
         Kind::Secret => swap(&mut a.secrets, &mut b.secrets),
         Kind::ConfigMap => swap(&mut a.config_maps, &mut b.config_maps),
         Kind::Namespace => swap(&mut a.namespaces, &mut b.namespaces),
+        Kind::Policy(kind) => swap(
+            a.policies.entry(kind).or_default(),
+            b.policies.entry(kind).or_default(),
+        ),
     }
 }
 
 /// Removes an object; true if it was there.
 fn remove(snapshot: &mut Snapshot, object: &KubeObject) -> bool {
-    let meta = match object {
-        KubeObject::GatewayClass(o) => &o.metadata,
-        KubeObject::Gateway(o) => &o.metadata,
-        KubeObject::HttpRoute(o) => &o.metadata,
-        KubeObject::GrpcRoute(o) => &o.metadata,
-        KubeObject::ReferenceGrant(o) => &o.metadata,
-        KubeObject::Service(o) => &o.metadata,
-        KubeObject::EndpointSlice(o) => &o.metadata,
-        KubeObject::Secret(o) => &o.metadata,
-        KubeObject::ConfigMap(o) => &o.metadata,
-        KubeObject::Namespace(o) => &o.metadata,
-    };
+    let meta = object.meta();
     let key = ObjectKey::of(meta);
     match object {
         KubeObject::GatewayClass(_) => snapshot.gateway_classes.remove(&key.name).is_some(),
@@ -251,6 +237,10 @@ fn remove(snapshot: &mut Snapshot, object: &KubeObject) -> bool {
         KubeObject::EndpointSlice(_) => snapshot.endpoint_slices.remove(&key).is_some(),
         KubeObject::Secret(_) => snapshot.secrets.remove(&key).is_some(),
         KubeObject::ConfigMap(_) => snapshot.config_maps.remove(&key).is_some(),
+        KubeObject::Policy(kind, _) => snapshot
+            .policies
+            .get_mut(kind)
+            .is_some_and(|m| m.remove(&key).is_some()),
     }
 }
 
@@ -292,6 +282,17 @@ fn same_but_status(snapshot: &Snapshot, object: &KubeObject) -> bool {
             o,
             |x| {
                 x.status = None;
+                x.metadata.resource_version = None;
+            },
+        ),
+        KubeObject::Policy(kind, o) => same(
+            snapshot
+                .policies
+                .get(kind)
+                .and_then(|m| m.get(&ObjectKey::of(&o.metadata))),
+            o,
+            |x| {
+                x.status = serde_json::Value::Null;
                 x.metadata.resource_version = None;
             },
         ),

@@ -84,13 +84,11 @@ impl Merge for AuthRules {
     }
 }
 
-/// A Secret (or ConfigMap) key. `namespace` defaults to the policy's own.
+/// A key of a Secret (or ConfigMap) in the policy's own namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectKeyRef {
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
     /// The data key; each use documents its default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -216,7 +214,8 @@ pub struct ClaimToHeader {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyAuth {
-    /// Secrets (in the policy's namespace) holding one key each.
+    /// Secrets (in the policy's namespace) holding one key each (at least
+    /// 16 bytes). Must not be empty.
     pub selector: LabelSelector,
     /// Request header carrying the key. Default `x-api-key` unless `query`
     /// is set.
@@ -236,9 +235,6 @@ pub struct ApiKeyAuth {
     /// Let requests without a key through as anonymous.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optional: Option<bool>,
-    /// Namespace of the Secrets; default the policy's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
 }
 
 // --------------------------------------------------------------- basic
@@ -249,7 +245,7 @@ pub struct BasicAuth {
     /// Secret with an htpasswd file (key default `auth`); bcrypt (`$2y$`,
     /// `$2b$`, `$2a$`) and `{SHA}` entries.
     pub secret_ref: ObjectKeyRef,
-    /// Realm in the `WWW-Authenticate` challenge. Default the policy name.
+    /// Realm in the `WWW-Authenticate` challenge. Default `portcullis`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realm: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -52,6 +52,11 @@ pub(crate) trait PolicyCompiler {
     type Resolved: Merge + Clone;
     /// What the data plane reads.
     type Output: Send + Sync + 'static;
+    /// An invalid policy of a fail-closed kind still attaches to its
+    /// targets and makes their rules answer 500 ([`RulePolicies::invalid`])
+    /// instead of being served as if it did not exist: for a policy that
+    /// protects a backend (auth), being left out would open it.
+    const FAIL_CLOSED: bool = false;
 
     /// Checks one policy's rules and resolves what they reference. `Err`
     /// makes the policy `Invalid` with that message.
@@ -175,7 +180,7 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
         for (key, object) in objects.into_iter().flatten() {
             let parsed = parse::<K>(index, key, object);
             let i = policies.len();
-            if parsed.invalid.is_none() {
+            if parsed.invalid.is_none() || K::FAIL_CLOSED {
                 for t in &parsed.targets {
                     if let Some(target) = target_key(&key.namespace, t) {
                         let list = by_target.entry(target).or_default();
@@ -249,6 +254,17 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
         }
         if attached.is_empty() {
             return None;
+        }
+        // Only fail-closed kinds index invalid policies (see FAIL_CLOSED).
+        let invalid = attached.iter().find_map(|&(_, i)| {
+            let p = self.policies.get(i)?;
+            Some((i, p.key, p.invalid.as_ref()?))
+        });
+        if let Some((i, key, message)) = invalid {
+            return Some(Effective {
+                contributors: vec![(i, false)],
+                output: Err(format!("{} {key} is invalid: {message}", K::KIND)),
+            });
         }
         let age = |i: usize| {
             self.policies
@@ -587,7 +603,9 @@ pub(crate) fn apply(
 ) -> PolicyOutcome {
     // Every policy kind, in the order their stages run on the data path:
     // `kinds.run::<K>()` for each.
-    apply_kinds(index, served, targets, controller_name, |_kinds| {})
+    apply_kinds(index, served, targets, controller_name, |kinds| {
+        kinds.run::<super::auth::AuthPolicyCompiler>();
+    })
 }
 
 fn apply_kinds(

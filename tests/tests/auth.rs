@@ -909,3 +909,93 @@ async fn policy_with_a_missing_secret_is_reported_and_its_route_fails_closed() {
         "{text}"
     );
 }
+
+// --------------------------------------------------------------- example
+
+/// `examples/auth` compiles without problems and answers as its comments
+/// say (listener and backend ports moved to free ones).
+#[tokio::test]
+async fn the_auth_example_behaves_as_documented() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/auth");
+    let (snapshot, problems) = portcullis_controller::file::load_dir(&dir);
+    assert!(problems.is_empty(), "{problems:?}");
+    let compiled = portcullis_controller::compile(
+        &snapshot,
+        &portcullis_controller::CompileOptions::default(),
+    );
+    for s in &compiled.statuses {
+        assert!(
+            s.problems.is_empty(),
+            "{}: {:?}",
+            s.display_name(),
+            s.problems
+        );
+    }
+
+    let echo = start_echo("echo").await;
+    let mut yaml = String::new();
+    for file in [
+        "gateway.yaml",
+        "routes.yaml",
+        "secrets.yaml",
+        "policies.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("example file");
+        yaml.push_str("\n---\n");
+        yaml.push_str(
+            &text
+                .replace("port: 8080", "port: ${HTTP_PORT}")
+                .replace("port: 3000", &format!("port: {}", echo.port())),
+        );
+    }
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    let url = |path: &str| gw.url("HTTP_PORT", path);
+    let status = |a: Answer| a.status;
+    let basic = |u: &str| format!("Basic {}", STANDARD.encode(format!("{u}:change-me")));
+
+    assert_eq!(status(get(&url("/"), "shop", &[]).await), StatusCode::OK);
+    let orders = get(&url("/orders"), "shop", &[]).await;
+    assert_eq!(orders.status, StatusCode::UNAUTHORIZED);
+    let challenges = www_authenticate(&orders);
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Bearer")),
+        "{challenges:?}"
+    );
+    assert!(
+        challenges.iter().any(|c| c.starts_with("ApiKey")),
+        "{challenges:?}"
+    );
+    let mobile = [("x-api-key", "demo-key-mobile-0123456789")];
+    assert_eq!(
+        status(get(&url("/orders"), "shop", &mobile).await),
+        StatusCode::OK
+    );
+    let partner_post = Request::post(url("/orders"))
+        .header("host", "shop")
+        .header("x-api-key", "demo-key-partner-987654321")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let refused = send(&http1_client(), partner_post).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(&refused.body[..], br#"{"error":"forbidden"}"#);
+
+    let admin = get(&url("/admin"), "shop", &[]).await;
+    assert_eq!(admin.status, StatusCode::UNAUTHORIZED);
+    assert!(www_authenticate(&admin)
+        .iter()
+        .any(|c| c.starts_with("Basic realm=\"shop admin\"")));
+    let ops = basic("ops");
+    assert_eq!(
+        status(get(&url("/admin"), "shop", &[("authorization", &ops)]).await),
+        StatusCode::OK
+    );
+    let auditor = basic("auditor");
+    assert_eq!(
+        status(get(&url("/admin"), "shop", &[("authorization", &auditor)]).await),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(get(&url("/admin"), "shop", &mobile).await),
+        StatusCode::FORBIDDEN
+    );
+}

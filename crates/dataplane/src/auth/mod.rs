@@ -221,7 +221,9 @@ fn challenges(config: &AuthConfig, bearer_error: Option<&'static str>) -> Vec<He
     if let Some(basic) = &config.basic {
         out.push(basic.challenge.0.clone());
     }
-    if out.is_empty() {
+    // Not a registered scheme, but it tells a client which credential
+    // would be accepted.
+    if config.api_keys.is_some() {
         if let Ok(v) = HeaderValue::from_str(&format!("ApiKey realm=\"{realm}\"")) {
             out.push(v);
         }

@@ -999,3 +999,52 @@ async fn the_auth_example_behaves_as_documented() {
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test]
+async fn cors_preflight_is_answered_without_credentials_but_the_request_needs_them() {
+    let echo = start_echo("echo").await;
+    let yaml = format!(
+        "{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - filters:
+    - type: CORS
+      cors: {{allowOrigins: [\"https://app.example.com\"], allowMethods: [GET], allowHeaders: [x-api-key]}}
+    backendRefs: [{{name: echo, port: 80}}]
+{}{}",
+        gateway(PLAIN_LISTENER),
+        service_yaml("echo", &[echo], None),
+        api_key_secrets(),
+        policy("  apiKeys: {selector: {matchLabels: {portcullis.dev/api-key: \"true\"}}}\n"),
+    );
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    let preflight = Request::options(gw.url("HTTP_PORT", "/x"))
+        .header("host", HOST)
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "x-api-key")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send(&http1_client(), preflight).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    // An OPTIONS that is not a preflight is not let through.
+    let options = Request::options(gw.url("HTTP_PORT", "/x"))
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(&http1_client(), options).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let get_without_key = get_with(&gw, "/x", &[("origin", "https://app.example.com")]).await;
+    assert_eq!(get_without_key.status, StatusCode::UNAUTHORIZED);
+}

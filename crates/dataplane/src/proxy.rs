@@ -154,8 +154,11 @@ async fn route_and_forward(
             format!("{}: {reason}", rule.id),
         ));
     }
-    // IP rules -> authentication -> authorization (see crate::auth).
-    if let Some(auth) = &rule.policies.auth {
+    // IP rules -> authentication -> authorization (see crate::auth). A
+    // CORS preflight carries no credentials by design; the rule's CORS
+    // filter answers it below, without reaching the backend.
+    let preflight = is_preflight(&req) && rule.filters.iter().any(|f| matches!(f, Filter::Cors(_)));
+    if let (Some(auth), false) = (&rule.policies.auth, preflight) {
         let input = crate::auth::AuthInput {
             remote: conn.remote.ip(),
             path: &path,

@@ -115,8 +115,12 @@ impl RemoteKeys {
         let generation = self.generation.load(Ordering::Acquire);
         let current = self.current();
         if let Some((jwks, fresh)) = &current {
-            let known =
-                kid.is_none_or(|kid| jwks.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+            // A key without `kid` is a candidate for any token.
+            let known = kid.is_none_or(|kid| {
+                jwks.keys
+                    .iter()
+                    .any(|k| k.kid.is_none() || k.kid.as_deref() == Some(kid))
+            });
             if *fresh && known {
                 return Ok(jwks.clone());
             }

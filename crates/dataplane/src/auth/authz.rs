@@ -139,7 +139,7 @@ fn certificate_matches(
         && condition.sans.is_empty()
         && condition.fingerprints.is_empty();
     no_condition
-        || condition.subjects.iter().any(|s| *s == cert.subject)
+        || condition.subjects.contains(&cert.subject)
         || condition.sans.iter().any(|s| cert.sans.contains(s))
         || condition
             .fingerprints

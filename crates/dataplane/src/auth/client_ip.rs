@@ -18,21 +18,20 @@ pub fn client_address(config: &ClientAddress, remote: IpAddr, headers: &HeaderMa
     if config.trusted_hops == 0 || !config.trusted_proxies.contains(client) {
         return client;
     }
-    let mut hops = 0;
     let entries = headers
         .get_all("x-forwarded-for")
         .iter()
         .rev()
-        .flat_map(|v| v.to_str().unwrap_or("").rsplit(','));
+        .flat_map(|v| v.to_str().unwrap_or("").rsplit(','))
+        .take(config.trusted_hops as usize);
     for entry in entries {
-        if hops == config.trusted_hops || !config.trusted_proxies.contains(client) {
+        if !config.trusted_proxies.contains(client) {
             break;
         }
         match parse_entry(entry.trim()) {
             Some(ip) => client = ip,
             None => break,
         }
-        hops += 1;
     }
     client
 }

@@ -1,6 +1,8 @@
 //! HTTP basic authentication against a compiled htpasswd file.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -20,7 +22,52 @@ static DUMMY_BCRYPT: LazyLock<Option<String>> = LazyLock::new(|| {
         .map(|h| h.to_string())
 });
 
+/// How long a verified bcrypt password is remembered.
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Bound on remembered passwords; when full, the memory is cleared.
+const VERIFIED_MAX: usize = 10_000;
+
+/// bcrypt costs milliseconds of CPU by design; paying it on every request
+/// of a logged-in client would cap a route at a few hundred requests per
+/// second per core. A successful check is remembered for a minute, keyed
+/// by SHA-256 of (stored hash, user, password): never the password itself,
+/// and a changed htpasswd entry no longer matches.
+#[derive(Default)]
+pub struct VerifiedPasswords {
+    entries: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+impl VerifiedPasswords {
+    fn key(hash: &str, user: &str, password: &str) -> [u8; 32] {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        for part in [hash, user, password] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part.as_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    fn remembered(&self, key: &[u8; 32]) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).is_some_and(|t| t.elapsed() < VERIFIED_TTL)
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= VERIFIED_MAX {
+            entries.retain(|_, t| t.elapsed() < VERIFIED_TTL);
+            if entries.len() >= VERIFIED_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(key, Instant::now());
+    }
+}
+
 pub(super) async fn authenticate<B>(
+    verified: &VerifiedPasswords,
     config: &BasicConfig,
     req: &mut Request<B>,
 ) -> Result<Option<Identity>, Refusal> {
@@ -53,7 +100,18 @@ pub(super) async fn authenticate<B>(
             let d = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, password.as_bytes());
             constant_time_eq(d.as_ref(), &expected)
         }
-        Some(PasswordHash::Bcrypt(hash)) => bcrypt_verify(password, Some(hash)).await,
+        Some(PasswordHash::Bcrypt(hash)) => {
+            let key = VerifiedPasswords::key(&hash, user, &password);
+            if verified.remembered(&key) {
+                true
+            } else {
+                let ok = bcrypt_verify(password, Some(hash)).await;
+                if ok {
+                    verified.remember(key);
+                }
+                ok
+            }
+        }
         None => {
             bcrypt_verify(password, None).await;
             false
@@ -130,24 +188,39 @@ mod tests {
     #[tokio::test]
     async fn bcrypt_and_sha_entries() {
         let c = config();
+        let v = VerifiedPasswords::default();
         let mut r = req("alice", "wonderland");
-        let id = authenticate(&c, &mut r).await.ok().flatten().unwrap();
+        let id = authenticate(&v, &c, &mut r).await.ok().flatten().unwrap();
         assert_eq!(id.subject.as_deref(), Some("alice"));
         assert!(r.headers().get("authorization").is_none());
-        assert!(authenticate(&c, &mut req("bob", "password"))
+        assert!(authenticate(&v, &c, &mut req("bob", "password"))
             .await
             .ok()
             .flatten()
             .is_some());
-        assert!(authenticate(&c, &mut req("alice", "wonderlanD"))
+        assert!(authenticate(&v, &c, &mut req("alice", "wonderlanD"))
             .await
             .is_err());
-        assert!(authenticate(&c, &mut req("bob", "passwore")).await.is_err());
-        assert!(authenticate(&c, &mut req("mallory", "x")).await.is_err());
+        assert!(authenticate(&v, &c, &mut req("bob", "passwore"))
+            .await
+            .is_err());
+        assert!(authenticate(&v, &c, &mut req("mallory", "x"))
+            .await
+            .is_err());
+        // Remembered: the same password passes again, a different one never.
+        let remembered = authenticate(&v, &c, &mut req("alice", "wonderland")).await;
+        assert!(remembered.ok().flatten().is_some());
+        assert!(authenticate(&v, &c, &mut req("alice", "wonderlanx"))
+            .await
+            .is_err());
         let mut bearer = Request::get("/")
             .header("authorization", "Bearer x")
             .body(())
             .unwrap();
-        assert!(authenticate(&c, &mut bearer).await.ok().flatten().is_none());
+        assert!(authenticate(&v, &c, &mut bearer)
+            .await
+            .ok()
+            .flatten()
+            .is_none());
     }
 }

@@ -25,18 +25,13 @@ use tokio::net::TcpStream;
 /// A JWKS document larger than this is refused.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
-/// Runtime state of the auth stage shared by all tables: remote key caches
-/// survive configuration reloads, like upstream connection pools do.
+/// Remote JWKS caches by URL.
 #[derive(Default)]
-pub struct AuthState {
+pub struct RemoteCaches {
     remotes: Mutex<HashMap<String, Arc<RemoteKeys>>>,
 }
 
-impl AuthState {
-    pub fn new() -> AuthState {
-        AuthState::default()
-    }
-
+impl RemoteCaches {
     /// The cache for this remote JWKS (created on first use; replaced when
     /// its settings change).
     pub(super) fn remote(&self, config: &RemoteJwks) -> Arc<RemoteKeys> {

@@ -323,6 +323,7 @@ pub(super) async fn authenticate<B>(
         JwksSource::Static(jwks) => verify_with(&jwks.keys, &decoded).map_err(invalid)?,
         JwksSource::Remote(remote) => {
             let keys = state
+                .remote_jwks
                 .remote(remote)
                 .keys(decoded.kid.as_deref())
                 .await

@@ -28,7 +28,25 @@ mod query;
 
 pub use authz::VerifiedClientCertificate;
 pub use client_ip::client_address;
-pub use jwks::AuthState;
+
+/// Runtime state of the auth stage, shared by all tables: it survives
+/// configuration reloads, like upstream connection pools do.
+#[derive(Default)]
+pub struct AuthState {
+    pub(crate) remote_jwks: jwks::RemoteCaches,
+    pub(crate) passwords: basic::VerifiedPasswords,
+}
+
+impl AuthState {
+    pub fn new() -> AuthState {
+        AuthState::default()
+    }
+
+    /// How many fetches of this JWKS URL were started.
+    pub fn jwks_fetches(&self, url: &str) -> u64 {
+        self.remote_jwks.fetches(url)
+    }
+}
 
 /// The parts of the request the stage reads besides headers.
 pub struct AuthInput<'a> {
@@ -156,7 +174,7 @@ async fn authenticate<B>(
         }
     }
     if let Some(basic) = &config.basic {
-        if let Some(identity) = basic::authenticate(basic, req).await? {
+        if let Some(identity) = basic::authenticate(&state.passwords, basic, req).await? {
             return Ok(Some(identity));
         }
     }

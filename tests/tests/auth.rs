@@ -1048,3 +1048,49 @@ spec:
     let get_without_key = get_with(&gw, "/x", &[("origin", "https://app.example.com")]).await;
     assert_eq!(get_without_key.status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn jwt_hs256_with_a_shared_secret_from_a_secret() {
+    let secret = b"0123456789abcdef0123456789abcdef-hs256";
+    let jwks_doc =
+        jwks(&[json!({"kty": "oct", "kid": "shared", "alg": "HS256", "k": b64(secret)})]);
+    let gw = gateway_with(&format!(
+        "{}{}",
+        secret_yaml("idp-keys", "", "", &[("jwks.json", &jwks_doc)]),
+        policy(&format!(
+            "  jwt:
+    providers:
+    - name: internal
+      issuer: {ISSUER}
+      jwks: {{secretRef: {{name: idp-keys}}}}
+"
+        ))
+    ))
+    .await;
+    assert_eq!(
+        bearer(&gw, "/", &hs256(secret, "shared", &claims()))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_invalid_token(
+        &bearer(
+            &gw,
+            "/",
+            &hs256(
+                b"another secret of the same length!!!!!",
+                "shared",
+                &claims(),
+            ),
+        )
+        .await,
+    );
+    // The secret never shows in the config dump.
+    let dump = get(&gw.admin_url("/config_dump"), "admin", &[]).await;
+    let text = String::from_utf8_lossy(&dump.body);
+    assert!(text.contains("redacted"), "{text}");
+    assert!(
+        !text.contains(&b64(secret)),
+        "HMAC key leaked into /config_dump"
+    );
+}

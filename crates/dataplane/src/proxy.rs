@@ -403,6 +403,21 @@ struct UpstreamRequest {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
+/// Did forwarding fail because reading the client's request body failed?
+/// hyper reports the body stream's error as a user error wrapping it.
+fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = error.source();
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn build_upstream_request(
     mut req: Request<Incoming>,
     ctx: &RequestContext,
@@ -598,7 +613,15 @@ async fn forward(
         None => attempt.await,
     };
     let mut resp = result.map_err(|e| {
-        if e.is_connect() {
+        if client_body_failed(&e) {
+            // The client sent a malformed body (bad chunking, cut short):
+            // its fault, not the backend's.
+            ProxyError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed request body",
+                format!("{}: {e:?}", rule.id),
+            )
+        } else if e.is_connect() {
             ProxyError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error",

@@ -1094,3 +1094,25 @@ async fn jwt_hs256_with_a_shared_secret_from_a_secret() {
         "HMAC key leaked into /config_dump"
     );
 }
+
+#[tokio::test]
+async fn a_token_remembered_as_verified_still_expires() {
+    let gw = gateway_with(&policy(&format!(
+        "  jwt:
+    providers:
+    - name: idp
+      issuer: {ISSUER}
+      clockSkewSeconds: 0
+      jwks: {{inline: '{}'}}
+",
+        jwks(&[RsaSigner::jwk("rsa-1")])
+    )))
+    .await;
+    let mut c = claims();
+    c["exp"] = json!(now() + 2);
+    let token = RsaSigner::new().sign("rsa-1", &c);
+    assert_eq!(bearer(&gw, "/", &token).await.status, StatusCode::OK);
+    // Verified once, so the signature is not checked again; the expiry is.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_invalid_token(&bearer(&gw, "/", &token).await);
+}

@@ -264,6 +264,10 @@ impl JwtAlgorithm {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Jwks {
     pub keys: Vec<Jwk>,
+    /// Fingerprint of the document the keys came from: a token verified
+    /// with one key set is only trusted again (verified-token cache) while
+    /// the key set is the same.
+    pub id: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -342,7 +346,10 @@ impl Jwks {
         if keys.is_empty() {
             return Err("JWKS has no usable signing key".into());
         }
-        Ok((Jwks { keys }, skipped))
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(json, &mut hasher);
+        let id = std::hash::Hasher::finish(&hasher);
+        Ok((Jwks { keys, id }, skipped))
     }
 }
 

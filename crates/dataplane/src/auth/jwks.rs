@@ -63,8 +63,12 @@ struct Cached {
     fetched: Instant,
 }
 
+/// Distinguishes cache instances (see [`RemoteKeys::keys_id`]).
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
+
 pub(super) struct RemoteKeys {
     config: RemoteJwks,
+    instance: u64,
     cached: RwLock<Option<Cached>>,
     /// When the last fetch started (success or not).
     last_attempt: Mutex<Option<Instant>>,
@@ -80,6 +84,7 @@ impl RemoteKeys {
     fn new(config: RemoteJwks) -> RemoteKeys {
         RemoteKeys {
             config,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             cached: RwLock::new(None),
             last_attempt: Mutex::new(None),
             generation: AtomicU64::new(0),
@@ -87,6 +92,12 @@ impl RemoteKeys {
             last_error: Mutex::new(String::new()),
             fetches: AtomicU64::new(0),
         }
+    }
+
+    /// Identity of the key set currently cached: changes with every fetch
+    /// and between cache instances.
+    pub(super) fn keys_id(&self) -> u64 {
+        (self.instance << 32) ^ self.generation.load(Ordering::Acquire)
     }
 
     fn current(&self) -> Option<(Arc<Jwks>, bool)> {

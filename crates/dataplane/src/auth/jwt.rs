@@ -20,7 +20,7 @@ use portcullis_model::auth::{
 use ring::{hmac, signature};
 use serde_json::{Map, Value};
 
-use super::{query, AuthState, Refusal};
+use super::{query, tokens, AuthState, Refusal};
 use crate::identity::Identity;
 
 /// Why a token was refused (logged; the client gets `invalid_token`).
@@ -312,30 +312,60 @@ pub(super) async fn authenticate<B>(
         detail: format!("JWT refused: {e}"),
         bearer_error: Some("invalid_token"),
     };
-    let decoded = decode(&token, config.max_token_bytes).map_err(invalid)?;
-    let issuer = decoded.claims.get("iss").and_then(Value::as_str);
-    let provider = config
-        .providers
-        .iter()
-        .find(|p| Some(p.issuer.as_str()) == issuer)
-        .ok_or(invalid(JwtError::UnknownIssuer))?;
-    match &provider.keys {
-        JwksSource::Static(jwks) => verify_with(&jwks.keys, &decoded).map_err(invalid)?,
-        JwksSource::Remote(remote) => {
-            let keys = state
-                .remote_jwks
-                .remote(remote)
-                .keys(decoded.kid.as_deref())
-                .await
-                .map_err(|detail| Refusal::Unavailable {
-                    detail: format!("provider {}: {detail}", provider.name),
-                })?;
-            verify_with(&keys.keys, &decoded).map_err(invalid)?;
-        }
+    if token.len() > config.max_token_bytes {
+        return Err(invalid(JwtError::TooLarge));
     }
-    check_claims(provider, &decoded.claims, unix_now()).map_err(invalid)?;
-
-    let claims = Arc::new(decoded.claims);
+    let provider_of = |issuer: Option<&str>| {
+        config
+            .providers
+            .iter()
+            .find(|p| Some(p.issuer.as_str()) == issuer)
+    };
+    // The identity of the key set a provider verifies with right now.
+    let keys_id = |provider: &JwtProvider| match &provider.keys {
+        JwksSource::Static(jwks) => jwks.id,
+        JwksSource::Remote(remote) => state.remote_jwks.remote(remote).keys_id(),
+    };
+    let digest = tokens::digest(&token);
+    let cached = state
+        .tokens
+        .get(&digest, |iss| provider_of(Some(iss)).map(keys_id));
+    let (provider, claims) = match cached {
+        Some(claims) => {
+            let issuer = claims.get("iss").and_then(Value::as_str);
+            let provider = provider_of(issuer).ok_or(invalid(JwtError::UnknownIssuer))?;
+            (provider, claims)
+        }
+        None => {
+            let decoded = decode(&token, config.max_token_bytes).map_err(invalid)?;
+            let issuer = decoded.claims.get("iss").and_then(Value::as_str);
+            let provider = provider_of(issuer).ok_or(invalid(JwtError::UnknownIssuer))?;
+            let verified_with = match &provider.keys {
+                JwksSource::Static(jwks) => {
+                    verify_with(&jwks.keys, &decoded).map_err(invalid)?;
+                    jwks.id
+                }
+                JwksSource::Remote(remote) => {
+                    let cache = state.remote_jwks.remote(remote);
+                    let keys = cache.keys(decoded.kid.as_deref()).await.map_err(|detail| {
+                        Refusal::Unavailable {
+                            detail: format!("provider {}: {detail}", provider.name),
+                        }
+                    })?;
+                    verify_with(&keys.keys, &decoded).map_err(invalid)?;
+                    cache.keys_id()
+                }
+            };
+            // Expired or not-yet-valid tokens are not remembered.
+            check_claims(provider, &decoded.claims, unix_now()).map_err(invalid)?;
+            let claims = Arc::new(decoded.claims);
+            state.tokens.insert(digest, verified_with, claims.clone());
+            (provider, claims)
+        }
+    };
+    // Time and audience depend on the clock and the configuration: checked
+    // on every request, cached or not.
+    check_claims(provider, &claims, unix_now()).map_err(invalid)?;
     for c in &provider.claims_to_headers {
         let mut value = claims.get(&c.claim[0]);
         for segment in &c.claim[1..] {

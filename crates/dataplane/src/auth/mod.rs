@@ -25,6 +25,7 @@ mod client_ip;
 mod jwks;
 mod jwt;
 mod query;
+mod tokens;
 
 pub use authz::VerifiedClientCertificate;
 pub use client_ip::client_address;
@@ -35,6 +36,7 @@ pub use client_ip::client_address;
 pub struct AuthState {
     pub(crate) remote_jwks: jwks::RemoteCaches,
     pub(crate) passwords: basic::VerifiedPasswords,
+    pub(crate) tokens: tokens::VerifiedTokens,
 }
 
 impl AuthState {

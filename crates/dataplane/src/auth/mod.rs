@@ -189,7 +189,7 @@ fn refusal_response(config: &AuthConfig, refusal: Refusal) -> Response<Body> {
             detail,
             bearer_error,
         } => {
-            tracing::info!(policy = ?config.sources, reason = %detail, "request unauthenticated");
+            tracing::debug!(policy = ?config.sources, reason = %detail, "request unauthenticated");
             let mut resp = deny_response(&config.unauthenticated, "unauthenticated");
             for challenge in challenges(config, bearer_error) {
                 resp.headers_mut()
@@ -198,7 +198,7 @@ fn refusal_response(config: &AuthConfig, refusal: Refusal) -> Response<Body> {
             resp
         }
         Refusal::Forbidden { detail } => {
-            tracing::info!(policy = ?config.sources, reason = %detail, "request forbidden");
+            tracing::debug!(policy = ?config.sources, reason = %detail, "request forbidden");
             deny_response(&config.unauthorized, "forbidden")
         }
         Refusal::Unavailable { detail } => {

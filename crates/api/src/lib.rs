@@ -5,6 +5,7 @@
 //! CRDs (group `portcullis.dev`) are added here as they land.
 
 pub mod auth;
+pub mod backend_policy;
 pub mod parameters;
 pub mod policy;
 
@@ -18,5 +19,6 @@ pub const CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 pub use auth::{AuthPolicy, AuthPolicySpec, AuthRules};
+pub use backend_policy::{BackendPolicy, BackendPolicySpec};
 pub use parameters::{GatewayParameters, GatewayParametersSpec};
 pub use policy::PolicyKind;

@@ -3,11 +3,15 @@
 //! compared with what the binary would generate.
 
 use kube::CustomResourceExt;
-use portcullis_api::{AuthPolicy, GatewayParameters};
+use portcullis_api::{AuthPolicy, BackendPolicy, GatewayParameters};
 
 /// Every CRD, as one multi-document YAML text.
 pub fn yaml() -> Result<String, serde_yaml::Error> {
-    let crds = [GatewayParameters::crd(), AuthPolicy::crd()];
+    let crds = [
+        GatewayParameters::crd(),
+        AuthPolicy::crd(),
+        BackendPolicy::crd(),
+    ];
     let mut out = String::new();
     for crd in crds {
         out.push_str("---\n");
@@ -27,5 +31,6 @@ mod tests {
         );
         assert!(text.contains("kind: GatewayParameters"));
         assert!(text.contains("name: authpolicies.portcullis.dev"), "{text}");
+        assert!(text.contains("name: backendpolicies.portcullis.dev"));
     }
 }

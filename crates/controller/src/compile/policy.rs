@@ -242,7 +242,72 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
         self.effective(&levels)
     }
 
+    /// The merged rules of a Service port (`port_name` when the port has
+    /// one), for kinds whose Service-attached policies shape the backend
+    /// itself rather than a rule.
+    pub fn merged_for_service(
+        &self,
+        service: &ObjectKey,
+        port_name: Option<&str>,
+    ) -> Option<K::Resolved> {
+        let mut levels = vec![(Level::Gateway, TargetKey::Service(service.clone(), None))];
+        if let Some(port) = port_name {
+            levels.push((
+                Level::Listener,
+                TargetKey::Service(service.clone(), Some(port.to_string())),
+            ));
+        }
+        let contributors = self.contributors(&levels)?;
+        self.merge(&contributors)
+    }
+
     fn effective(&self, levels: &[(Level, TargetKey)]) -> Option<Effective<K::Output>> {
+        let contributors = self.contributors(levels)?;
+        let invalid = contributors.iter().find_map(|&(i, _)| {
+            let p = self.policies.get(i)?;
+            Some(format!(
+                "{} {} is invalid: {}",
+                K::KIND,
+                p.key,
+                p.invalid.as_ref()?
+            ))
+        });
+        if let Some(message) = invalid {
+            return Some(Effective {
+                contributors,
+                output: Err(message),
+            });
+        }
+        if let Some(built) = self.built.borrow().get(&contributors) {
+            return Some(Effective {
+                contributors,
+                output: built.clone(),
+            });
+        }
+        let output = match self.merge(&contributors) {
+            Some(m) => K::build(&m).map(Arc::new),
+            None => Err("no rules".to_string()),
+        };
+        if let Err(e) = &output {
+            let mut problems = self.combined_problems.borrow_mut();
+            for &(i, _) in &contributors {
+                problems.entry(i).or_insert_with(|| {
+                    format!("cannot be combined with the other policies of a rule: {e}")
+                });
+            }
+        }
+        self.built
+            .borrow_mut()
+            .insert(contributors.clone(), output.clone());
+        Some(Effective {
+            contributors,
+            output,
+        })
+    }
+
+    /// The policies attached at `levels`, in priority order (`true` for
+    /// their overrides); `None` when there are none.
+    fn contributors(&self, levels: &[(Level, TargetKey)]) -> Option<Vec<(usize, bool)>> {
         if self.by_target.is_empty() {
             return None;
         }
@@ -255,16 +320,13 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
         if attached.is_empty() {
             return None;
         }
-        // Only fail-closed kinds index invalid policies (see FAIL_CLOSED).
-        let invalid = attached.iter().find_map(|&(_, i)| {
-            let p = self.policies.get(i)?;
-            Some((i, p.key, p.invalid.as_ref()?))
-        });
-        if let Some((i, key, message)) = invalid {
-            return Some(Effective {
-                contributors: vec![(i, false)],
-                output: Err(format!("{} {key} is invalid: {message}", K::KIND)),
-            });
+        // Only fail-closed kinds index invalid policies (see FAIL_CLOSED):
+        // such a policy alone decides, and `effective` turns it into an error.
+        if let Some(&(_, i)) = attached
+            .iter()
+            .find(|&&(_, i)| self.policies.get(i).is_some_and(|p| p.invalid.is_some()))
+        {
+            return Some(vec![(i, false)]);
         }
         let age = |i: usize| {
             self.policies
@@ -291,17 +353,13 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
             .map(|&(_, i)| (i, true))
             .chain(defaults.iter().map(|&(_, i)| (i, false)))
             .collect();
-        if contributors.is_empty() {
-            return None;
-        }
-        if let Some(built) = self.built.borrow().get(&contributors) {
-            return Some(Effective {
-                contributors,
-                output: built.clone(),
-            });
-        }
+        (!contributors.is_empty()).then_some(contributors)
+    }
+
+    /// Each contributor fills what the ones before it left unset.
+    fn merge(&self, contributors: &[(usize, bool)]) -> Option<K::Resolved> {
         let mut merged: Option<K::Resolved> = None;
-        for &(i, is_override) in &contributors {
+        for &(i, is_override) in contributors {
             let Some(p) = self.policies.get(i) else {
                 continue;
             };
@@ -316,25 +374,7 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
                 Some(m) => m.fill_from(rules),
             }
         }
-        let output = match merged {
-            Some(m) => K::build(&m).map(Arc::new),
-            None => Err("no rules".to_string()),
-        };
-        if let Err(e) = &output {
-            let mut problems = self.combined_problems.borrow_mut();
-            for &(i, _) in &contributors {
-                problems.entry(i).or_insert_with(|| {
-                    format!("cannot be combined with the other policies of a rule: {e}")
-                });
-            }
-        }
-        self.built
-            .borrow_mut()
-            .insert(contributors.clone(), output.clone());
-        Some(Effective {
-            contributors,
-            output,
-        })
+        merged
     }
 
     /// The `status` of every policy of this kind.
@@ -605,6 +645,7 @@ pub(crate) fn apply(
     // `kinds.run::<K>()` for each.
     apply_kinds(index, served, targets, controller_name, |kinds| {
         kinds.run::<super::auth::AuthPolicyCompiler>();
+        kinds.run::<super::backend_policy::BackendPolicyCompiler>();
     })
 }
 

@@ -39,6 +39,7 @@ bench: deps-bench build
 	$(CARGO) bench -p portcullis-tests
 	bash bench/load.sh
 	bash bench/ratelimit.sh
+	bash bench/auth.sh
 
 # Real kube-apiserver + etcd (built from Go modules, cached), pods as local
 # processes; runs e2e/tests/*.sh. Needs root. The proxy and controller pods

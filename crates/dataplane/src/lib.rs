@@ -5,6 +5,7 @@
 //! ([`server`]); each request goes through [`proxy::handle`]. This crate
 //! never depends on kube.
 
+pub mod auth;
 pub mod body;
 pub mod filters;
 pub mod identity;

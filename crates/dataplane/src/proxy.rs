@@ -133,7 +133,7 @@ async fn route_and_forward(
             e.to_string(),
         )
     })?;
-    let query = req.uri().query().map(str::to_string);
+    let mut query = req.uri().query().map(str::to_string);
 
     let route: &Route = port
         .routes
@@ -155,6 +155,20 @@ async fn route_and_forward(
             "the policies of this route are invalid",
             format!("{}: {reason}", rule.id),
         ));
+    }
+    // IP rules -> authentication -> authorization (see crate::auth). A
+    // CORS preflight carries no credentials by design; the rule's CORS
+    // filter answers it below, without reaching the backend.
+    let preflight = is_preflight(&req) && rule.filters.iter().any(|f| matches!(f, Filter::Cors(_)));
+    if let (Some(auth), false) = (&rule.policies.auth, preflight) {
+        let input = crate::auth::AuthInput {
+            remote: conn.remote.ip(),
+            path: &path,
+            query: &mut query,
+        };
+        if let Err(denied) = crate::auth::check(&shared.auth, auth, input, &mut req).await {
+            return Ok(denied);
+        }
     }
     // Borrowed from `state`, which this request holds to the end.
     let matched = &route.matcher.path;

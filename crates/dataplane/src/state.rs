@@ -70,6 +70,8 @@ impl Prepared {
 pub struct Shared {
     current: ArcSwap<Prepared>,
     pub upstreams: Upstreams,
+    /// Remote JWKS caches, kept across tables.
+    pub auth: crate::auth::AuthState,
 }
 
 impl Shared {
@@ -78,6 +80,7 @@ impl Shared {
         Shared {
             current: ArcSwap::from_pointee(Prepared::new(table, None, &upstreams)),
             upstreams,
+            auth: crate::auth::AuthState::new(),
         }
     }
 

@@ -3,12 +3,13 @@
 //! compared with what the binary would generate.
 
 use kube::CustomResourceExt;
-use portcullis_api::{BackendPolicy, GatewayParameters, RateLimitPolicy};
+use portcullis_api::{AuthPolicy, BackendPolicy, GatewayParameters, RateLimitPolicy};
 
 /// Every CRD, as one multi-document YAML text.
 pub fn yaml() -> Result<String, serde_yaml::Error> {
     let crds = [
         GatewayParameters::crd(),
+        AuthPolicy::crd(),
         RateLimitPolicy::crd(),
         BackendPolicy::crd(),
     ];
@@ -30,6 +31,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("kind: GatewayParameters"));
+        assert!(text.contains("name: authpolicies.portcullis.dev"), "{text}");
         assert!(text.contains("name: ratelimitpolicies.portcullis.dev"));
         assert!(text.contains("name: backendpolicies.portcullis.dev"));
     }

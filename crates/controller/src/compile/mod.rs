@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::snapshot::{ObjectKey, Snapshot};
 use crate::status::{conditions_json, reasons, Condition, StatusKind, StatusUpdate};
 
+mod auth;
 mod backend_policy;
 mod backends;
 mod conflicts;

@@ -6,15 +6,19 @@
 //! never depends on kube.
 
 pub mod access_log;
+pub mod auth;
 pub mod body;
 pub mod filters;
 pub mod identity;
+pub mod lb;
 pub mod metrics;
 pub mod mirror;
 pub mod normalize;
 pub mod observe;
 pub mod otlp;
 pub mod proxy;
+pub mod ratelimit;
+pub mod resilience;
 pub mod router;
 pub mod server;
 pub mod state;

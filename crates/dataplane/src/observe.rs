@@ -4,7 +4,7 @@
 //! [`handle`] wraps [`proxy::handle`]. What only the proxy knows (the rule
 //! that matched, the backend and endpoint it chose, why an upstream attempt
 //! failed, who the caller is) it reports through the small functions below
-//! ([`route_matched`], [`upstream_chosen`], [`upstream_failed`],
+//! ([`route_matched`], [`backend_chosen`], [`upstream_attempt`], [`upstream_failed`],
 //! [`identity`], [`rate_limit`]). They write into a task-local record of the
 //! current request and do nothing outside of [`handle`], so the proxy can
 //! call them unconditionally.
@@ -79,21 +79,24 @@ pub fn route_matched(rule: &Arc<Rule>) {
     with_current(|o| o.rule = Some(rule.clone()));
 }
 
-/// An attempt is about to be sent to `endpoint` of `backend`. Reads the
-/// caller's [`Identity`] from the request's extensions when present.
-pub fn upstream_chosen(
-    backend: &Arc<Backend>,
-    endpoint: SocketAddr,
-    extensions: &http::Extensions,
-) {
+/// The request goes to `backend`. Reads the caller's [`Identity`] from the
+/// request's extensions when present.
+pub fn backend_chosen(backend: &Arc<Backend>, extensions: &http::Extensions) {
     with_current(|o| {
         o.backend = Some(backend.clone());
-        o.endpoint = Some(endpoint);
-        o.upstream_start = Some(Instant::now());
-        o.upstream_error = None;
         if o.wants_identity && o.identity.is_none() {
             o.identity = extensions.get::<Identity>().cloned();
         }
+    });
+}
+
+/// An attempt is about to be sent to `endpoint` (called for every attempt;
+/// the last one is what the access log and upstream timing report).
+pub fn upstream_attempt(endpoint: SocketAddr) {
+    with_current(|o| {
+        o.endpoint = Some(endpoint);
+        o.upstream_start = Some(Instant::now());
+        o.upstream_error = None;
     });
 }
 

@@ -7,15 +7,19 @@ use arc_swap::ArcSwap;
 use portcullis_model::RouteTable;
 
 use crate::metrics::TableSeries;
+use crate::resilience::Backends;
 use crate::router::PortRoutes;
-use crate::upstream::{RoundRobin, Upstreams};
+use crate::upstream::Upstreams;
 
 /// A `RouteTable` plus the indexes and TLS configs derived from it, built
 /// once per table so requests only read.
 pub struct Prepared {
     pub table: Arc<RouteTable>,
     ports: HashMap<u16, Arc<PortState>>,
-    pub round_robin: RoundRobin,
+    /// Load balancers, breakers and health of every backend, carried
+    /// over from the previous table for backends that are still there.
+    pub backends: Backends,
+    pub rate_limits: crate::ratelimit::Limiters,
     /// Request metric series of this table's ports, rules and backends.
     pub series: TableSeries,
 }
@@ -27,7 +31,11 @@ pub struct PortState {
 }
 
 impl Prepared {
-    pub fn new(table: Arc<RouteTable>, previous: Option<&Prepared>) -> Prepared {
+    pub fn new(
+        table: Arc<RouteTable>,
+        previous: Option<&Prepared>,
+        upstreams: &Upstreams,
+    ) -> Prepared {
         let mut ports = HashMap::new();
         for (i, port) in table.ports.iter().enumerate() {
             let tls = port.tls.as_ref().and_then(|tls| match crate::tls::server_config(tls) {
@@ -45,13 +53,16 @@ impl Prepared {
                 }),
             );
         }
-        let round_robin = RoundRobin::for_table(&table, previous.map(|p| &p.round_robin));
+        let backends = Backends::for_table(&table, previous.map(|p| &p.backends), upstreams);
+        let rate_limits =
+            crate::ratelimit::Limiters::for_table(&table, previous.map(|p| &p.rate_limits));
         let series = TableSeries::new(&table);
         series.activate(table.generation, previous.map(|p| &p.series));
         Prepared {
             table,
             ports,
-            round_robin,
+            backends,
+            rate_limits,
             series,
         }
     }
@@ -65,13 +76,17 @@ impl Prepared {
 pub struct Shared {
     current: ArcSwap<Prepared>,
     pub upstreams: Upstreams,
+    /// Remote JWKS caches, kept across tables.
+    pub auth: crate::auth::AuthState,
 }
 
 impl Shared {
     pub fn new(table: Arc<RouteTable>) -> Shared {
+        let upstreams = Upstreams::new();
         Shared {
-            current: ArcSwap::from_pointee(Prepared::new(table, None)),
-            upstreams: Upstreams::new(),
+            current: ArcSwap::from_pointee(Prepared::new(table, None, &upstreams)),
+            upstreams,
+            auth: crate::auth::AuthState::new(),
         }
     }
 
@@ -82,7 +97,7 @@ impl Shared {
     /// Swaps in a new table. Requests already running keep the old one.
     pub fn swap(&self, table: Arc<RouteTable>) {
         let previous = self.current.load();
-        let next = Prepared::new(table, Some(&previous));
+        let next = Prepared::new(table, Some(&previous), &self.upstreams);
         self.current.store(Arc::new(next));
     }
 }

@@ -11,13 +11,15 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition,
 };
 use kube::CustomResourceExt;
+use portcullis_api::{AuthPolicy, BackendPolicy, GatewayParameters, RateLimitPolicy};
 
 /// Every CRD Portcullis defines. Adding a kind is one line here.
 fn generated() -> Vec<CustomResourceDefinition> {
     vec![
-        portcullis_api::GatewayParameters::crd(),
-        // Policy kinds: one line each, e.g.
-        // portcullis_api::RateLimitPolicy::crd(),
+        GatewayParameters::crd(),
+        AuthPolicy::crd(),
+        RateLimitPolicy::crd(),
+        BackendPolicy::crd(),
     ]
 }
 
@@ -192,6 +194,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("kind: GatewayParameters"));
+        assert!(text.contains("name: authpolicies.portcullis.dev"), "{text}");
+        assert!(text.contains("name: ratelimitpolicies.portcullis.dev"));
+        assert!(text.contains("name: backendpolicies.portcullis.dev"));
     }
 
     #[test]

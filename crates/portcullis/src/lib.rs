@@ -7,6 +7,7 @@ pub mod crds;
 pub mod echo;
 pub mod kube_client;
 pub mod lifecycle;
+pub mod memory;
 pub mod proxy_cmd;
 pub mod standalone;
 pub mod validate;

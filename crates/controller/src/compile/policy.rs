@@ -52,6 +52,11 @@ pub(crate) trait PolicyCompiler {
     type Resolved: Merge + Clone;
     /// What the data plane reads.
     type Output: Send + Sync + 'static;
+    /// An invalid policy of a fail-closed kind still attaches to its
+    /// targets and makes their rules answer 500 ([`RulePolicies::invalid`])
+    /// instead of being served as if it did not exist: for a policy that
+    /// protects a backend (auth), being left out would open it.
+    const FAIL_CLOSED: bool = false;
 
     /// Checks one policy's rules and resolves what they reference. `Err`
     /// makes the policy `Invalid` with that message.
@@ -175,7 +180,7 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
         for (key, object) in objects.into_iter().flatten() {
             let parsed = parse::<K>(index, key, object);
             let i = policies.len();
-            if parsed.invalid.is_none() {
+            if parsed.invalid.is_none() || K::FAIL_CLOSED {
                 for t in &parsed.targets {
                     if let Some(target) = target_key(&key.namespace, t) {
                         let list = by_target.entry(target).or_default();
@@ -237,7 +242,72 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
         self.effective(&levels)
     }
 
+    /// The merged rules of a Service port (`port_name` when the port has
+    /// one), for kinds whose Service-attached policies shape the backend
+    /// itself rather than a rule.
+    pub fn merged_for_service(
+        &self,
+        service: &ObjectKey,
+        port_name: Option<&str>,
+    ) -> Option<K::Resolved> {
+        let mut levels = vec![(Level::Gateway, TargetKey::Service(service.clone(), None))];
+        if let Some(port) = port_name {
+            levels.push((
+                Level::Listener,
+                TargetKey::Service(service.clone(), Some(port.to_string())),
+            ));
+        }
+        let contributors = self.contributors(&levels)?;
+        self.merge(&contributors)
+    }
+
     fn effective(&self, levels: &[(Level, TargetKey)]) -> Option<Effective<K::Output>> {
+        let contributors = self.contributors(levels)?;
+        let invalid = contributors.iter().find_map(|&(i, _)| {
+            let p = self.policies.get(i)?;
+            Some(format!(
+                "{} {} is invalid: {}",
+                K::KIND,
+                p.key,
+                p.invalid.as_ref()?
+            ))
+        });
+        if let Some(message) = invalid {
+            return Some(Effective {
+                contributors,
+                output: Err(message),
+            });
+        }
+        if let Some(built) = self.built.borrow().get(&contributors) {
+            return Some(Effective {
+                contributors,
+                output: built.clone(),
+            });
+        }
+        let output = match self.merge(&contributors) {
+            Some(m) => K::build(&m).map(Arc::new),
+            None => Err("no rules".to_string()),
+        };
+        if let Err(e) = &output {
+            let mut problems = self.combined_problems.borrow_mut();
+            for &(i, _) in &contributors {
+                problems.entry(i).or_insert_with(|| {
+                    format!("cannot be combined with the other policies of a rule: {e}")
+                });
+            }
+        }
+        self.built
+            .borrow_mut()
+            .insert(contributors.clone(), output.clone());
+        Some(Effective {
+            contributors,
+            output,
+        })
+    }
+
+    /// The policies attached at `levels`, in priority order (`true` for
+    /// their overrides); `None` when there are none.
+    fn contributors(&self, levels: &[(Level, TargetKey)]) -> Option<Vec<(usize, bool)>> {
         if self.by_target.is_empty() {
             return None;
         }
@@ -249,6 +319,14 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
         }
         if attached.is_empty() {
             return None;
+        }
+        // Only fail-closed kinds index invalid policies (see FAIL_CLOSED):
+        // such a policy alone decides, and `effective` turns it into an error.
+        if let Some(&(_, i)) = attached
+            .iter()
+            .find(|&&(_, i)| self.policies.get(i).is_some_and(|p| p.invalid.is_some()))
+        {
+            return Some(vec![(i, false)]);
         }
         let age = |i: usize| {
             self.policies
@@ -275,17 +353,13 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
             .map(|&(_, i)| (i, true))
             .chain(defaults.iter().map(|&(_, i)| (i, false)))
             .collect();
-        if contributors.is_empty() {
-            return None;
-        }
-        if let Some(built) = self.built.borrow().get(&contributors) {
-            return Some(Effective {
-                contributors,
-                output: built.clone(),
-            });
-        }
+        (!contributors.is_empty()).then_some(contributors)
+    }
+
+    /// Each contributor fills what the ones before it left unset.
+    fn merge(&self, contributors: &[(usize, bool)]) -> Option<K::Resolved> {
         let mut merged: Option<K::Resolved> = None;
-        for &(i, is_override) in &contributors {
+        for &(i, is_override) in contributors {
             let Some(p) = self.policies.get(i) else {
                 continue;
             };
@@ -300,25 +374,7 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
                 Some(m) => m.fill_from(rules),
             }
         }
-        let output = match merged {
-            Some(m) => K::build(&m).map(Arc::new),
-            None => Err("no rules".to_string()),
-        };
-        if let Err(e) = &output {
-            let mut problems = self.combined_problems.borrow_mut();
-            for &(i, _) in &contributors {
-                problems.entry(i).or_insert_with(|| {
-                    format!("cannot be combined with the other policies of a rule: {e}")
-                });
-            }
-        }
-        self.built
-            .borrow_mut()
-            .insert(contributors.clone(), output.clone());
-        Some(Effective {
-            contributors,
-            output,
-        })
+        merged
     }
 
     /// The `status` of every policy of this kind.
@@ -587,7 +643,11 @@ pub(crate) fn apply(
 ) -> PolicyOutcome {
     // Every policy kind, in the order their stages run on the data path:
     // `kinds.run::<K>()` for each.
-    apply_kinds(index, served, targets, controller_name, |_kinds| {})
+    apply_kinds(index, served, targets, controller_name, |kinds| {
+        kinds.run::<super::auth::AuthPolicyCompiler>();
+        kinds.run::<super::ratelimit::RateLimits>();
+        kinds.run::<super::backend_policy::BackendPolicyCompiler>();
+    })
 }
 
 fn apply_kinds(

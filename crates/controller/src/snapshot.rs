@@ -15,6 +15,7 @@ use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portcullis_api::GatewayParameters;
 
 /// Namespace and name of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,6 +68,9 @@ pub struct Snapshot {
     /// Cluster-scoped: keyed by name. Only needed for label selectors; a
     /// namespace missing here is treated as existing with no labels.
     pub namespaces: BTreeMap<String, Namespace>,
+    /// Ours (`portcullis.dev`): what GatewayClass / Gateway
+    /// `parametersRef`s point to.
+    pub gateway_parameters: BTreeMap<ObjectKey, GatewayParameters>,
 }
 
 /// One object of a kind the controller reads.
@@ -82,6 +86,7 @@ pub enum KubeObject {
     Secret(Secret),
     ConfigMap(ConfigMap),
     Namespace(Namespace),
+    GatewayParameters(GatewayParameters),
 }
 
 /// Why a document could not become a [`KubeObject`].
@@ -108,10 +113,11 @@ impl KubeObject {
             KubeObject::Secret(_) => "Secret",
             KubeObject::ConfigMap(_) => "ConfigMap",
             KubeObject::Namespace(_) => "Namespace",
+            KubeObject::GatewayParameters(_) => "GatewayParameters",
         }
     }
 
-    fn meta(&self) -> &ObjectMeta {
+    pub fn meta(&self) -> &ObjectMeta {
         match self {
             KubeObject::GatewayClass(o) => &o.metadata,
             KubeObject::Gateway(o) => &o.metadata,
@@ -123,6 +129,7 @@ impl KubeObject {
             KubeObject::Secret(o) => &o.metadata,
             KubeObject::ConfigMap(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
+            KubeObject::GatewayParameters(o) => &o.metadata,
         }
     }
 
@@ -171,6 +178,9 @@ impl KubeObject {
             ("ConfigMap", "") => KubeObject::ConfigMap(decode(value)?),
             ("Namespace", "") => KubeObject::Namespace(decode(value)?),
             ("EndpointSlice", "discovery.k8s.io") => KubeObject::EndpointSlice(decode(value)?),
+            ("GatewayParameters", portcullis_api::parameters::GROUP) => {
+                KubeObject::GatewayParameters(decode(value)?)
+            }
             _ => return Err(ObjectError::Ignored { api_version, kind }),
         };
         if object.meta().name.as_deref().unwrap_or("").is_empty() {
@@ -194,6 +204,7 @@ impl KubeObject {
             KubeObject::Service(o) => default_ns(&mut o.metadata),
             KubeObject::EndpointSlice(o) => default_ns(&mut o.metadata),
             KubeObject::ConfigMap(o) => default_ns(&mut o.metadata),
+            KubeObject::GatewayParameters(o) => default_ns(&mut o.metadata),
             KubeObject::Secret(o) => {
                 default_ns(&mut o.metadata);
                 if let Some(string_data) = o.string_data.take() {
@@ -232,6 +243,7 @@ impl Snapshot {
             KubeObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
             KubeObject::Secret(o) => put(&mut self.secrets, key, o),
             KubeObject::ConfigMap(o) => put(&mut self.config_maps, key, o),
+            KubeObject::GatewayParameters(o) => put(&mut self.gateway_parameters, key, o),
         };
         replaced.then_some(name)
     }

@@ -23,6 +23,7 @@ mod gateway;
 mod hostname;
 mod index;
 mod matches;
+pub mod parameters;
 mod precedence;
 mod refs;
 mod route;

@@ -5,6 +5,7 @@
 //! CRDs (group `portcullis.dev`) are added here as they land.
 
 pub mod parameters;
+pub mod policy;
 
 pub use gateway_api;
 pub use k8s_openapi;
@@ -16,3 +17,4 @@ pub const CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 pub use parameters::{GatewayParameters, GatewayParametersSpec};
+pub use policy::PolicyKind;

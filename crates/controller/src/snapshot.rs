@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portcullis_api::GatewayParameters;
+use portcullis_api::policy::PolicyKind;
 
 /// Namespace and name of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -71,6 +72,22 @@ pub struct Snapshot {
     /// Ours (`portcullis.dev`): what GatewayClass / Gateway
     /// `parametersRef`s point to.
     pub gateway_parameters: BTreeMap<ObjectKey, GatewayParameters>,
+    /// Our policy CRDs, by kind. Kept as JSON: each kind's compile hook
+    /// decodes its own spec, so a spec that does not decode becomes that
+    /// policy's `Invalid` status instead of a lost object.
+    pub policies: BTreeMap<PolicyKind, BTreeMap<ObjectKey, PolicyObject>>,
+}
+
+/// A policy object of one of our kinds ([`PolicyKind`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct PolicyObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    /// As observed, for the status writer's diff.
+    #[serde(default)]
+    pub status: serde_json::Value,
 }
 
 /// One object of a kind the controller reads.
@@ -87,6 +104,7 @@ pub enum KubeObject {
     ConfigMap(ConfigMap),
     Namespace(Namespace),
     GatewayParameters(GatewayParameters),
+    Policy(PolicyKind, PolicyObject),
 }
 
 /// Why a document could not become a [`KubeObject`].
@@ -114,6 +132,7 @@ impl KubeObject {
             KubeObject::ConfigMap(_) => "ConfigMap",
             KubeObject::Namespace(_) => "Namespace",
             KubeObject::GatewayParameters(_) => "GatewayParameters",
+            KubeObject::Policy(kind, _) => kind.as_str(),
         }
     }
 
@@ -130,6 +149,24 @@ impl KubeObject {
             KubeObject::ConfigMap(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
             KubeObject::GatewayParameters(o) => &o.metadata,
+            KubeObject::Policy(_, o) => &o.metadata,
+        }
+    }
+
+    pub fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            KubeObject::GatewayClass(o) => &mut o.metadata,
+            KubeObject::Gateway(o) => &mut o.metadata,
+            KubeObject::HttpRoute(o) => &mut o.metadata,
+            KubeObject::GrpcRoute(o) => &mut o.metadata,
+            KubeObject::ReferenceGrant(o) => &mut o.metadata,
+            KubeObject::Service(o) => &mut o.metadata,
+            KubeObject::EndpointSlice(o) => &mut o.metadata,
+            KubeObject::Secret(o) => &mut o.metadata,
+            KubeObject::ConfigMap(o) => &mut o.metadata,
+            KubeObject::Namespace(o) => &mut o.metadata,
+            KubeObject::GatewayParameters(o) => &mut o.metadata,
+            KubeObject::Policy(_, o) => &mut o.metadata,
         }
     }
 
@@ -181,6 +218,10 @@ impl KubeObject {
             ("GatewayParameters", portcullis_api::parameters::GROUP) => {
                 KubeObject::GatewayParameters(decode(value)?)
             }
+            (_, portcullis_api::parameters::GROUP) => match PolicyKind::from_kind(&kind) {
+                Some(policy_kind) => KubeObject::Policy(policy_kind, decode(value)?),
+                None => return Err(ObjectError::Ignored { api_version, kind }),
+            },
             _ => return Err(ObjectError::Ignored { api_version, kind }),
         };
         if object.meta().name.as_deref().unwrap_or("").is_empty() {
@@ -205,6 +246,7 @@ impl KubeObject {
             KubeObject::EndpointSlice(o) => default_ns(&mut o.metadata),
             KubeObject::ConfigMap(o) => default_ns(&mut o.metadata),
             KubeObject::GatewayParameters(o) => default_ns(&mut o.metadata),
+            KubeObject::Policy(_, o) => default_ns(&mut o.metadata),
             KubeObject::Secret(o) => {
                 default_ns(&mut o.metadata);
                 if let Some(string_data) = o.string_data.take() {
@@ -244,6 +286,7 @@ impl Snapshot {
             KubeObject::Secret(o) => put(&mut self.secrets, key, o),
             KubeObject::ConfigMap(o) => put(&mut self.config_maps, key, o),
             KubeObject::GatewayParameters(o) => put(&mut self.gateway_parameters, key, o),
+            KubeObject::Policy(kind, o) => put(self.policies.entry(kind).or_default(), key, o),
         };
         replaced.then_some(name)
     }

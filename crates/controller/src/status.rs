@@ -11,6 +11,8 @@ pub enum StatusKind {
     Gateway,
     HttpRoute,
     GrpcRoute,
+    /// One of our policy CRDs: `status.ancestors`.
+    Policy(portcullis_api::PolicyKind),
     /// Not a Kubernetes object: a file of the YAML directory provider that
     /// could not be loaded. Status writers skip it; `validate` prints it.
     ConfigFile,
@@ -24,6 +26,7 @@ impl StatusKind {
             StatusKind::Gateway => "Gateway",
             StatusKind::HttpRoute => "HTTPRoute",
             StatusKind::GrpcRoute => "GRPCRoute",
+            StatusKind::Policy(kind) => kind.as_str(),
             StatusKind::ConfigFile => "File",
         }
     }
@@ -168,4 +171,7 @@ pub mod reasons {
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     pub const INVALID_KIND: &str = "InvalidKind";
+
+    /// Policy attachment (GEP-713).
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
 }

@@ -146,6 +146,14 @@ async fn route_and_forward(
             ProxyError::new(StatusCode::NOT_FOUND, "no route", format!("{host}{path}"))
         })?;
     let rule = route.rule.clone();
+    if let Some(reason) = &rule.policies.invalid {
+        // Fail closed: the policies may be what protects this backend.
+        return Err(ProxyError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the policies of this route are invalid",
+            format!("{}: {reason}", rule.id),
+        ));
+    }
     // Borrowed from `state`, which this request holds to the end.
     let matched = &route.matcher.path;
 
@@ -381,6 +389,21 @@ struct UpstreamRequest {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
+/// Did forwarding fail because reading the client's request body failed?
+/// hyper reports the body stream's error as a user error wrapping it.
+fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = error.source();
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn build_upstream_request(
     mut req: Request<Incoming>,
     ctx: &RequestContext,
@@ -576,7 +599,15 @@ async fn forward(
         None => attempt.await,
     };
     let mut resp = result.map_err(|e| {
-        if e.is_connect() {
+        if client_body_failed(&e) {
+            // The client sent a malformed body (bad chunking, cut short):
+            // its fault, not the backend's.
+            ProxyError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed request body",
+                format!("{}: {e:?}", rule.id),
+            )
+        } else if e.is_connect() {
             ProxyError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error",

@@ -350,6 +350,7 @@ mod tests {
                 filters: vec![],
                 backends: vec![],
                 timeouts: Timeouts::default(),
+                policies: Default::default(),
             }),
         }
     }

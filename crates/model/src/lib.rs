@@ -272,6 +272,21 @@ pub struct Rule {
     /// without usable backends).
     pub backends: Vec<WeightedBackend>,
     pub timeouts: Timeouts,
+    /// Our policies in force for this rule where it is served (GEP-713
+    /// effective policies: Gateway, listener, route and rule levels merged
+    /// by the controller). The same route rule served under two listeners
+    /// with different policies is two `Rule`s.
+    pub policies: RulePolicies,
+}
+
+/// The compiled policies of a rule: one field per policy kind, each `None`
+/// when no policy of that kind applies.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RulePolicies {
+    /// Set when the policies that apply could not be compiled together.
+    /// The rule is answered with 500 rather than served without them: a
+    /// policy may be what protects the backend (fail closed).
+    pub invalid: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

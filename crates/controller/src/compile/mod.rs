@@ -24,6 +24,7 @@ mod hostname;
 mod index;
 mod matches;
 pub mod parameters;
+mod policy;
 mod precedence;
 mod refs;
 mod route;
@@ -143,16 +144,88 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
         }
     }
 
+    let policies = attach_policies(
+        &index,
+        &gateways,
+        &sources,
+        &compiled,
+        &placements,
+        &options.controller_name,
+    );
     let table = build_table(
         &gateways,
         &sources,
         &compiled,
         &placements,
+        &policies.rules,
         options.generation,
     );
     statuses.extend(gateways.iter().map(gateway::gateway_status));
     statuses.extend(route_statuses);
+    statuses.extend(policies.statuses);
     Compiled { table, statuses }
+}
+
+/// Our policies (GEP-713) applied to every placed route rule.
+fn attach_policies(
+    index: &index::Index<'_>,
+    gateways: &[GatewayState<'_>],
+    sources: &[RouteSource<'_>],
+    compiled: &[CompiledRules],
+    placements: &[Placement],
+    controller_name: &str,
+) -> policy::PolicyOutcome {
+    if index.snapshot.policies.values().all(BTreeMap::is_empty) {
+        return policy::PolicyOutcome::default();
+    }
+    let targets = policy::Targets {
+        gateways: gateways
+            .iter()
+            .map(|g| {
+                (
+                    &g.key,
+                    g.listeners.iter().map(|l| l.name.as_str()).collect(),
+                )
+            })
+            .collect(),
+        routes: sources
+            .iter()
+            .map(|s| {
+                let rules = s.rules.iter().map(|r| r.name).collect();
+                ((s.kind, s.key), rules)
+            })
+            .collect(),
+        snapshot: index.snapshot,
+    };
+    let mut served = Vec::new();
+    for (pi, p) in placements.iter().enumerate() {
+        let (Some(g), Some(source), Some(rules)) = (
+            gateways.get(p.gateway),
+            sources.get(p.route),
+            compiled.get(p.route),
+        ) else {
+            continue;
+        };
+        let Some(listener) = g.listeners.get(p.listener) else {
+            continue;
+        };
+        for (ri, rule) in rules.rules.iter().enumerate() {
+            served.push(policy::ServedRule {
+                placement: pi,
+                rule_index: ri,
+                route_index: p.route,
+                at: policy::RuleAt {
+                    gateway: &g.key,
+                    listener: &listener.name,
+                    route_kind: source.kind,
+                    route: source.key,
+                    rule_name: rule.rule.id.rule_name.as_deref(),
+                },
+                rule: &rule.rule,
+            });
+        }
+    }
+    policy::apply(index, &served, &targets, controller_name)
 }
 
 /// Attaches one route to its parents (recording placements and attached
@@ -400,6 +473,7 @@ fn build_table<'a>(
     sources: &'a [RouteSource<'a>],
     compiled: &'a [CompiledRules],
     placements: &'a [Placement],
+    policy_rules: &'a HashMap<(usize, usize), Arc<Rule>>,
     generation: u64,
 ) -> RouteTable {
     let mut ports: BTreeMap<u16, PortBuild> = BTreeMap::new();
@@ -427,7 +501,7 @@ fn build_table<'a>(
             }
         }
     }
-    for p in placements {
+    for (pi, p) in placements.iter().enumerate() {
         let Some(g) = gateways.get(p.gateway) else {
             continue;
         };
@@ -467,7 +541,7 @@ fn build_table<'a>(
                         original: &effective.original,
                         key: precedence::order_key(source, ri, mi, m),
                         matcher: m,
-                        rule: &rule.rule,
+                        rule: policy_rules.get(&(pi, ri)).unwrap_or(&rule.rule),
                     });
                 }
             }

@@ -404,6 +404,7 @@ pub(crate) fn compile_rules(lookup: &Index<'_>, route: &RouteSource<'_>) -> Comp
             filters,
             backends,
             timeouts,
+            policies: Default::default(),
         };
         out.rules.push(CompiledRule {
             rule: Arc::new(rule),

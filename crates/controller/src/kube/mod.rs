@@ -30,3 +30,15 @@ pub mod writer;
 
 pub use provider::{KubeProvider, KubeProviderConfig, KubeProviderHandle};
 pub use writer::StatusInputs;
+
+/// The API resource of one of our policy kinds, for dynamic watches and
+/// status patches (the controller reads policies as JSON; see
+/// [`crate::snapshot::PolicyObject`]).
+pub fn policy_resource(kind: portcullis_api::PolicyKind) -> kube::api::ApiResource {
+    let gvk = kube::api::GroupVersionKind::gvk(
+        portcullis_api::parameters::GROUP,
+        portcullis_api::PolicyKind::VERSION,
+        kind.as_str(),
+    );
+    kube::api::ApiResource::from_gvk_with_plural(&gvk, kind.plural())
+}

@@ -15,6 +15,7 @@ use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
 use portcullis_api::GatewayParameters;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -29,7 +30,7 @@ use super::provision::{provision_inputs, ProvisionInputs};
 use super::scope::{ProxyFilter, Role};
 use super::store::{Change, Effect, Kind, Stores, WatchScope};
 use super::writer::{observe, StatusInputs};
-use crate::snapshot::{KubeObject, ObjectKey, Snapshot};
+use crate::snapshot::{KubeObject, ObjectKey, PolicyObject, Snapshot};
 use crate::status::StatusUpdate;
 use crate::{compile, CompileOptions};
 
@@ -227,6 +228,23 @@ impl KubeProvider {
             KubeObject::GatewayParameters,
             scope(Kind::GatewayParameters),
         ));
+        // Our policies, read as JSON (each kind's compile hook decodes its
+        // spec). Their CRDs may not be installed: see `Watch::start`.
+        for kind in portcullis_api::PolicyKind::ALL {
+            let resource = super::policy_resource(kind);
+            let client = client.clone();
+            let make_api: MakeApi<DynamicObject> = Box::new(move |namespace| match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            });
+            tasks.push(w.start::<DynamicObject>(
+                make_api,
+                all(),
+                Kind::Policy(kind),
+                move |o| KubeObject::Policy(kind, policy_object(o)),
+                None,
+            ));
+        }
         handle
     }
 }
@@ -282,7 +300,7 @@ impl Watch {
         make_api: MakeApi<K>,
         config: watcher::Config,
         kind: Kind,
-        wrap: fn(K) -> KubeObject,
+        wrap: impl Fn(K) -> KubeObject + Send + 'static,
         scope: Option<watch::Receiver<WatchScope>>,
     ) -> JoinHandle<()>
     where
@@ -290,7 +308,8 @@ impl Watch {
     {
         let changes = self.changes.clone();
         let wait_first = self.proxy && Role::of(kind) == Role::Dependent;
-        let optional = kind == Kind::GatewayParameters;
+        // Ours: their CRDs may be installed after the controller.
+        let optional = matches!(kind, Kind::GatewayParameters | Kind::Policy(_));
         let mut scope = scope.unwrap_or_else(|| fixed_scope(None));
         tokio::spawn(async move {
             if wait_first && scope.changed().await.is_err() {
@@ -371,12 +390,7 @@ impl Watch {
 }
 
 fn is_not_found(error: &watcher::Error) -> bool {
-    matches!(
-        error,
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-            | watcher::Error::WatchFailed(kube::Error::Api(s)) if s.code == 404
-    )
+    error_code(error) == Some(404)
 }
 
 /// The compile loop alone, fed through the returned sender: by the
@@ -490,15 +504,33 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 }
 
 /// What to check for the usual watch failures, for the operator.
-fn watch_error_hint(error: &watcher::Error) -> &'static str {
-    let status = match error {
+fn error_code(error: &watcher::Error) -> Option<u16> {
+    match error {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s))
         | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
         watcher::Error::WatchError(s) => Some(s.code),
         _ => None,
+    }
+}
+
+/// A dynamic object of one of our policy kinds as the snapshot keeps it.
+fn policy_object(object: DynamicObject) -> PolicyObject {
+    let mut data = object.data;
+    let mut take = |key: &str| {
+        data.as_object_mut()
+            .and_then(|m| m.remove(key))
+            .unwrap_or(serde_json::Value::Null)
     };
-    match status {
+    PolicyObject {
+        metadata: object.metadata,
+        spec: take("spec"),
+        status: take("status"),
+    }
+}
+
+fn watch_error_hint(error: &watcher::Error) -> &'static str {
+    match error_code(error) {
         Some(404) => " (is its CRD installed?)",
         Some(401) => " (are the credentials valid?)",
         Some(403) => " (may this service account list and watch it? see deploy/rbac)",

@@ -14,7 +14,8 @@
 //!   its own namespace only, dependents when their needs are in one
 //!   namespace.
 //!
-//! GatewayClasses, ReferenceGrants and Namespaces are few and small: kept.
+//! GatewayClasses, ReferenceGrants, Namespaces and our policies are few
+//! and small: kept.
 
 use std::collections::BTreeSet;
 
@@ -56,7 +57,8 @@ impl Role {
             | Kind::Secret
             | Kind::ConfigMap
             | Kind::GatewayParameters => Role::Dependent,
-            Kind::ReferenceGrant | Kind::Namespace => Role::Kept,
+            // Policies are few; which ones apply is compile's question.
+            Kind::ReferenceGrant | Kind::Namespace | Kind::Policy(_) => Role::Kept,
         }
     }
 }

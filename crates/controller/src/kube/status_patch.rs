@@ -146,7 +146,10 @@ pub fn desired_status(
     for (key, value) in ours {
         let merged = match (kind, key.as_str()) {
             (StatusKind::HttpRoute | StatusKind::GrpcRoute, "parents") => {
-                merge_parents(out.get(key), value, controller_name, now)
+                merge_parents(out.get(key), value, "parentRef", controller_name, now)
+            }
+            (StatusKind::Policy(_), "ancestors") => {
+                merge_parents(out.get(key), value, "ancestorRef", controller_name, now)
             }
             (_, "conditions") => merge_conditions(out.get(key), value, true, now),
             (StatusKind::Gateway, "listeners") => merge_listeners(out.get(key), value, now),
@@ -218,7 +221,16 @@ fn merge_listeners(old: Option<&Value>, ours: &Value, now: &str) -> Value {
     )
 }
 
-fn merge_parents(old: Option<&Value>, ours: &Value, controller_name: &str, now: &str) -> Value {
+/// Merges per-parent entries (route `parents`, policy `ancestors`), each
+/// identified by its `ref_key` and owned by one controller: other
+/// controllers' entries are kept, ours replaced.
+fn merge_parents(
+    old: Option<&Value>,
+    ours: &Value,
+    ref_key: &str,
+    controller_name: &str,
+    now: &str,
+) -> Value {
     let old = array(old);
     let is_ours =
         |p: &Value| p.get("controllerName").and_then(Value::as_str) == Some(controller_name);
@@ -227,7 +239,7 @@ fn merge_parents(old: Option<&Value>, ours: &Value, controller_name: &str, now: 
         let mut p = p.clone();
         let previous = old
             .iter()
-            .find(|o| is_ours(o) && o.get("parentRef") == p.get("parentRef"));
+            .find(|o| is_ours(o) && o.get(ref_key) == p.get(ref_key));
         // Within our own entry we own every condition.
         let merged = merge_conditions(
             previous.and_then(|o| o.get("conditions")),

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use portcullis_api::PolicyKind;
 
 use super::scope::{self, Need, ProxyFilter, Role};
 use crate::snapshot::{KubeObject, ObjectKey, Snapshot};
@@ -39,11 +39,14 @@ pub enum Kind {
     ConfigMap,
     Namespace,
     GatewayParameters,
+    /// One of our policy CRDs. Optional: until its CRD is installed the
+    /// kind counts as listed and empty (see the provider).
+    Policy(PolicyKind),
 }
 
 impl Kind {
     /// Every kind `compile()` reads.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 14] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
@@ -55,6 +58,9 @@ impl Kind {
         Kind::ConfigMap,
         Kind::Namespace,
         Kind::GatewayParameters,
+        Kind::Policy(PolicyKind::AuthPolicy),
+        Kind::Policy(PolicyKind::RateLimitPolicy),
+        Kind::Policy(PolicyKind::BackendPolicy),
     ];
 
     pub fn of(object: &KubeObject) -> Kind {
@@ -70,6 +76,7 @@ impl Kind {
             KubeObject::ConfigMap(_) => Kind::ConfigMap,
             KubeObject::Namespace(_) => Kind::Namespace,
             KubeObject::GatewayParameters(_) => Kind::GatewayParameters,
+            KubeObject::Policy(kind, _) => Kind::Policy(*kind),
         }
     }
 
@@ -86,6 +93,7 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::Namespace => "Namespace",
             Kind::GatewayParameters => "GatewayParameters",
+            Kind::Policy(kind) => kind.as_str(),
         }
     }
 }
@@ -130,26 +138,10 @@ pub enum Effect {
 /// Drops the bulk nobody reads before an object is stored: managedFields
 /// and kubectl's copy of the last applied configuration.
 pub fn strip(object: &mut KubeObject) {
-    let meta = meta_mut(object);
+    let meta = object.meta_mut();
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-}
-
-fn meta_mut(object: &mut KubeObject) -> &mut ObjectMeta {
-    match object {
-        KubeObject::GatewayClass(o) => &mut o.metadata,
-        KubeObject::Gateway(o) => &mut o.metadata,
-        KubeObject::HttpRoute(o) => &mut o.metadata,
-        KubeObject::GrpcRoute(o) => &mut o.metadata,
-        KubeObject::ReferenceGrant(o) => &mut o.metadata,
-        KubeObject::Service(o) => &mut o.metadata,
-        KubeObject::EndpointSlice(o) => &mut o.metadata,
-        KubeObject::Secret(o) => &mut o.metadata,
-        KubeObject::ConfigMap(o) => &mut o.metadata,
-        KubeObject::Namespace(o) => &mut o.metadata,
-        KubeObject::GatewayParameters(o) => &mut o.metadata,
     }
 }
 
@@ -297,6 +289,7 @@ impl Stores {
                     Kind::ConfigMap => s.config_maps.len(),
                     Kind::Namespace => s.namespaces.len(),
                     Kind::GatewayParameters => s.gateway_parameters.len(),
+                    Kind::Policy(kind) => s.policies.get(&kind).map_or(0, |m| m.len()),
                 };
                 (kind, n)
             })
@@ -681,6 +674,10 @@ fn swap_kind(a: &mut Snapshot, b: &mut Snapshot, kind: Kind) {
         Kind::ConfigMap => swap(&mut a.config_maps, &mut b.config_maps),
         Kind::Namespace => swap(&mut a.namespaces, &mut b.namespaces),
         Kind::GatewayParameters => swap(&mut a.gateway_parameters, &mut b.gateway_parameters),
+        Kind::Policy(kind) => swap(
+            a.policies.entry(kind).or_default(),
+            b.policies.entry(kind).or_default(),
+        ),
     }
 }
 
@@ -700,6 +697,10 @@ fn remove(snapshot: &mut Snapshot, object: &KubeObject) -> bool {
         KubeObject::Secret(_) => snapshot.secrets.remove(&key).is_some(),
         KubeObject::ConfigMap(_) => snapshot.config_maps.remove(&key).is_some(),
         KubeObject::GatewayParameters(_) => snapshot.gateway_parameters.remove(&key).is_some(),
+        KubeObject::Policy(kind, _) => snapshot
+            .policies
+            .get_mut(kind)
+            .is_some_and(|m| m.remove(&key).is_some()),
     }
 }
 
@@ -741,6 +742,17 @@ fn same_but_status(snapshot: &Snapshot, object: &KubeObject) -> bool {
             o,
             |x| {
                 x.status = None;
+                x.metadata.resource_version = None;
+            },
+        ),
+        KubeObject::Policy(kind, o) => same(
+            snapshot
+                .policies
+                .get(kind)
+                .and_then(|m| m.get(&ObjectKey::of(&o.metadata))),
+            o,
+            |x| {
+                x.status = serde_json::Value::Null;
                 x.metadata.resource_version = None;
             },
         ),

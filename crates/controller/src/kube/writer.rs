@@ -11,7 +11,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -80,6 +80,14 @@ pub fn observe(snapshot: &Snapshot, statuses: &[StatusUpdate]) -> BTreeMap<Statu
                 .grpc_routes
                 .get(&key())
                 .map(|o| of(&o.metadata.resource_version, &o.status)),
+            StatusKind::Policy(kind) => snapshot
+                .policies
+                .get(&kind)
+                .and_then(|m| m.get(&key()))
+                .map(|o| Observed {
+                    resource_version: o.metadata.resource_version.clone(),
+                    status: o.status.clone(),
+                }),
             StatusKind::ConfigFile => None,
         };
         if let Some(observed) = observed {
@@ -259,6 +267,15 @@ async fn send(
         StatusKind::GrpcRoute => {
             patch_status(
                 Api::<GrpcRoute>::namespaced(client, namespace),
+                &target.name,
+                patch,
+            )
+            .await
+        }
+        StatusKind::Policy(kind) => {
+            let resource = super::policy_resource(kind);
+            patch_status(
+                Api::<DynamicObject>::namespaced_with(client, namespace, &resource),
                 &target.name,
                 patch,
             )

@@ -145,6 +145,22 @@ pub fn strip(object: &mut KubeObject) {
     }
 }
 
+/// Proxy mode: drops `status`, which a proxy never reads (it writes no
+/// status and provisions nothing): routes carry the status of every
+/// controller they are attached to. A status-only change then compares
+/// equal and costs no compile.
+pub fn strip_status(object: &mut KubeObject) {
+    match object {
+        KubeObject::GatewayClass(o) => o.status = None,
+        KubeObject::Gateway(o) => o.status = None,
+        KubeObject::HttpRoute(o) => o.status = None,
+        KubeObject::GrpcRoute(o) => o.status = None,
+        KubeObject::Service(o) => o.status = None,
+        KubeObject::Policy(_, o) => o.status = serde_json::Value::Null,
+        _ => {}
+    }
+}
+
 /// The stores of every watched kind.
 #[derive(Debug, Default)]
 pub struct Stores {
@@ -372,6 +388,7 @@ impl Stores {
             }
             Change::Listed(mut object) => {
                 strip(&mut object);
+                strip_status(&mut object);
                 let kind = Kind::of(&object);
                 let keep = match Role::of(kind) {
                     Role::Source => proxy.filter.keeps_source(&object),
@@ -420,6 +437,7 @@ impl Stores {
             }
             Change::Applied(mut object) => {
                 strip(&mut object);
+                strip_status(&mut object);
                 let kind = Kind::of(&object);
                 match Role::of(kind) {
                     Role::Source => {
@@ -1028,6 +1046,24 @@ mod tests {
                 Effect::None
             );
             assert_eq!(s.snapshot().http_routes.len(), 1);
+        }
+
+        #[test]
+        fn statuses_are_not_stored_and_status_only_changes_do_not_recompile() {
+            let mut s = listed("All");
+            let KubeObject::HttpRoute(mut route) = route("ours", "apps", "edge", "app") else {
+                unreachable!("an HTTPRoute")
+            };
+            route.status = serde_json::from_value(json!({"parents": [{
+                "parentRef": {"name": "edge"}, "controllerName": "example.com/x", "conditions": []
+            }]}))
+            .ok();
+            assert_eq!(
+                s.apply(Change::Applied(KubeObject::HttpRoute(route))),
+                Effect::StatusOnly
+            );
+            let stored = &s.snapshot().http_routes[&ObjectKey::new("apps", "ours")];
+            assert!(stored.status.is_none());
         }
 
         #[test]

@@ -57,7 +57,9 @@ fn gateway_with_parameters_of_a_wrong_kind_is_not_accepted() {
     let accepted = gateway_status(&c, "wrong-kind").condition("Accepted");
     assert_eq!(sr(accepted), is("False", "InvalidParameters"));
     assert!(
-        message(accepted).contains("names a ConfigMap of group core; only portcullis.dev/GatewayParameters is supported"),
+        message(accepted).contains(
+            "names a ConfigMap of group core; only portcullis.dev/GatewayParameters is supported"
+        ),
         "{}",
         message(accepted)
     );
@@ -74,14 +76,17 @@ fn class_with_missing_parameters_is_not_accepted_and_neither_are_its_gateways() 
     assert_eq!(sr(accepted), is("False", "InvalidParameters"));
     assert_eq!(accepted.expect("present")["observedGeneration"], 4);
     assert!(
-        message(accepted)
-            .contains("GatewayParameters portcullis-system/class-defaults not found"),
+        message(accepted).contains("GatewayParameters portcullis-system/class-defaults not found"),
         "{}",
         message(accepted)
     );
     let g = gateway_status(&c, "of-sized").condition("Accepted");
     assert_eq!(sr(g), is("False", "InvalidParameters"));
-    assert!(message(g).starts_with("GatewayClass sized: "), "{}", message(g));
+    assert!(
+        message(g).starts_with("GatewayClass sized: "),
+        "{}",
+        message(g)
+    );
     assert!(c.table.port(8081).is_none());
 
     // The other class and its Gateway are untouched.

@@ -353,14 +353,20 @@ async fn proxy_mode_stores_only_what_its_gateway_needs() {
     assert_eq!(stored[&Kind::GatewayClass], 1, "{stored:?}");
     assert_eq!(stored[&Kind::ConfigMap], 0, "{stored:?}");
     assert_eq!(
-        provider.scopes[&Kind::HttpRoute].borrow().namespace.as_deref(),
+        provider.scopes[&Kind::HttpRoute]
+            .borrow()
+            .namespace
+            .as_deref(),
         Some(ns.as_str()),
         "routes watched in the Gateway's namespace only"
     );
 
     // A route to a Service the proxy saw and dropped: listed again.
     routes
-        .create(&PostParams::default(), &route_to(&ns, "b", (&ns, "gw"), "late"))
+        .create(
+            &PostParams::default(),
+            &route_to(&ns, "b", (&ns, "gw"), "late"),
+        )
         .await
         .expect("create route");
     wait_stored(&mut provider, Kind::Service, 2).await;
@@ -410,7 +416,8 @@ async fn missing_gateway_parameters_are_invalid_until_created() {
         .create(&PostParams::default(), &gw)
         .await
         .expect("create gateway");
-    let mut provider = KubeProvider::spawn(client.clone(), KubeProviderConfig::new(scope.options()));
+    let mut provider =
+        KubeProvider::spawn(client.clone(), KubeProviderConfig::new(scope.options()));
     tokio::time::timeout(Duration::from_secs(30), provider.wait_synced())
         .await
         .expect("synced within 30 s");
@@ -440,9 +447,9 @@ async fn missing_gateway_parameters_are_invalid_until_created() {
         .expect("create GatewayParameters (is the CRD installed? `portcullis crds`)");
     let ok = tokio::time::timeout(
         Duration::from_secs(20),
-        provider.statuses.wait_for(|s| {
-            accepted(s) == Some((json!("True"), json!("Accepted")))
-        }),
+        provider
+            .statuses
+            .wait_for(|s| accepted(s) == Some((json!("True"), json!("Accepted")))),
     )
     .await
     .is_ok_and(|r| r.is_ok());

@@ -151,7 +151,9 @@ fn gateway_state<'a>(
         .map(|l| listener_state(snapshot, key, l))
         .collect();
     mark_conflicts(&mut listeners);
-    let class = snapshot.gateway_classes.get(&gateway.spec.gateway_class_name);
+    let class = snapshot
+        .gateway_classes
+        .get(&gateway.spec.gateway_class_name);
     let rejected = if let Err(message) = parameters::gateway_parameters(snapshot, gateway, class) {
         // Provisioned with parameters other than the ones asked for, the
         // Gateway would not be what its owner declared: refuse it (the

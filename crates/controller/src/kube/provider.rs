@@ -16,10 +16,10 @@ use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
-use portcullis_api::GatewayParameters;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
+use portcullis_api::GatewayParameters;
 use portcullis_model::RouteTable;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
@@ -154,15 +154,17 @@ impl KubeProvider {
             KubeObject::GatewayClass,
             None,
         ));
-        tasks.push(w.start::<Gateway>(
-            namespaced_api(&client),
-            gateway_config,
-            Kind::Gateway,
-            KubeObject::Gateway,
-            gateway_key
-                .as_ref()
-                .map(|k| fixed_scope(Some(k.namespace.clone()))),
-        ));
+        tasks.push(
+            w.start::<Gateway>(
+                namespaced_api(&client),
+                gateway_config,
+                Kind::Gateway,
+                KubeObject::Gateway,
+                gateway_key
+                    .as_ref()
+                    .map(|k| fixed_scope(Some(k.namespace.clone()))),
+            ),
+        );
         tasks.push(w.start::<HttpRoute>(
             namespaced_api(&client),
             all(),
@@ -366,7 +368,8 @@ impl Watch {
                                 }
                                 continue;
                             }
-                            if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                            if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+                            {
                                 let hint = watch_error_hint(&e);
                                 tracing::warn!(%kind, error = %e, "cannot watch {kind}{hint}; serving the last configuration and retrying");
                                 last_error_log = Some(Instant::now());

@@ -110,7 +110,9 @@ impl ProxyFilter {
         group.unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
             && kind.unwrap_or("Gateway") == "Gateway"
             && name == self.gateway.name
-            && namespace.filter(|n| !n.is_empty()).unwrap_or(route_namespace)
+            && namespace
+                .filter(|n| !n.is_empty())
+                .unwrap_or(route_namespace)
                 == self.gateway.namespace
     }
 }
@@ -120,25 +122,41 @@ impl ProxyFilter {
 /// field names.
 macro_rules! backend_needs {
     ($rules:expr, $ns:expr, $needs:expr) => {{
-        let mut service = |group: Option<&str>, kind: Option<&str>, namespace: Option<&str>, name: &str| {
-            if group.unwrap_or("").is_empty() && kind.unwrap_or("Service") == "Service" {
-                let namespace = namespace.filter(|n| !n.is_empty()).unwrap_or(&$ns);
-                $needs.push((Kind::Service, ObjectKey::new(namespace, name)));
-            }
-        };
+        let mut service =
+            |group: Option<&str>, kind: Option<&str>, namespace: Option<&str>, name: &str| {
+                if group.unwrap_or("").is_empty() && kind.unwrap_or("Service") == "Service" {
+                    let namespace = namespace.filter(|n| !n.is_empty()).unwrap_or(&$ns);
+                    $needs.push((Kind::Service, ObjectKey::new(namespace, name)));
+                }
+            };
         for rule in $rules.iter().flatten() {
             for f in rule.filters.iter().flatten() {
                 if let Some(m) = f.request_mirror.as_ref() {
                     let b = &m.backend_ref;
-                    service(b.group.as_deref(), b.kind.as_deref(), b.namespace.as_deref(), &b.name);
+                    service(
+                        b.group.as_deref(),
+                        b.kind.as_deref(),
+                        b.namespace.as_deref(),
+                        &b.name,
+                    );
                 }
             }
             for b in rule.backend_refs.iter().flatten() {
-                service(b.group.as_deref(), b.kind.as_deref(), b.namespace.as_deref(), &b.name);
+                service(
+                    b.group.as_deref(),
+                    b.kind.as_deref(),
+                    b.namespace.as_deref(),
+                    &b.name,
+                );
                 for f in b.filters.iter().flatten() {
                     if let Some(m) = f.request_mirror.as_ref() {
                         let b = &m.backend_ref;
-                        service(b.group.as_deref(), b.kind.as_deref(), b.namespace.as_deref(), &b.name);
+                        service(
+                            b.group.as_deref(),
+                            b.kind.as_deref(),
+                            b.namespace.as_deref(),
+                            &b.name,
+                        );
                     }
                 }
             }
@@ -206,7 +224,6 @@ pub fn needs_of_grpc_route(route: &GrpcRoute) -> Vec<Need> {
     needs
 }
 
-
 /// The need that keeps a dependent object (`None` for other kinds, and
 /// for an EndpointSlice without its Service's label).
 pub fn need_of(object: &KubeObject) -> Option<Need> {
@@ -219,7 +236,10 @@ pub fn need_of(object: &KubeObject) -> Option<Need> {
                 .labels
                 .as_ref()
                 .and_then(|l| l.get("kubernetes.io/service-name"))?;
-            Some((Kind::Service, ObjectKey::new(key.namespace, service.clone())))
+            Some((
+                Kind::Service,
+                ObjectKey::new(key.namespace, service.clone()),
+            ))
         }
         KubeObject::Secret(_) => Some((Kind::Secret, key)),
         KubeObject::ConfigMap(_) => Some((Kind::ConfigMap, key)),
@@ -320,7 +340,10 @@ mod tests {
 
     #[test]
     fn a_route_needs_its_backend_and_mirror_services_only() {
-        let needs = needs_of(&route("apps", json!({"name": "edge", "namespace": "infra"})));
+        let needs = needs_of(&route(
+            "apps",
+            json!({"name": "edge", "namespace": "infra"}),
+        ));
         assert_eq!(
             needs,
             [

@@ -227,7 +227,13 @@ impl Stores {
         };
         for kind in Kind::ALL {
             let namespace = proxy.watch_namespace(kind, &stores.snapshot);
-            proxy.scopes.insert(kind, WatchScope { namespace, epoch: 0 });
+            proxy.scopes.insert(
+                kind,
+                WatchScope {
+                    namespace,
+                    epoch: 0,
+                },
+            );
         }
         stores.proxy = Some(proxy);
         stores
@@ -395,11 +401,7 @@ impl Stores {
                     Role::Dependent => match scope::need_of(&object) {
                         Some(need) if proxy.needed.contains_key(&need) => true,
                         Some((_, key)) => {
-                            proxy
-                                .relist_dropped
-                                .entry(kind)
-                                .or_default()
-                                .insert(key);
+                            proxy.relist_dropped.entry(kind).or_default().insert(key);
                             false
                         }
                         None => false,
@@ -658,19 +660,14 @@ fn drop_dependents(snapshot: &mut Snapshot, proxy: &mut ProxyState, need: &Need)
                 mark(Kind::EndpointSlice);
             }
         }
-        Kind::Secret => {
-            if snapshot.secrets.remove(key).is_some() {
-                mark(Kind::Secret);
-            }
-        }
-        Kind::ConfigMap => {
-            if snapshot.config_maps.remove(key).is_some() {
-                mark(Kind::ConfigMap);
-            }
-        }
-        Kind::GatewayParameters => {
-            if snapshot.gateway_parameters.remove(key).is_some() {
-                mark(Kind::GatewayParameters);
+        Kind::Secret | Kind::ConfigMap | Kind::GatewayParameters => {
+            let removed = match kind {
+                Kind::Secret => snapshot.secrets.remove(key).is_some(),
+                Kind::ConfigMap => snapshot.config_maps.remove(key).is_some(),
+                _ => snapshot.gateway_parameters.remove(key).is_some(),
+            };
+            if removed {
+                mark(*kind);
             }
         }
         _ => {}
@@ -1134,9 +1131,16 @@ mod tests {
             s.apply(Change::Synced(Kind::HttpRoute));
             assert!(!s.is_synced());
             s.apply(Change::Rescoped(Kind::HttpRoute, epoch));
-            list(&mut s, Kind::HttpRoute, vec![route("x", "apps", "edge", "app")]);
+            list(
+                &mut s,
+                Kind::HttpRoute,
+                vec![route("x", "apps", "edge", "app")],
+            );
             assert_eq!(s.unsynced(), [Kind::GrpcRoute], "rescoped as well");
-            s.apply(Change::Rescoped(Kind::GrpcRoute, scopes[&Kind::GrpcRoute].epoch));
+            s.apply(Change::Rescoped(
+                Kind::GrpcRoute,
+                scopes[&Kind::GrpcRoute].epoch,
+            ));
             list(&mut s, Kind::GrpcRoute, vec![]);
             assert!(s.is_synced(), "{:?}", s.unsynced());
             assert_eq!(s.snapshot().http_routes.len(), 1);

@@ -366,7 +366,10 @@ spec: {ports: [{port: 80}]}
         let err = inputs.parameters[&ObjectKey::new("infra", "a")]
             .clone()
             .expect_err("class parameters missing");
-        assert!(err.contains("portcullis-system/class-defaults not found"), "{err}");
+        assert!(
+            err.contains("portcullis-system/class-defaults not found"),
+            "{err}"
+        );
         for doc in parse_documents(
             r#"
 apiVersion: portcullis.dev/v1alpha1

@@ -5,7 +5,7 @@ set -euo pipefail
 
 need=()
 case "${1:-}" in
-  bench) cmds=(wrk:wrk nginx:nginx-light h2load:nghttp2-client curl:curl) ;;
+  bench) cmds=(wrk:wrk nginx:nginx-light haproxy:haproxy h2load:nghttp2-client curl:curl) ;;
   test) cmds=(curl:curl) ;;
   *) echo "usage: $0 bench|test" >&2; exit 2 ;;
 esac

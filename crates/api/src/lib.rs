@@ -4,6 +4,7 @@
 //! standard channel); Kubernetes core types from `k8s-openapi`. Our own policy
 //! CRDs (group `portcullis.dev`) are added here as they land.
 
+pub mod backend_policy;
 pub mod parameters;
 pub mod policy;
 
@@ -16,5 +17,6 @@ pub const CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 /// Gateway API group.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+pub use backend_policy::{BackendPolicy, BackendPolicySpec};
 pub use parameters::{GatewayParameters, GatewayParametersSpec};
 pub use policy::PolicyKind;

@@ -8,9 +8,11 @@
 pub mod body;
 pub mod filters;
 pub mod identity;
+pub mod lb;
 pub mod mirror;
 pub mod normalize;
 pub mod proxy;
+pub mod resilience;
 pub mod router;
 pub mod server;
 pub mod state;

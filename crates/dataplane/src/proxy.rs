@@ -19,8 +19,10 @@ use crate::body::{self, Body};
 use crate::filters::{self, RedirectInput};
 use crate::mirror::TeeBody;
 use crate::normalize::normalize_path;
+use crate::resilience;
 use crate::router::{canonical_host, RequestParts};
 use crate::state::Shared;
+use crate::upstream::Overloaded;
 
 /// What the proxy knows about the client connection.
 #[derive(Debug, Clone)]
@@ -200,26 +202,39 @@ async fn route_and_forward(
             ));
         }
     };
-    let endpoint = state.round_robin.pick(&target).ok_or_else(|| {
-        ProxyError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream",
-            format!("{} has no ready endpoint", target.name),
-        )
-    })?;
+    if target.endpoints.is_empty() {
+        return Err(no_endpoint(&target));
+    }
+    let Some(backend_state) = state.backends.get(&target.name) else {
+        // Every backend of a table gets a state when the table is prepared.
+        return Err(no_endpoint(&target));
+    };
     let protocol = upstream_protocol(&rule, &target);
-
-    let upstream_req = build_upstream_request(
-        req,
-        &ctx,
-        conn,
-        endpoint,
+    let upgrade = is_upgrade(&req) && protocol != AppProtocol::H2c;
+    let upstream_req = build_upstream_request(req, &ctx, conn, protocol, &state)?;
+    let route_policy = rule.policies.backend.as_deref();
+    let retry = route_policy
+        .and_then(|p| p.retry.as_ref())
+        .or(target.settings.retry.as_ref());
+    let attempts = resilience::retry::Attempts {
+        backend: backend_state,
         protocol,
-        &shared.upstreams,
-        &state,
-    )?;
-    let forward = forward(shared, upstream_req, protocol, &rule);
-    let mut resp = match rule.timeouts.request {
+        retry,
+        per_try_timeout: rule
+            .timeouts
+            .backend_request
+            .or(retry.and_then(|r| r.per_try_timeout)),
+        client_ip: conn.remote.ip(),
+        query: ctx.query.as_deref(),
+        upgrade,
+    };
+    let forward = forward(attempts, upstream_req, &rule);
+    let request_timeout = rule
+        .timeouts
+        .request
+        .or(route_policy.and_then(|p| p.request_timeout))
+        .or(target.settings.request_timeout);
+    let mut resp = match request_timeout {
         Some(limit) => tokio::time::timeout(limit, forward).await.map_err(|_| {
             ProxyError::new(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -360,12 +375,13 @@ fn pick_weighted(backends: &[WeightedBackend]) -> Option<&WeightedBackend> {
     None
 }
 
-/// gRPC needs HTTP/2 end to end whatever the Service says.
+/// gRPC needs HTTP/2 end to end whatever the Service says; otherwise a
+/// BackendPolicy's `connection.httpVersion`, then the Service's.
 fn upstream_protocol(rule: &Rule, backend: &Backend) -> AppProtocol {
     if rule.id.kind == RouteKind::Grpc {
         AppProtocol::H2c
     } else {
-        backend.protocol
+        backend.settings.http_version.unwrap_or(backend.protocol)
     }
 }
 
@@ -391,7 +407,7 @@ struct UpstreamRequest {
 
 /// Did forwarding fail because reading the client's request body failed?
 /// hyper reports the body stream's error as a user error wrapping it.
-fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = error.source();
     while let Some(s) = source {
         if s.downcast_ref::<hyper::Error>()
@@ -408,16 +424,14 @@ fn build_upstream_request(
     mut req: Request<Incoming>,
     ctx: &RequestContext,
     conn: &ConnInfo,
-    endpoint: SocketAddr,
     protocol: AppProtocol,
-    upstreams: &crate::upstream::Upstreams,
     state: &crate::state::Prepared,
 ) -> Result<UpstreamRequest, ProxyError> {
     let upgrade = is_upgrade(&req) && protocol != AppProtocol::H2c;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let upgrade_header = req.headers().get(header::UPGRADE).cloned();
 
-    let uri = upstream_uri(ctx, endpoint).map_err(|e| {
+    let uri = origin_form_uri(ctx).map_err(|e| {
         ProxyError::new(
             StatusCode::BAD_REQUEST,
             "invalid request target",
@@ -470,13 +484,22 @@ fn build_upstream_request(
             if !mirror_selected(mirror) {
                 continue;
             }
-            let Some(mirror_endpoint) = state.round_robin.pick(&mirror.backend) else {
+            let mirror_endpoint = state.backends.get(&mirror.backend.name).and_then(|b| {
+                b.pick(&crate::lb::PickInput {
+                    headers: &parts.headers,
+                    query: ctx.query.as_deref(),
+                    client_ip: conn.remote.ip(),
+                    tried: &[],
+                })
+                .map(|e| e.addr)
+            });
+            let Some(mirror_endpoint) = mirror_endpoint else {
                 tracing::debug!(backend = %mirror.backend.name, "mirror has no ready endpoint");
                 continue;
             };
             let mirror_body = tee.add_mirror();
             send_mirror(
-                upstreams,
+                &state.backends,
                 &parts,
                 ctx,
                 mirror,
@@ -490,6 +513,15 @@ fn build_upstream_request(
         req: Request::from_parts(parts, body),
         client_upgrade,
     })
+}
+
+/// `<path>?<query>`: the endpoint is filled in per attempt.
+fn origin_form_uri(ctx: &RequestContext) -> Result<Uri, http::Error> {
+    let path_and_query = match &ctx.query {
+        Some(q) => format!("{}?{q}", ctx.path),
+        None => ctx.path.clone(),
+    };
+    Uri::builder().path_and_query(path_and_query).build()
 }
 
 /// `http://<endpoint>/<path>?<query>`: the endpoint in the authority keys
@@ -514,7 +546,7 @@ fn mirror_selected(mirror: &Mirror) -> bool {
 }
 
 fn send_mirror(
-    upstreams: &crate::upstream::Upstreams,
+    backends: &resilience::Backends,
     parts: &http::request::Parts,
     ctx: &RequestContext,
     mirror: &Mirror,
@@ -539,7 +571,10 @@ fn send_mirror(
     let Ok(req) = builder.body(body) else {
         return;
     };
-    let client = upstreams.client(protocol).clone();
+    let Some(state) = backends.get(&mirror.backend.name) else {
+        return;
+    };
+    let client = state.clients.client(protocol).clone();
     let name = mirror.backend.name.clone();
     tokio::spawn(async move {
         // Mirrors must not pile up: bound each one's lifetime.
@@ -576,51 +611,63 @@ fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, host: &str) {
     }
 }
 
+/// Sends through the backend's balancer, breakers and retries; maps what
+/// cannot be relayed to the gateway's own answer.
 async fn forward(
-    shared: &Shared,
+    attempts: resilience::retry::Attempts<'_>,
     upstream: UpstreamRequest,
-    protocol: AppProtocol,
     rule: &Rule,
 ) -> Result<Response<Body>, ProxyError> {
+    use resilience::retry::Failure;
     let UpstreamRequest {
         req,
         client_upgrade,
     } = upstream;
-    let client = shared.upstreams.client(protocol);
-    let attempt = client.request(req);
-    let result = match rule.timeouts.backend_request {
-        Some(limit) => tokio::time::timeout(limit, attempt).await.map_err(|_| {
-            ProxyError::new(
+    let name = attempts.backend.name.as_str();
+    let mut resp = match resilience::retry::send(attempts, req).await {
+        Ok(resp) => resp,
+        Err(Failure::Overloaded(o)) => {
+            tracing::warn!(backend = %name, rule = %rule.id, limit = o.as_str(), "circuit breaker open: 503");
+            return Ok(overloaded_response(o));
+        }
+        Err(Failure::NoEndpoint) => {
+            return Err(ProxyError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                format!("{name} has no ready endpoint"),
+            ))
+        }
+        Err(Failure::Connect(e)) => {
+            return Err(ProxyError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error",
+                format!("{}: {e}", rule.id),
+            ))
+        }
+        Err(Failure::Upstream(e)) => {
+            return Err(ProxyError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream error",
+                format!("{}: {e}", rule.id),
+            ))
+        }
+        Err(Failure::ClientBody(e)) => {
+            // The client sent a malformed body (bad chunking, cut short):
+            // its fault, not the backend's.
+            return Err(ProxyError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed request body",
+                format!("{}: {e}", rule.id),
+            ));
+        }
+        Err(Failure::Timeout(limit)) => {
+            return Err(ProxyError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream request timeout",
                 format!("{} backend attempt after {limit:?}", rule.id),
-            )
-        })?,
-        None => attempt.await,
-    };
-    let mut resp = result.map_err(|e| {
-        if client_body_failed(&e) {
-            // The client sent a malformed body (bad chunking, cut short):
-            // its fault, not the backend's.
-            ProxyError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed request body",
-                format!("{}: {e:?}", rule.id),
-            )
-        } else if e.is_connect() {
-            ProxyError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream connect error",
-                format!("{}: {e:?}", rule.id),
-            )
-        } else {
-            ProxyError::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream error",
-                format!("{}: {e:?}", rule.id),
-            )
+            ))
         }
-    })?;
+    };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -637,13 +684,31 @@ async fn forward(
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
-            let (parts, body) = resp.into_parts();
-            return Ok(Response::from_parts(parts, body::boxed(body)));
+            return Ok(resp);
         }
     }
-    let (mut parts, body) = resp.into_parts();
-    filters::remove_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body::boxed(body)))
+    filters::remove_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+static X_PORTCULLIS_OVERLOADED: HeaderName = HeaderName::from_static("x-portcullis-overloaded");
+
+/// 503 from a circuit breaker, naming the limit that refused the request.
+fn overloaded_response(o: Overloaded) -> Response<Body> {
+    let mut resp = error_response(StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded");
+    resp.headers_mut().insert(
+        X_PORTCULLIS_OVERLOADED.clone(),
+        HeaderValue::from_static(o.as_str()),
+    );
+    resp
+}
+
+fn no_endpoint(target: &Backend) -> ProxyError {
+    ProxyError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no healthy upstream",
+        format!("{} has no ready endpoint", target.name),
+    )
 }
 
 #[cfg(test)]

@@ -6,15 +6,18 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use portcullis_model::RouteTable;
 
+use crate::resilience::Backends;
 use crate::router::PortRoutes;
-use crate::upstream::{RoundRobin, Upstreams};
+use crate::upstream::Upstreams;
 
 /// A `RouteTable` plus the indexes and TLS configs derived from it, built
 /// once per table so requests only read.
 pub struct Prepared {
     pub table: Arc<RouteTable>,
     ports: HashMap<u16, Arc<PortState>>,
-    pub round_robin: RoundRobin,
+    /// Load balancers, breakers and health of every backend, carried
+    /// over from the previous table for backends that are still there.
+    pub backends: Backends,
 }
 
 pub struct PortState {
@@ -24,7 +27,11 @@ pub struct PortState {
 }
 
 impl Prepared {
-    pub fn new(table: Arc<RouteTable>, previous: Option<&Prepared>) -> Prepared {
+    pub fn new(
+        table: Arc<RouteTable>,
+        previous: Option<&Prepared>,
+        upstreams: &Upstreams,
+    ) -> Prepared {
         let mut ports = HashMap::new();
         for (i, port) in table.ports.iter().enumerate() {
             let tls = port.tls.as_ref().and_then(|tls| match crate::tls::server_config(tls) {
@@ -42,11 +49,11 @@ impl Prepared {
                 }),
             );
         }
-        let round_robin = RoundRobin::for_table(&table, previous.map(|p| &p.round_robin));
+        let backends = Backends::for_table(&table, previous.map(|p| &p.backends), upstreams);
         Prepared {
             table,
             ports,
-            round_robin,
+            backends,
         }
     }
 
@@ -63,9 +70,10 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(table: Arc<RouteTable>) -> Shared {
+        let upstreams = Upstreams::new();
         Shared {
-            current: ArcSwap::from_pointee(Prepared::new(table, None)),
-            upstreams: Upstreams::new(),
+            current: ArcSwap::from_pointee(Prepared::new(table, None, &upstreams)),
+            upstreams,
         }
     }
 
@@ -76,7 +84,7 @@ impl Shared {
     /// Swaps in a new table. Requests already running keep the old one.
     pub fn swap(&self, table: Arc<RouteTable>) {
         let previous = self.current.load();
-        let next = Prepared::new(table, Some(&previous));
+        let next = Prepared::new(table, Some(&previous), &self.upstreams);
         self.current.store(Arc::new(next));
     }
 }

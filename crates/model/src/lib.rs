@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod backend_policy;
 mod pattern;
 mod serde_helpers;
 
@@ -287,6 +288,9 @@ pub struct RulePolicies {
     /// The rule is answered with 500 rather than served without them: a
     /// policy may be what protects the backend (fail closed).
     pub invalid: Option<String>,
+    /// BackendPolicy attached to the route or one of its rules: request-level
+    /// settings (timeout, retries) that win over the Service's.
+    pub backend: Option<Arc<backend_policy::RouteBackendPolicy>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -387,6 +391,10 @@ pub struct Backend {
     pub protocol: AppProtocol,
     /// Ready endpoints only. Empty means 503.
     pub endpoints: Vec<SocketAddr>,
+    /// From a BackendPolicy attached to the Service; the defaults without
+    /// one. Backends with equal names and settings share data-plane state
+    /// (load balancer, breakers, health) across tables.
+    pub settings: Arc<backend_policy::BackendSettings>,
 }
 
 /// How the gateway talks to a backend (from the Service port `appProtocol`).

@@ -3,11 +3,11 @@
 //! compared with what the binary would generate.
 
 use kube::CustomResourceExt;
-use portcullis_api::GatewayParameters;
+use portcullis_api::{BackendPolicy, GatewayParameters};
 
 /// Every CRD, as one multi-document YAML text.
 pub fn yaml() -> Result<String, serde_yaml::Error> {
-    let crds = [GatewayParameters::crd()];
+    let crds = [GatewayParameters::crd(), BackendPolicy::crd()];
     let mut out = String::new();
     for crd in crds {
         out.push_str("---\n");
@@ -26,5 +26,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("kind: GatewayParameters"));
+        assert!(text.contains("name: backendpolicies.portcullis.dev"));
     }
 }

@@ -6,6 +6,7 @@ pub mod controller_cmd;
 pub mod crds;
 pub mod echo;
 pub mod kube_client;
+pub mod memory;
 pub mod proxy_cmd;
 pub mod standalone;
 pub mod validate;

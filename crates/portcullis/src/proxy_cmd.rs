@@ -50,6 +50,7 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
     let mut provider = KubeProvider::spawn(client, KubeProviderConfig::new(options));
     tracing::info!(gateway = %args.gateway, "waiting for the first complete configuration");
     provider.wait_synced().await;
+    crate::memory::trim_after_changes(provider.tables.clone());
     let mut dataplane = DataPlane::spawn(
         provider.tables.clone(),
         DataPlaneConfig {

@@ -42,6 +42,7 @@ pub async fn start(
         ..DataPlaneConfig::default()
     });
     let mut dataplane = DataPlane::spawn(provider.tables.clone(), config);
+    crate::memory::trim_after_changes(provider.tables.clone());
     dataplane.ready().await;
     let admin_listener = admin::bind(admin_addr)
         .await

@@ -109,6 +109,11 @@ pub(crate) fn resolve(
         name: format!("{key}:{port}"),
         protocol,
         endpoints: ready_endpoints(index, &key, service_port),
+        settings: index
+            .backend_settings
+            .get(&(key.clone(), port))
+            .cloned()
+            .unwrap_or_default(),
     }))
 }
 

@@ -3,10 +3,12 @@
 //! referring to its own Service, a scan per reference is quadratic.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use portcullis_model::backend_policy::BackendSettings;
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ObjectKey, Snapshot};
 
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -16,6 +18,9 @@ pub(crate) struct Index<'a> {
     pub snapshot: &'a Snapshot,
     /// EndpointSlices by namespace, then Service name, in snapshot order.
     slices: HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>,
+    /// BackendPolicy settings of Service ports, by Service and port number
+    /// (filled by `backend_policy::service_settings`).
+    pub backend_settings: HashMap<(ObjectKey, i32), Arc<BackendSettings>>,
 }
 
 impl<'a> Index<'a> {
@@ -36,7 +41,11 @@ impl<'a> Index<'a> {
                     .push(slice);
             }
         }
-        Index { snapshot, slices }
+        Index {
+            snapshot,
+            slices,
+            backend_settings: HashMap::new(),
+        }
     }
 
     /// The EndpointSlices of a Service.

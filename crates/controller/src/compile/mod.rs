@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::snapshot::{ObjectKey, Snapshot};
 use crate::status::{conditions_json, reasons, Condition, StatusKind, StatusUpdate};
 
+mod backend_policy;
 mod backends;
 mod conflicts;
 mod filters;
@@ -102,7 +103,8 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
                 .map(|(key, r)| route::from_grpc(key, r)),
         )
         .collect();
-    let index = index::Index::new(snapshot);
+    let mut index = index::Index::new(snapshot);
+    index.backend_settings = backend_policy::service_settings(&index);
     let compiled: Vec<CompiledRules> = sources
         .iter()
         .map(|s| route::compile_rules(&index, s))

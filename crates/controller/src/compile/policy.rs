@@ -237,7 +237,57 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
         self.effective(&levels)
     }
 
+    /// The merged rules of a Service port (`port_name` when the port has
+    /// one), for kinds whose Service-attached policies shape the backend
+    /// itself rather than a rule.
+    pub fn merged_for_service(
+        &self,
+        service: &ObjectKey,
+        port_name: Option<&str>,
+    ) -> Option<K::Resolved> {
+        let mut levels = vec![(Level::Gateway, TargetKey::Service(service.clone(), None))];
+        if let Some(port) = port_name {
+            levels.push((
+                Level::Listener,
+                TargetKey::Service(service.clone(), Some(port.to_string())),
+            ));
+        }
+        let contributors = self.contributors(&levels)?;
+        self.merge(&contributors)
+    }
+
     fn effective(&self, levels: &[(Level, TargetKey)]) -> Option<Effective<K::Output>> {
+        let contributors = self.contributors(levels)?;
+        if let Some(built) = self.built.borrow().get(&contributors) {
+            return Some(Effective {
+                contributors,
+                output: built.clone(),
+            });
+        }
+        let output = match self.merge(&contributors) {
+            Some(m) => K::build(&m).map(Arc::new),
+            None => Err("no rules".to_string()),
+        };
+        if let Err(e) = &output {
+            let mut problems = self.combined_problems.borrow_mut();
+            for &(i, _) in &contributors {
+                problems.entry(i).or_insert_with(|| {
+                    format!("cannot be combined with the other policies of a rule: {e}")
+                });
+            }
+        }
+        self.built
+            .borrow_mut()
+            .insert(contributors.clone(), output.clone());
+        Some(Effective {
+            contributors,
+            output,
+        })
+    }
+
+    /// The policies attached at `levels`, in priority order (`true` for
+    /// their overrides); `None` when there are none.
+    fn contributors(&self, levels: &[(Level, TargetKey)]) -> Option<Vec<(usize, bool)>> {
         if self.by_target.is_empty() {
             return None;
         }
@@ -275,17 +325,13 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
             .map(|&(_, i)| (i, true))
             .chain(defaults.iter().map(|&(_, i)| (i, false)))
             .collect();
-        if contributors.is_empty() {
-            return None;
-        }
-        if let Some(built) = self.built.borrow().get(&contributors) {
-            return Some(Effective {
-                contributors,
-                output: built.clone(),
-            });
-        }
+        (!contributors.is_empty()).then_some(contributors)
+    }
+
+    /// Each contributor fills what the ones before it left unset.
+    fn merge(&self, contributors: &[(usize, bool)]) -> Option<K::Resolved> {
         let mut merged: Option<K::Resolved> = None;
-        for &(i, is_override) in &contributors {
+        for &(i, is_override) in contributors {
             let Some(p) = self.policies.get(i) else {
                 continue;
             };
@@ -300,25 +346,7 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
                 Some(m) => m.fill_from(rules),
             }
         }
-        let output = match merged {
-            Some(m) => K::build(&m).map(Arc::new),
-            None => Err("no rules".to_string()),
-        };
-        if let Err(e) = &output {
-            let mut problems = self.combined_problems.borrow_mut();
-            for &(i, _) in &contributors {
-                problems.entry(i).or_insert_with(|| {
-                    format!("cannot be combined with the other policies of a rule: {e}")
-                });
-            }
-        }
-        self.built
-            .borrow_mut()
-            .insert(contributors.clone(), output.clone());
-        Some(Effective {
-            contributors,
-            output,
-        })
+        merged
     }
 
     /// The `status` of every policy of this kind.
@@ -587,7 +615,9 @@ pub(crate) fn apply(
 ) -> PolicyOutcome {
     // Every policy kind, in the order their stages run on the data path:
     // `kinds.run::<K>()` for each.
-    apply_kinds(index, served, targets, controller_name, |_kinds| {})
+    apply_kinds(index, served, targets, controller_name, |kinds| {
+        kinds.run::<super::backend_policy::BackendPolicyCompiler>();
+    })
 }
 
 fn apply_kinds(

@@ -15,7 +15,9 @@
 //!   namespace.
 //!
 //! GatewayClasses, ReferenceGrants, Namespaces and our policies are few
-//! and small: kept.
+//! and small: kept. A policy kind whose compile hook reads a Secret or a
+//! ConfigMap must list it in [`needs_of`] (as routes list their Services),
+//! or a proxy drops it as unreferenced.
 
 use std::collections::BTreeSet;
 

@@ -20,10 +20,10 @@ run: build
 	trap 'kill $$echo_pid 2>/dev/null' EXIT INT TERM; \
 	$(BIN) run --config-dir examples/quickstart --bind 127.0.0.1 --admin 127.0.0.1:9901
 
-# Test prerequisites: nothing beyond cargo yet (tests generate their own
-# certificates and start their own servers).
+# Test prerequisites: tests generate their own certificates and start their
+# own servers; the rate-limit tests start a real redis-server.
 deps-test:
-	@true
+	@bash scripts/install-deps.sh test
 
 test: deps-test
 	$(CARGO) test --workspace --all-targets
@@ -38,6 +38,8 @@ deps-bench:
 bench: deps-bench build
 	$(CARGO) bench -p portcullis-tests
 	bash bench/load.sh
+	bash bench/ratelimit.sh
+	bash bench/auth.sh
 
 # Real kube-apiserver + etcd (built from Go modules, cached), pods as local
 # processes; runs e2e/tests/*.sh. Needs root. The proxy and controller pods

@@ -5,8 +5,8 @@ set -euo pipefail
 
 need=()
 case "${1:-}" in
-  bench) cmds=(wrk:wrk nginx:nginx-light haproxy:haproxy h2load:nghttp2-client curl:curl) ;;
-  test) cmds=(curl:curl) ;;
+  bench) cmds=(wrk:wrk nginx:nginx-light haproxy:haproxy h2load:nghttp2-client curl:curl redis-server:redis-server openssl:openssl python3:python3) ;;
+  test) cmds=(curl:curl redis-server:redis-server) ;;
   *) echo "usage: $0 bench|test" >&2; exit 2 ;;
 esac
 for pair in "${cmds[@]}"; do

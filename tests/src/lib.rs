@@ -19,6 +19,8 @@ use portcullis::standalone::Standalone;
 use portcullis_dataplane::DataPlaneConfig;
 use tokio::net::TcpListener;
 
+pub mod redis;
+
 pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Binds a std listener on a free loopback port.

@@ -4,9 +4,11 @@
 //! standard channel); Kubernetes core types from `k8s-openapi`. Our own policy
 //! CRDs (group `portcullis.dev`) are added here as they land.
 
+pub mod auth;
 pub mod backend_policy;
 pub mod parameters;
 pub mod policy;
+pub mod ratelimit;
 
 pub use gateway_api;
 pub use k8s_openapi;
@@ -17,6 +19,8 @@ pub const CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 /// Gateway API group.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
+pub use auth::{AuthPolicy, AuthPolicySpec, AuthRules};
 pub use backend_policy::{BackendPolicy, BackendPolicySpec};
 pub use parameters::{GatewayParameters, GatewayParametersSpec};
 pub use policy::PolicyKind;
+pub use ratelimit::{RateLimitPolicy, RateLimitPolicySpec};

@@ -5,6 +5,7 @@
 //! ([`server`]); each request goes through [`proxy::handle`]. This crate
 //! never depends on kube.
 
+pub mod auth;
 pub mod body;
 pub mod filters;
 pub mod identity;
@@ -12,6 +13,7 @@ pub mod lb;
 pub mod mirror;
 pub mod normalize;
 pub mod proxy;
+pub mod ratelimit;
 pub mod resilience;
 pub mod router;
 pub mod server;

@@ -133,7 +133,7 @@ async fn route_and_forward(
             e.to_string(),
         )
     })?;
-    let query = req.uri().query().map(str::to_string);
+    let mut query = req.uri().query().map(str::to_string);
 
     let route: &Route = port
         .routes
@@ -156,8 +156,41 @@ async fn route_and_forward(
             format!("{}: {reason}", rule.id),
         ));
     }
+    // IP rules -> authentication -> authorization (see crate::auth). A
+    // CORS preflight carries no credentials by design; the rule's CORS
+    // filter answers it below, without reaching the backend.
+    let preflight = is_preflight(&req) && rule.filters.iter().any(|f| matches!(f, Filter::Cors(_)));
+    if let (Some(auth), false) = (&rule.policies.auth, preflight) {
+        let input = crate::auth::AuthInput {
+            remote: conn.remote.ip(),
+            path: &path,
+            query: &mut query,
+        };
+        if let Err(denied) = crate::auth::check(&shared.auth, auth, input, &mut req).await {
+            return Ok(denied);
+        }
+    }
     // Borrowed from `state`, which this request holds to the end.
     let matched = &route.matcher.path;
+
+    // Rate limits: after authentication, whose Identity (in the request's
+    // extensions) keys consumer and claim counters.
+    let rate_report = match &rule.policies.rate_limit {
+        Some(limits) => {
+            let info = crate::ratelimit::RequestInfo {
+                client_ip: conn.remote.ip(),
+                method: req.method(),
+                path: &path,
+                headers: req.headers(),
+                identity: req.extensions().get(),
+            };
+            match crate::ratelimit::enforce(&state.rate_limits, &rule, limits, &info).await {
+                Ok(report) => report,
+                Err(rejected) => return Ok(rejected),
+            }
+        }
+        None => None,
+    };
 
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut ctx = RequestContext {
@@ -252,6 +285,9 @@ async fn route_and_forward(
         if filters::cors_origin_allowed(cors, origin.to_str().unwrap_or("")) {
             filters::cors_response_headers(cors, origin, resp.headers_mut());
         }
+    }
+    if let Some(report) = &rate_report {
+        report.apply(resp.headers_mut());
     }
     Ok(resp)
 }

@@ -18,6 +18,7 @@ pub struct Prepared {
     /// Load balancers, breakers and health of every backend, carried
     /// over from the previous table for backends that are still there.
     pub backends: Backends,
+    pub rate_limits: crate::ratelimit::Limiters,
 }
 
 pub struct PortState {
@@ -50,10 +51,13 @@ impl Prepared {
             );
         }
         let backends = Backends::for_table(&table, previous.map(|p| &p.backends), upstreams);
+        let rate_limits =
+            crate::ratelimit::Limiters::for_table(&table, previous.map(|p| &p.rate_limits));
         Prepared {
             table,
             ports,
             backends,
+            rate_limits,
         }
     }
 
@@ -66,6 +70,8 @@ impl Prepared {
 pub struct Shared {
     current: ArcSwap<Prepared>,
     pub upstreams: Upstreams,
+    /// Remote JWKS caches, kept across tables.
+    pub auth: crate::auth::AuthState,
 }
 
 impl Shared {
@@ -74,6 +80,7 @@ impl Shared {
         Shared {
             current: ArcSwap::from_pointee(Prepared::new(table, None, &upstreams)),
             upstreams,
+            auth: crate::auth::AuthState::new(),
         }
     }
 

@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod auth;
 pub mod backend_policy;
 mod pattern;
+pub mod ratelimit;
 mod serde_helpers;
 
 pub use pattern::Pattern;
@@ -288,9 +290,13 @@ pub struct RulePolicies {
     /// The rule is answered with 500 rather than served without them: a
     /// policy may be what protects the backend (fail closed).
     pub invalid: Option<String>,
+    /// `AuthPolicy`: IP rules, authentication, authorization.
+    pub auth: Option<Arc<auth::AuthConfig>>,
     /// BackendPolicy attached to the route or one of its rules: request-level
     /// settings (timeout, retries) that win over the Service's.
     pub backend: Option<Arc<backend_policy::RouteBackendPolicy>>,
+    /// `RateLimitPolicy`: the limits a request must pass.
+    pub rate_limit: Option<Arc<ratelimit::RateLimitConfig>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

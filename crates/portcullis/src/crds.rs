@@ -3,11 +3,16 @@
 //! compared with what the binary would generate.
 
 use kube::CustomResourceExt;
-use portcullis_api::{BackendPolicy, GatewayParameters};
+use portcullis_api::{AuthPolicy, BackendPolicy, GatewayParameters, RateLimitPolicy};
 
 /// Every CRD, as one multi-document YAML text.
 pub fn yaml() -> Result<String, serde_yaml::Error> {
-    let crds = [GatewayParameters::crd(), BackendPolicy::crd()];
+    let crds = [
+        GatewayParameters::crd(),
+        AuthPolicy::crd(),
+        RateLimitPolicy::crd(),
+        BackendPolicy::crd(),
+    ];
     let mut out = String::new();
     for crd in crds {
         out.push_str("---\n");
@@ -26,6 +31,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("kind: GatewayParameters"));
+        assert!(text.contains("name: authpolicies.portcullis.dev"), "{text}");
+        assert!(text.contains("name: ratelimitpolicies.portcullis.dev"));
         assert!(text.contains("name: backendpolicies.portcullis.dev"));
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::snapshot::{ObjectKey, Snapshot};
 use crate::status::{conditions_json, reasons, Condition, StatusKind, StatusUpdate};
 
+mod auth;
 mod backend_policy;
 mod backends;
 mod conflicts;
@@ -27,6 +28,7 @@ mod matches;
 pub mod parameters;
 mod policy;
 mod precedence;
+mod ratelimit;
 mod refs;
 mod route;
 mod tls;

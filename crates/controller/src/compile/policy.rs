@@ -52,6 +52,11 @@ pub(crate) trait PolicyCompiler {
     type Resolved: Merge + Clone;
     /// What the data plane reads.
     type Output: Send + Sync + 'static;
+    /// An invalid policy of a fail-closed kind still attaches to its
+    /// targets and makes their rules answer 500 ([`RulePolicies::invalid`])
+    /// instead of being served as if it did not exist: for a policy that
+    /// protects a backend (auth), being left out would open it.
+    const FAIL_CLOSED: bool = false;
 
     /// Checks one policy's rules and resolves what they reference. `Err`
     /// makes the policy `Invalid` with that message.
@@ -175,7 +180,7 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
         for (key, object) in objects.into_iter().flatten() {
             let parsed = parse::<K>(index, key, object);
             let i = policies.len();
-            if parsed.invalid.is_none() {
+            if parsed.invalid.is_none() || K::FAIL_CLOSED {
                 for t in &parsed.targets {
                     if let Some(target) = target_key(&key.namespace, t) {
                         let list = by_target.entry(target).or_default();
@@ -258,6 +263,21 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
 
     fn effective(&self, levels: &[(Level, TargetKey)]) -> Option<Effective<K::Output>> {
         let contributors = self.contributors(levels)?;
+        let invalid = contributors.iter().find_map(|&(i, _)| {
+            let p = self.policies.get(i)?;
+            Some(format!(
+                "{} {} is invalid: {}",
+                K::KIND,
+                p.key,
+                p.invalid.as_ref()?
+            ))
+        });
+        if let Some(message) = invalid {
+            return Some(Effective {
+                contributors,
+                output: Err(message),
+            });
+        }
         if let Some(built) = self.built.borrow().get(&contributors) {
             return Some(Effective {
                 contributors,
@@ -299,6 +319,14 @@ impl<'a, K: PolicyCompiler> Attachments<'a, K> {
         }
         if attached.is_empty() {
             return None;
+        }
+        // Only fail-closed kinds index invalid policies (see FAIL_CLOSED):
+        // such a policy alone decides, and `effective` turns it into an error.
+        if let Some(&(_, i)) = attached
+            .iter()
+            .find(|&&(_, i)| self.policies.get(i).is_some_and(|p| p.invalid.is_some()))
+        {
+            return Some(vec![(i, false)]);
         }
         let age = |i: usize| {
             self.policies
@@ -616,6 +644,8 @@ pub(crate) fn apply(
     // Every policy kind, in the order their stages run on the data path:
     // `kinds.run::<K>()` for each.
     apply_kinds(index, served, targets, controller_name, |kinds| {
+        kinds.run::<super::auth::AuthPolicyCompiler>();
+        kinds.run::<super::ratelimit::RateLimits>();
         kinds.run::<super::backend_policy::BackendPolicyCompiler>();
     })
 }

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Our policy CRDs applied with kubectl take effect through a provisioned
+# proxy and report it in status.ancestors:
+#   - BackendPolicy on a Service: a session cookie pins a client to one
+#     echo pod; a policy on a missing Service is Accepted=False
+#     TargetNotFound and changes nothing else;
+#   - RateLimitPolicy on a named route rule: a local limit of 3 per minute
+#     per client header answers the 4th request 429 with Retry-After,
+#     other clients unaffected.
+# Needs `source STATE/env` and the release binary.
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+: "${KUBECONFIG:?source the cluster env first}"
+NS=e2e-policies
+
+bash "$E2E_DIR/scripts/deploy-controller.sh"
+for crd in backendpolicies ratelimitpolicies; do
+  kubectl wait --for=condition=Established --timeout=30s "crd/$crd.portcullis.dev" >/dev/null \
+    || die "CRD $crd.portcullis.dev not established"
+done
+
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers:
+      - name: echo
+        image: gcr.io/k8s-staging-gateway-api/echo-basic:v20260204-monthly-2026.01-60-g28382302
+        env:
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+        readinessProbe:
+          httpGet: {path: /, port: 3000}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 8080, targetPort: 3000}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - name: main
+    backendRefs: [{name: echo, port: 8080}]
+YAML
+
+cond() { # cond KIND NAME JSONPATH-TO-CONDITIONS TYPE: the condition's status
+  kubectl -n "$NS" get "$1" "$2" -o jsonpath="{$3[?(@.type==\"$4\")].status}" 2>/dev/null
+}
+reason() { # reason KIND NAME JSONPATH-TO-CONDITIONS TYPE: the condition's reason
+  kubectl -n "$NS" get "$1" "$2" -o jsonpath="{$3[?(@.type==\"$4\")].reason}" 2>/dev/null
+}
+is_true() { [[ $("$@") == True ]]; }
+wait_for "HTTPRoute Accepted" 60 is_true cond httproute echo '.status.parents[0].conditions' Accepted \
+  || { kubectl -n "$NS" get gateway,httproute -o yaml >&2; die "HTTPRoute not Accepted"; }
+kubectl -n "$NS" rollout status deployment/echo --timeout=90s >&2 || die "echo not available"
+wait_for "proxy Deployment" 60 kubectl -n "$NS" get deployment gw-portcullis \
+  || die "no proxy Deployment provisioned"
+kubectl -n "$NS" rollout status deployment/gw-portcullis --timeout=90s >&2 \
+  || { kubectl -n "$NS" get deploy,pods -o wide >&2; die "proxy Deployment not available"; }
+address() { kubectl -n "$NS" get gateway gw -o jsonpath='{.status.addresses[0].value}'; }
+has_address() { [[ -n $(address) ]]; }
+wait_for "Gateway address" 60 has_address || die "no Gateway address"
+ADDR=$(address)
+served() { curl -sf --max-time 2 "http://$ADDR:8080/" >/dev/null; }
+wait_for "traffic through the Gateway" 60 served || die "no traffic through $ADDR"
+
+log "BackendPolicy: a session cookie pins a client to one pod"
+kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: portcullis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: sticky}
+spec:
+  targetRefs: [{group: "", kind: Service, name: echo}]
+  loadBalancer:
+    type: RoundRobin
+    sessionPersistence: {cookieName: e2e-session}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: orphan}
+spec:
+  targetRefs: [{group: "", kind: Service, name: no-such-service}]
+  loadBalancer: {type: Random}
+YAML
+ancestor='.status.ancestors[0].conditions'
+wait_for "BackendPolicy sticky Accepted" 60 is_true cond backendpolicy sticky "$ancestor" Accepted \
+  || { kubectl -n "$NS" get backendpolicy sticky -o yaml >&2; die "BackendPolicy sticky not Accepted"; }
+not_found() { [[ $(reason backendpolicy orphan "$ancestor" Accepted) == TargetNotFound ]]; }
+wait_for "BackendPolicy orphan TargetNotFound" 60 not_found \
+  || { kubectl -n "$NS" get backendpolicy orphan -o yaml >&2; die "BackendPolicy orphan not reported TargetNotFound"; }
+
+cookie_jar=$(mktemp); trap 'rm -f "$cookie_jar"' EXIT
+has_cookie() { # the proxy has the policy: it hands out the session cookie
+  rm -f "$cookie_jar"
+  curl -sf --max-time 2 -c "$cookie_jar" "http://$ADDR:8080/" >/dev/null && grep -q e2e-session "$cookie_jar"
+}
+wait_for "session cookie handed out" 60 has_cookie \
+  || { curl -sv --max-time 2 "http://$ADDR:8080/" >&2 || true; die "no session cookie: BackendPolicy not in effect"; }
+pod() { curl -sf --max-time 2 "$@" "http://$ADDR:8080/" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pod"])'; }
+first=$(pod -b "$cookie_jar")
+for _ in $(seq 1 12); do
+  p=$(pod -b "$cookie_jar")
+  [[ $p == "$first" ]] || die "session cookie did not pin the client: $first then $p"
+done
+pods=$(for _ in $(seq 1 12); do pod; done | sort -u | wc -l)
+((pods > 1)) || die "without the cookie, requests should spread over the pods (saw $pods)"
+log "12 requests with the cookie all reached $first; without it $pods pods answered"
+
+log "RateLimitPolicy: 3 requests per minute per client on rule main"
+kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: portcullis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: per-client}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: echo, sectionName: main}]
+  responseHeaders: Draft
+  limits:
+    per-client:
+      rates: [{limit: 3, window: 1m}]
+      key: [{type: Header, name: x-e2e-client}]
+YAML
+wait_for "RateLimitPolicy Accepted" 60 is_true cond ratelimitpolicy per-client "$ancestor" Accepted \
+  || { kubectl -n "$NS" get ratelimitpolicy per-client -o yaml >&2; die "RateLimitPolicy not Accepted"; }
+status_of() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H "x-e2e-client: $1" "http://$ADDR:8080/"; }
+limited() { # the proxy has the policy: a probe client's 4th request is refused
+  local probe="probe-$RANDOM$RANDOM"
+  for _ in 1 2 3; do status_of "$probe" >/dev/null; done
+  [[ $(status_of "$probe") == 429 ]]
+}
+wait_for "rate limit in effect" 60 limited \
+  || { curl -sv --max-time 2 -H 'x-e2e-client: x' "http://$ADDR:8080/" >&2 || true; die "RateLimitPolicy not in effect"; }
+codes=$(for _ in 1 2 3 4; do status_of alice; echo -n ' '; done)
+[[ $codes == "200 200 200 429 " ]] || die "alice: expected 200 200 200 429, got $codes"
+headers=$(curl -s -D - -o /dev/null --max-time 2 -H 'x-e2e-client: alice' "http://$ADDR:8080/")
+grep -qi '^retry-after: [0-9]' <<<"$headers" || die "429 without Retry-After: $headers"
+[[ $(status_of bob) == 200 ]] || die "bob was limited by alice's counter"
+log "alice: $codes; 429 carries Retry-After; bob unaffected"
+
+kubectl delete namespace "$NS" --wait=false >/dev/null
+kubectl -n portcullis-system delete deployment portcullis-controller --wait=false >/dev/null
+log "policies e2e: ok"

@@ -14,10 +14,10 @@
 //!   its own namespace only, dependents when their needs are in one
 //!   namespace.
 //!
-//! GatewayClasses, ReferenceGrants, Namespaces and our policies are few
-//! and small: kept. A policy kind whose compile hook reads a Secret or a
-//! ConfigMap must list it in [`needs_of`] (as routes list their Services),
-//! or a proxy drops it as unreferenced.
+//! Our policies are all kept (few; which ones apply is compile's question)
+//! and need every Secret and ConfigMap of their namespace ([`ANY`]): their
+//! compile hooks read them by name or by label selector.
+//! GatewayClasses, ReferenceGrants and Namespaces are few and small: kept.
 
 use std::collections::BTreeSet;
 
@@ -27,6 +27,18 @@ use gateway_api::httproutes::HttpRoute;
 
 use super::store::Kind;
 use crate::snapshot::{KubeObject, ObjectKey};
+
+/// The name of a namespace-wide need: every object of that kind in the
+/// namespace.
+pub const ANY: &str = "*";
+
+/// What a policy in `key`'s namespace may read.
+pub fn needs_of_policy(key: &ObjectKey) -> Vec<Need> {
+    vec![
+        (Kind::ConfigMap, ObjectKey::new(key.namespace.clone(), ANY)),
+        (Kind::Secret, ObjectKey::new(key.namespace.clone(), ANY)),
+    ]
+}
 
 /// A dependent object a kept source references. EndpointSlices are needed
 /// through their Service: `(Kind::Service, service key)`.
@@ -53,14 +65,17 @@ pub enum Role {
 impl Role {
     pub fn of(kind: Kind) -> Role {
         match kind {
-            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute => Role::Source,
+            Kind::GatewayClass
+            | Kind::Gateway
+            | Kind::HttpRoute
+            | Kind::GrpcRoute
+            | Kind::Policy(_) => Role::Source,
             Kind::Service
             | Kind::EndpointSlice
             | Kind::Secret
             | Kind::ConfigMap
             | Kind::GatewayParameters => Role::Dependent,
-            // Policies are few; which ones apply is compile's question.
-            Kind::ReferenceGrant | Kind::Namespace | Kind::Policy(_) => Role::Kept,
+            Kind::ReferenceGrant | Kind::Namespace => Role::Kept,
         }
     }
 }
@@ -199,6 +214,7 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
                 }
             }
         }
+        KubeObject::Policy(_, p) => return needs_of_policy(&ObjectKey::of(&p.metadata)),
         KubeObject::HttpRoute(r) => return needs_of_http_route(r),
         KubeObject::GrpcRoute(r) => return needs_of_grpc_route(r),
         _ => {}

@@ -399,7 +399,7 @@ impl Stores {
                 let keep = match Role::of(kind) {
                     Role::Source => proxy.filter.keeps_source(&object),
                     Role::Dependent => match scope::need_of(&object) {
-                        Some(need) if proxy.needed.contains_key(&need) => true,
+                        Some(need) if is_needed(&proxy.needed, &need) => true,
                         Some((_, key)) => {
                             proxy.relist_dropped.entry(kind).or_default().insert(key);
                             false
@@ -429,7 +429,7 @@ impl Stores {
                     let need_kind = scope::need_kind(kind);
                     let missed = proxy.dropped.get(&kind).is_some_and(|d| {
                         d.iter()
-                            .any(|key| proxy.needed.contains_key(&(need_kind, key.clone())))
+                            .any(|key| is_needed(&proxy.needed, &(need_kind, key.clone())))
                     });
                     if missed {
                         proxy.relist.insert(kind);
@@ -455,7 +455,7 @@ impl Stores {
                     }
                     Role::Dependent => {
                         match scope::need_of(&object) {
-                            Some(need) if proxy.needed.contains_key(&need) => {
+                            Some(need) if is_needed(&proxy.needed, &need) => {
                                 return self.store(object);
                             }
                             Some((_, key)) => {
@@ -574,6 +574,14 @@ impl Stores {
                 sources.insert((Kind::GrpcRoute, key.clone()), needs);
             }
         }
+        for (kind, policies) in &s.policies {
+            for key in policies.keys() {
+                sources.insert(
+                    (Kind::Policy(*kind), key.clone()),
+                    scope::needs_of_policy(key),
+                );
+            }
+        }
         let mut needed: BTreeMap<Need, usize> = BTreeMap::new();
         for need in sources.values().flatten() {
             *needed.entry(need.clone()).or_insert(0) += 1;
@@ -625,7 +633,13 @@ impl ProxyState {
                 continue;
             }
             let dropped = |m: &BTreeMap<Kind, BTreeSet<ObjectKey>>| {
-                m.get(&kind).is_some_and(|d| d.contains(key))
+                m.get(&kind).is_some_and(|d| {
+                    if key.name == scope::ANY {
+                        d.iter().any(|k| k.namespace == key.namespace)
+                    } else {
+                        d.contains(key)
+                    }
+                })
             };
             if dropped(&self.dropped) || dropped(&self.relist_dropped) {
                 self.relist.insert(kind);
@@ -634,10 +648,47 @@ impl ProxyState {
     }
 }
 
+/// Needed by name, or through a namespace-wide need of that kind (our
+/// policies read Secrets and ConfigMaps of their namespace by name or by
+/// label).
+fn is_needed(needed: &BTreeMap<Need, usize>, need: &Need) -> bool {
+    let (kind, key) = need;
+    needed.contains_key(need)
+        || needed.contains_key(&(*kind, ObjectKey::new(key.namespace.clone(), scope::ANY)))
+}
+
 /// A need went away: its stored dependents are dropped (and remembered
 /// as dropped, in case they are needed again).
 fn drop_dependents(snapshot: &mut Snapshot, proxy: &mut ProxyState, need: &Need) {
     let (kind, key) = need;
+    if is_needed(&proxy.needed, need) {
+        return; // still needed through a namespace-wide need
+    }
+    if key.name == scope::ANY {
+        // Everything of that kind in the namespace not needed by name.
+        let needed = &proxy.needed;
+        let keep = |k: &ObjectKey| {
+            k.namespace != key.namespace || needed.contains_key(&(*kind, k.clone()))
+        };
+        let mut gone = Vec::new();
+        match kind {
+            Kind::Secret => snapshot.secrets.retain(|k, _| {
+                keep(k) || {
+                    gone.push(k.clone());
+                    false
+                }
+            }),
+            Kind::ConfigMap => snapshot.config_maps.retain(|k, _| {
+                keep(k) || {
+                    gone.push(k.clone());
+                    false
+                }
+            }),
+            _ => {}
+        }
+        proxy.dropped.entry(*kind).or_default().extend(gone);
+        return;
+    }
     let mut mark = |kind: Kind| {
         proxy.dropped.entry(kind).or_default().insert(key.clone());
     };
@@ -1002,8 +1053,12 @@ mod tests {
                     route("theirs", "apps", "other", "unrelated"),
                 ],
             );
-            for kind in [Kind::GatewayClass, Kind::GrpcRoute] {
-                list(&mut s, kind, vec![]);
+            for kind in Kind::ALL {
+                if Role::of(kind) == Role::Source
+                    && !matches!(kind, Kind::Gateway | Kind::HttpRoute)
+                {
+                    list(&mut s, kind, vec![]);
+                }
             }
             s
         }
@@ -1061,6 +1116,38 @@ mod tests {
             );
             let stored = &s.snapshot().http_routes[&ObjectKey::new("apps", "ours")];
             assert!(stored.status.is_none());
+        }
+
+        fn config_map(namespace: &str, name: &str) -> KubeObject {
+            object(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": namespace},
+                "data": {"jwks.json": "{}"}
+            }))
+        }
+
+        #[test]
+        fn a_policy_keeps_the_config_maps_and_secrets_of_its_namespace() {
+            let mut s = listed("All");
+            s.watch_scopes();
+            list(&mut s, Kind::ConfigMap, vec![config_map("apps", "jwks")]);
+            assert!(s.snapshot().config_maps.is_empty(), "nothing needs it yet");
+            let policy = object(json!({
+                "apiVersion": "portcullis.dev/v1alpha1", "kind": "AuthPolicy",
+                "metadata": {"name": "p", "namespace": "apps"},
+                "spec": {"targetRefs": []}
+            }));
+            s.apply(Change::Applied(policy.clone()));
+            let relist: Vec<Kind> = s.watch_scopes().into_iter().map(|(k, _)| k).collect();
+            assert!(relist.contains(&Kind::ConfigMap), "{relist:?}");
+            list(
+                &mut s,
+                Kind::ConfigMap,
+                vec![config_map("apps", "jwks"), config_map("other", "x")],
+            );
+            assert_eq!(names(&s.snapshot().config_maps), ["apps/jwks"]);
+            s.apply(Change::Deleted(policy));
+            assert!(s.snapshot().config_maps.is_empty());
         }
 
         #[test]

@@ -9,7 +9,9 @@
 #     other clients unaffected;
 #   - AuthPolicy (JWT, RS256, inline JWKS) on a second route: 401 with
 #     WWW-Authenticate without a token, 200 with one, 401 with a forged
-#     one; the first route stays open.
+#     one; the first route stays open;
+#   - AuthPolicy (API keys from labelled Opaque Secrets) on a third route:
+#     401 without a key, 200 with it, and the key never reaches the pod.
 # Needs `source STATE/env` and the release binary.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -213,6 +215,46 @@ curl -s -D - -o /dev/null --max-time 2 "http://$ADDR:8080/private/x" | grep -qi 
 [[ $(code -H "Authorization: Bearer $forged" "http://$ADDR:8080/private/x") == 401 ]] || die "a token signed with another key was accepted"
 [[ $(code -H 'x-e2e-client: carol' "http://$ADDR:8080/open") == 200 ]] || die "the route without AuthPolicy is no longer open"
 log "no token 401 (WWW-Authenticate: Bearer), valid token 200, forged token 401, other route open"
+
+log "AuthPolicy: API key from a labelled Secret on route keyed"
+kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Secret
+metadata:
+  name: key-mobile
+  labels: {e2e.portcullis.dev/api-key: "true"}
+  annotations: {portcullis.dev/consumer: mobile}
+stringData: {api_key: e2e-key-0123456789abcdef}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: keyed}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /keyed}}]
+    backendRefs: [{name: echo, port: 8080}]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: keys}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: keyed}]
+  apiKeys:
+    selector: {matchLabels: {e2e.portcullis.dev/api-key: "true"}}
+    header: x-api-key
+YAML
+wait_for "AuthPolicy keys Accepted" 60 is_true cond authpolicy keys "$ancestor" Accepted \
+  || { kubectl -n "$NS" get authpolicy keys -o yaml >&2; die "AuthPolicy keys not Accepted"; }
+key_ok() { [[ $(code -H 'x-api-key: e2e-key-0123456789abcdef' "http://$ADDR:8080/keyed/x") == 200 ]]; }
+wait_for "the API key from the Secret is accepted" 60 key_ok \
+  || { curl -sv --max-time 2 -H 'x-api-key: e2e-key-0123456789abcdef' "http://$ADDR:8080/keyed/x" >&2 || true
+       die "the API key Secret did not reach the proxy"; }
+[[ $(code "http://$ADDR:8080/keyed/x") == 401 ]] || die "no key must be 401"
+[[ $(code -H 'x-api-key: e2e-key-0123456789abcdefX' "http://$ADDR:8080/keyed/x") == 401 ]] || die "a wrong key must be 401"
+echoed=$(curl -sf --max-time 2 -H 'x-api-key: e2e-key-0123456789abcdef' "http://$ADDR:8080/keyed/x")
+grep -qi 'e2e-key-0123456789abcdef' <<<"$echoed" && die "the API key reached the backend: $echoed"
+log "API key: 200 with the key (stripped before the pod), 401 without or wrong"
 
 kubectl delete namespace "$NS" --wait=false >/dev/null
 kubectl -n portcullis-system delete deployment portcullis-controller --wait=false >/dev/null

@@ -201,10 +201,14 @@ impl KubeProvider {
             KubeObject::EndpointSlice,
             scope(Kind::EndpointSlice),
         ));
-        // Only TLS Secrets: certificates are all compile reads from Secrets.
+        // Certificates (kubernetes.io/tls) and what policies read (Opaque:
+        // API keys, htpasswd, JWKS, Redis credentials). Field selectors
+        // cannot say "one of", so the kinds no gateway ever reads are
+        // excluded instead; some of them are large (Helm releases) and
+        // some are credentials of their own (service account tokens).
         tasks.push(w.start::<Secret>(
             namespaced_api(&client),
-            all().fields("type=kubernetes.io/tls"),
+            all().fields(SECRET_TYPES_NOT_READ),
             Kind::Secret,
             KubeObject::Secret,
             scope(Kind::Secret),
@@ -452,6 +456,13 @@ pub fn start_compile_loop(
     };
     (change_tx, handle)
 }
+
+/// Secret types excluded from the Secret watch (see [`KubeProvider::spawn`]).
+const SECRET_TYPES_NOT_READ: &str = "type!=kubernetes.io/service-account-token,\
+     type!=helm.sh/release.v1,\
+     type!=kubernetes.io/dockerconfigjson,\
+     type!=kubernetes.io/dockercfg,\
+     type!=bootstrap.kubernetes.io/token";
 
 /// Delays between watch retries after errors: 0.5 s doubling up to 8 s,
 /// each with ±25 % jitter so that many proxies do not retry in step.

@@ -13,6 +13,32 @@ S="$E2E_DIR/scripts"
 STATE=$(mktemp -d /tmp/portcullis-e2e.XXXXXX)
 T0=$(now_ms)
 ok=0
+# Each phase's stderr is also kept in $PHASE_LOGS/NAME.log, so that the
+# summary the CI log ends with can repeat why a phase failed.
+PHASE_LOGS=$(mktemp -d /tmp/portcullis-e2e-phases.XXXXXX)
+FAILED_PHASE=""
+# run NAME CMD...: a phase whose stderr is teed to its log.
+run() {
+  local name=$1; shift
+  local logf="$PHASE_LOGS/${name//[^A-Za-z0-9_.-]/_}.log"
+  if ! phase "$name" tee_stderr "$logf" "$@"; then
+    FAILED_PHASE=$name
+    return 1
+  fi
+}
+tee_stderr() { # tee_stderr FILE CMD...: CMD's stderr to FILE and to stderr
+  local f=$1; shift
+  { "$@" 2>&1 1>&3 3>&- | tee -a "$f" >&2; } 3>&1
+}
+# The lines that say why a phase failed: its ERROR lines, timeouts, test
+# failures; else its last lines.
+why_failed() {
+  local f="$PHASE_LOGS/${1//[^A-Za-z0-9_.-]/_}.log" lines
+  [[ -f $f ]] || return 0
+  lines=$(grep -E 'ERROR|timed out|FAILED|panicked|^error|test result: FAILED' "$f" | tail -n 6 || true)
+  [[ -n $lines ]] || lines=$(tail -n 4 "$f")
+  printf '%s\n' "$lines" | cut -c1-300 | sed 's/^/      /' >&2
+}
 finish() {
   local rc=$?
   set +e
@@ -30,6 +56,13 @@ finish() {
     [[ $ok == 1 ]] && rm -rf "$STATE"
   fi
   print_phase_times
+  if [[ -n $FAILED_PHASE ]]; then
+    echo "  phase $FAILED_PHASE failed:" >&2
+    why_failed "$FAILED_PHASE"
+    echo "  (its whole output: $PHASE_LOGS/)" >&2
+  elif [[ $ok == 1 ]]; then
+    rm -rf "$PHASE_LOGS"
+  fi
   local dt=$(( $(now_ms) - T0 ))
   printf '  %-30s %8ss  %s\n' total "$((dt / 1000)).$(( (dt % 1000) / 100 ))" "$([[ $ok == 1 ]] && echo ok || echo FAILED)" >&2
   exit "$rc"
@@ -53,23 +86,23 @@ if ! flock -n 9; then
   flock -w 900 9 || die "another e2e cluster has been running on this machine for 15 minutes (lock $E2E_CACHE/cluster.lock)"
 fi
 
-phase build-k8s "$S/build-tools.sh" >/dev/null
-phase build-echo "$S/build-echo.sh" >/dev/null
-phase build-agent "$S/build-agent.sh" >/dev/null
-phase cluster-up "$S/cluster.sh" up "$STATE"
+run build-k8s "$S/build-tools.sh" >/dev/null
+run build-echo "$S/build-echo.sh" >/dev/null
+run build-agent "$S/build-agent.sh" >/dev/null
+run cluster-up "$S/cluster.sh" up "$STATE"
 source "$STATE/env"
-phase crds "$S/install-crds.sh"
-phase smoke "$S/smoke.sh"
+run crds "$S/install-crds.sh"
+run smoke "$S/smoke.sh"
 # Our own end-to-end tests: every executable tests/*.sh, in name order, each
 # a phase, with the cluster env (KUBECONFIG, kubectl on PATH, E2E_STATE).
 for t in "$E2E_DIR"/tests/*.sh; do
   [[ -x $t ]] || continue
-  phase "test:$(basename "$t" .sh)" "$t"
+  run "test:$(basename "$t" .sh)" "$t"
 done
 # The Gateway API conformance suite against our controller (report in
 # reports/). On by default; E2E_CONFORMANCE=0 skips it for a quick run.
 if [[ ${E2E_CONFORMANCE:-1} == 1 ]]; then
-  phase deploy-controller "$S/deploy-controller.sh"
-  phase conformance "$S/conformance.sh"
+  run deploy-controller "$S/deploy-controller.sh"
+  run conformance "$S/conformance.sh"
 fi
 ok=1

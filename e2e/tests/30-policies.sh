@@ -6,7 +6,12 @@
 #     TargetNotFound and changes nothing else;
 #   - RateLimitPolicy on a named route rule: a local limit of 3 per minute
 #     per client header answers the 4th request 429 with Retry-After,
-#     other clients unaffected.
+#     other clients unaffected;
+#   - AuthPolicy (JWT, RS256, inline JWKS) on a second route: 401 with
+#     WWW-Authenticate without a token, 200 with one, 401 with a forged
+#     one; the first route stays open;
+#   - AuthPolicy (API keys from labelled Opaque Secrets) on a third route:
+#     401 without a key, 200 with it, and the key never reaches the pod.
 # Needs `source STATE/env` and the release binary.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -14,7 +19,7 @@ source "$(dirname "$0")/../scripts/lib.sh"
 NS=e2e-policies
 
 bash "$E2E_DIR/scripts/deploy-controller.sh"
-for crd in backendpolicies ratelimitpolicies; do
+for crd in backendpolicies ratelimitpolicies authpolicies; do
   kubectl wait --for=condition=Established --timeout=30s "crd/$crd.portcullis.dev" >/dev/null \
     || die "CRD $crd.portcullis.dev not established"
 done
@@ -156,6 +161,100 @@ headers=$(curl -s -D - -o /dev/null --max-time 2 -H 'x-e2e-client: alice' "http:
 grep -qi '^retry-after: [0-9]' <<<"$headers" || die "429 without Retry-After: $headers"
 [[ $(status_of bob) == 200 ]] || die "bob was limited by alice's counter"
 log "alice: $codes; 429 carries Retry-After; bob unaffected"
+
+log "AuthPolicy: JWT (RS256, inline JWKS) on route private"
+jwt_dir=$(mktemp -d); trap 'rm -f "$cookie_jar"; rm -rf "$jwt_dir"' EXIT
+openssl genrsa -out "$jwt_dir/key.pem" 2048 2>/dev/null
+openssl genrsa -out "$jwt_dir/other.pem" 2048 2>/dev/null
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+jwks=$(python3 - "$(openssl rsa -in "$jwt_dir/key.pem" -noout -modulus 2>/dev/null | cut -d= -f2)" <<'PY'
+import base64, json, sys
+n = bytes.fromhex(sys.argv[1])
+b = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=").decode()
+print(json.dumps({"keys": [{"kty": "RSA", "kid": "e2e", "alg": "RS256", "use": "sig", "n": b(n), "e": b((65537).to_bytes(3, "big"))}]}))
+PY
+)
+token() { # token KEY: a JWT for alice signed with KEY
+  local h p
+  h=$(printf '{"alg":"RS256","typ":"JWT","kid":"e2e"}' | b64url)
+  p=$(printf '{"iss":"https://issuer.e2e","aud":"e2e","sub":"alice","exp":%d}' $(( $(date +%s) + 600 )) | b64url)
+  printf '%s.%s.%s' "$h" "$p" "$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -sign "$1" | b64url)"
+}
+good=$(token "$jwt_dir/key.pem"); forged=$(token "$jwt_dir/other.pem")
+kubectl apply -n "$NS" -f - >/dev/null <<YAML
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: private}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /private}}]
+    backendRefs: [{name: echo, port: 8080}]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: jwt}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: private}]
+  jwt:
+    providers:
+    - name: e2e
+      issuer: https://issuer.e2e
+      audiences: [e2e]
+      jwks: {inline: '$jwks'}
+YAML
+wait_for "AuthPolicy Accepted" 60 is_true cond authpolicy jwt "$ancestor" Accepted \
+  || { kubectl -n "$NS" get authpolicy jwt -o yaml >&2; die "AuthPolicy not Accepted"; }
+code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@"; }
+protected() { [[ $(code "http://$ADDR:8080/private/x") == 401 ]]; }
+wait_for "AuthPolicy in effect" 60 protected \
+  || { curl -sv --max-time 2 "http://$ADDR:8080/private/x" >&2 || true; die "AuthPolicy not in effect"; }
+curl -s -D - -o /dev/null --max-time 2 "http://$ADDR:8080/private/x" | grep -qi '^www-authenticate: Bearer' \
+  || die "401 without WWW-Authenticate: Bearer"
+[[ $(code -H "Authorization: Bearer $good" "http://$ADDR:8080/private/x") == 200 ]] || die "a valid token was refused"
+[[ $(code -H "Authorization: Bearer $forged" "http://$ADDR:8080/private/x") == 401 ]] || die "a token signed with another key was accepted"
+[[ $(code -H 'x-e2e-client: carol' "http://$ADDR:8080/open") == 200 ]] || die "the route without AuthPolicy is no longer open"
+log "no token 401 (WWW-Authenticate: Bearer), valid token 200, forged token 401, other route open"
+
+log "AuthPolicy: API key from a labelled Secret on route keyed"
+kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Secret
+metadata:
+  name: key-mobile
+  labels: {e2e.portcullis.dev/api-key: "true"}
+  annotations: {portcullis.dev/consumer: mobile}
+stringData: {api_key: e2e-key-0123456789abcdef}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: keyed}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /keyed}}]
+    backendRefs: [{name: echo, port: 8080}]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: keys}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: keyed}]
+  apiKeys:
+    selector: {matchLabels: {e2e.portcullis.dev/api-key: "true"}}
+    header: x-api-key
+YAML
+wait_for "AuthPolicy keys Accepted" 60 is_true cond authpolicy keys "$ancestor" Accepted \
+  || { kubectl -n "$NS" get authpolicy keys -o yaml >&2; die "AuthPolicy keys not Accepted"; }
+key_ok() { [[ $(code -H 'x-api-key: e2e-key-0123456789abcdef' "http://$ADDR:8080/keyed/x") == 200 ]]; }
+wait_for "the API key from the Secret is accepted" 60 key_ok \
+  || { curl -sv --max-time 2 -H 'x-api-key: e2e-key-0123456789abcdef' "http://$ADDR:8080/keyed/x" >&2 || true
+       die "the API key Secret did not reach the proxy"; }
+[[ $(code "http://$ADDR:8080/keyed/x") == 401 ]] || die "no key must be 401"
+[[ $(code -H 'x-api-key: e2e-key-0123456789abcdefX' "http://$ADDR:8080/keyed/x") == 401 ]] || die "a wrong key must be 401"
+echoed=$(curl -sf --max-time 2 -H 'x-api-key: e2e-key-0123456789abcdef' "http://$ADDR:8080/keyed/x")
+grep -qi 'e2e-key-0123456789abcdef' <<<"$echoed" && die "the API key reached the backend: $echoed"
+log "API key: 200 with the key (stripped before the pod), 401 without or wrong"
 
 kubectl delete namespace "$NS" --wait=false >/dev/null
 kubectl -n portcullis-system delete deployment portcullis-controller --wait=false >/dev/null

@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use portcullis_api::policy::PolicyKind;
+use portcullis_api::GatewayParameters;
 
 /// Namespace and name of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,6 +69,9 @@ pub struct Snapshot {
     /// Cluster-scoped: keyed by name. Only needed for label selectors; a
     /// namespace missing here is treated as existing with no labels.
     pub namespaces: BTreeMap<String, Namespace>,
+    /// Ours (`portcullis.dev`): what GatewayClass / Gateway
+    /// `parametersRef`s point to.
+    pub gateway_parameters: BTreeMap<ObjectKey, GatewayParameters>,
     /// Our policy CRDs, by kind. Kept as JSON: each kind's compile hook
     /// decodes its own spec, so a spec that does not decode becomes that
     /// policy's `Invalid` status instead of a lost object.
@@ -99,6 +103,7 @@ pub enum KubeObject {
     Secret(Secret),
     ConfigMap(ConfigMap),
     Namespace(Namespace),
+    GatewayParameters(GatewayParameters),
     Policy(PolicyKind, PolicyObject),
 }
 
@@ -126,6 +131,7 @@ impl KubeObject {
             KubeObject::Secret(_) => "Secret",
             KubeObject::ConfigMap(_) => "ConfigMap",
             KubeObject::Namespace(_) => "Namespace",
+            KubeObject::GatewayParameters(_) => "GatewayParameters",
             KubeObject::Policy(kind, _) => kind.as_str(),
         }
     }
@@ -142,6 +148,7 @@ impl KubeObject {
             KubeObject::Secret(o) => &o.metadata,
             KubeObject::ConfigMap(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
+            KubeObject::GatewayParameters(o) => &o.metadata,
             KubeObject::Policy(_, o) => &o.metadata,
         }
     }
@@ -158,6 +165,7 @@ impl KubeObject {
             KubeObject::Secret(o) => &mut o.metadata,
             KubeObject::ConfigMap(o) => &mut o.metadata,
             KubeObject::Namespace(o) => &mut o.metadata,
+            KubeObject::GatewayParameters(o) => &mut o.metadata,
             KubeObject::Policy(_, o) => &mut o.metadata,
         }
     }
@@ -207,6 +215,9 @@ impl KubeObject {
             ("ConfigMap", "") => KubeObject::ConfigMap(decode(value)?),
             ("Namespace", "") => KubeObject::Namespace(decode(value)?),
             ("EndpointSlice", "discovery.k8s.io") => KubeObject::EndpointSlice(decode(value)?),
+            ("GatewayParameters", portcullis_api::parameters::GROUP) => {
+                KubeObject::GatewayParameters(decode(value)?)
+            }
             (_, portcullis_api::parameters::GROUP) => match PolicyKind::from_kind(&kind) {
                 Some(policy_kind) => KubeObject::Policy(policy_kind, decode(value)?),
                 None => return Err(ObjectError::Ignored { api_version, kind }),
@@ -234,6 +245,7 @@ impl KubeObject {
             KubeObject::Service(o) => default_ns(&mut o.metadata),
             KubeObject::EndpointSlice(o) => default_ns(&mut o.metadata),
             KubeObject::ConfigMap(o) => default_ns(&mut o.metadata),
+            KubeObject::GatewayParameters(o) => default_ns(&mut o.metadata),
             KubeObject::Policy(_, o) => default_ns(&mut o.metadata),
             KubeObject::Secret(o) => {
                 default_ns(&mut o.metadata);
@@ -273,6 +285,7 @@ impl Snapshot {
             KubeObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
             KubeObject::Secret(o) => put(&mut self.secrets, key, o),
             KubeObject::ConfigMap(o) => put(&mut self.config_maps, key, o),
+            KubeObject::GatewayParameters(o) => put(&mut self.gateway_parameters, key, o),
             KubeObject::Policy(kind, o) => put(self.policies.entry(kind).or_default(), key, o),
         };
         replaced.then_some(name)

@@ -154,6 +154,8 @@ pub mod reasons {
     pub const INVALID: &str = "Invalid";
     pub const LISTENERS_NOT_VALID: &str = "ListenersNotValid";
     pub const UNSUPPORTED_ADDRESS: &str = "UnsupportedAddress";
+    /// GatewayClass and Gateway: `parametersRef` missing or of a wrong kind.
+    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
     pub const NO_CONFLICTS: &str = "NoConflicts";
     pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
     pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";

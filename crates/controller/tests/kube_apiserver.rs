@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use portcullis_controller::kube::leader::{self, LeaderConfig};
+use portcullis_controller::kube::store::Kind;
 use portcullis_controller::kube::writer::{self, WriterStats};
 use portcullis_controller::kube::{KubeProvider, KubeProviderConfig};
 use portcullis_controller::CompileOptions;
@@ -253,6 +254,206 @@ async fn proxy_mode_compiles_only_its_gateway() {
         .map(|p| p.port)
         .collect();
     assert_eq!(ports, [18202]);
+    drop(provider);
+    scope.cleanup().await;
+}
+
+async fn create_service(client: &Client, namespace: &str, name: &str) {
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ports": [{"port": 80}]}
+    }))
+    .expect("service");
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
+}
+
+fn route_to(namespace: &str, name: &str, gateway: (&str, &str), service: &str) -> HttpRoute {
+    serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "parentRefs": [{"namespace": gateway.0, "name": gateway.1}],
+            "hostnames": [format!("{name}.example")],
+            "rules": [{"backendRefs": [{"name": service, "port": 80}]}]
+        }
+    }))
+    .expect("route")
+}
+
+async fn wait_stored(
+    provider: &mut portcullis_controller::kube::KubeProviderHandle,
+    kind: Kind,
+    want: usize,
+) {
+    let ok = tokio::time::timeout(
+        Duration::from_secs(20),
+        provider
+            .stored
+            .wait_for(|c| c.get(&kind).copied() == Some(want)),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    assert!(
+        ok,
+        "stored {kind} never became {want}: {:?}",
+        provider.stored.borrow()
+    );
+}
+
+/// A proxy stores its Gateway's routes and what they reference, not the
+/// rest of the cluster; watches routes in the Gateway's namespace while
+/// its listeners admit only that one; picks up an object it dropped once
+/// a route needs it; widens the route watch when a listener admits other
+/// namespaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_stores_only_what_its_gateway_needs() {
+    let Some(client) = client().await else { return };
+    let scope = Scope::new(client.clone(), "kt-narrow").await;
+    let elsewhere = Scope::new(client.clone(), "kt-narrow-other").await;
+    let ns = scope.namespace.clone();
+    scope.gateway("gw", 18206).await; // + Service "backend"
+    create_service(&client, &ns, "unrelated").await;
+    create_service(&client, &ns, "late").await;
+    create_service(&client, &elsewhere.namespace, "far").await;
+    let routes = scope.routes();
+    routes
+        .create(&PostParams::default(), &scope.route("a", "a.example"))
+        .await
+        .expect("create route");
+    routes
+        .create(
+            &PostParams::default(),
+            &route_to(&ns, "not-ours", (&ns, "other-gw"), "unrelated"),
+        )
+        .await
+        .expect("create route");
+    let far_routes = Api::<HttpRoute>::namespaced(client.clone(), &elsewhere.namespace);
+    far_routes
+        .create(
+            &PostParams::default(),
+            &route_to(&elsewhere.namespace, "far", (&ns, "gw"), "far"),
+        )
+        .await
+        .expect("create route");
+
+    let mut options = scope.options();
+    options.gateway = Some(portcullis_controller::ObjectKey::new(ns.clone(), "gw"));
+    let mut provider = KubeProvider::spawn(client.clone(), KubeProviderConfig::new(options));
+    tokio::time::timeout(Duration::from_secs(30), provider.wait_synced())
+        .await
+        .expect("synced within 30 s");
+    assert_eq!(hostnames(&provider.tables.borrow()), ["a.example"]);
+    let stored = provider.stored.borrow().clone();
+    assert_eq!(stored[&Kind::HttpRoute], 1, "{stored:?}");
+    assert_eq!(stored[&Kind::Service], 1, "only backend: {stored:?}");
+    assert_eq!(stored[&Kind::Gateway], 1, "{stored:?}");
+    assert_eq!(stored[&Kind::GatewayClass], 1, "{stored:?}");
+    assert_eq!(stored[&Kind::ConfigMap], 0, "{stored:?}");
+    assert_eq!(
+        provider.scopes[&Kind::HttpRoute]
+            .borrow()
+            .namespace
+            .as_deref(),
+        Some(ns.as_str()),
+        "routes watched in the Gateway's namespace only"
+    );
+
+    // A route to a Service the proxy saw and dropped: listed again.
+    routes
+        .create(
+            &PostParams::default(),
+            &route_to(&ns, "b", (&ns, "gw"), "late"),
+        )
+        .await
+        .expect("create route");
+    wait_stored(&mut provider, Kind::Service, 2).await;
+    wait_table(&mut provider.tables, Duration::from_secs(10), |t| {
+        hostnames(t) == ["a.example", "b.example"]
+    })
+    .await;
+
+    // A listener now admits every namespace: the route of the other
+    // namespace attaches.
+    let patch = json!({"spec": {"listeners": [{"name": "http", "port": 18206, "protocol": "HTTP",
+        "allowedRoutes": {"namespaces": {"from": "All"}}}]}});
+    Api::<Gateway>::namespaced(client.clone(), &ns)
+        .patch("gw", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch gateway");
+    wait_table(&mut provider.tables, Duration::from_secs(20), |t| {
+        hostnames(t) == ["a.example", "b.example", "far.example"]
+    })
+    .await;
+    wait_stored(&mut provider, Kind::Service, 3).await;
+    assert_eq!(provider.scopes[&Kind::HttpRoute].borrow().namespace, None);
+    assert_eq!(provider.stored.borrow()[&Kind::HttpRoute], 3);
+
+    drop(provider);
+    elsewhere.cleanup().await;
+    scope.cleanup().await;
+}
+
+/// A Gateway whose parametersRef names a GatewayParameters that does not
+/// exist is Accepted=False InvalidParameters; creating it accepts the
+/// Gateway (the GatewayParameters watch feeds compile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_gateway_parameters_are_invalid_until_created() {
+    let Some(client) = client().await else { return };
+    let scope = Scope::new(client.clone(), "kt-params").await;
+    let ns = scope.namespace.clone();
+    let gw: Gateway = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": ns},
+        "spec": {"gatewayClassName": scope.class,
+                 "infrastructure": {"parametersRef": {"group": "portcullis.dev", "kind": "GatewayParameters", "name": "sized"}},
+                 "listeners": [{"name": "http", "port": 18207, "protocol": "HTTP"}]}
+    }))
+    .expect("gateway");
+    Api::<Gateway>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &gw)
+        .await
+        .expect("create gateway");
+    let mut provider =
+        KubeProvider::spawn(client.clone(), KubeProviderConfig::new(scope.options()));
+    tokio::time::timeout(Duration::from_secs(30), provider.wait_synced())
+        .await
+        .expect("synced within 30 s");
+    let accepted = |statuses: &Arc<Vec<portcullis_controller::StatusUpdate>>| {
+        statuses
+            .iter()
+            .find(|s| s.kind == portcullis_controller::StatusKind::Gateway && s.name == "gw")
+            .and_then(|s| s.condition("Accepted"))
+            .map(|c| (c["status"].clone(), c["reason"].clone()))
+    };
+    let now = accepted(&provider.statuses.borrow());
+    assert_eq!(
+        now,
+        Some((json!("False"), json!("InvalidParameters"))),
+        "{:?}",
+        provider.statuses.borrow()
+    );
+    let params: portcullis_api::GatewayParameters = serde_json::from_value(json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "GatewayParameters",
+        "metadata": {"name": "sized", "namespace": ns},
+        "spec": {"replicas": 2}
+    }))
+    .expect("parameters");
+    Api::<portcullis_api::GatewayParameters>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &params)
+        .await
+        .expect("create GatewayParameters (is the CRD installed? `portcullis crds`)");
+    let ok = tokio::time::timeout(
+        Duration::from_secs(20),
+        provider
+            .statuses
+            .wait_for(|s| accepted(s) == Some((json!("True"), json!("Accepted")))),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    assert!(ok, "{:?}", provider.statuses.borrow());
     drop(provider);
     scope.cleanup().await;
 }
@@ -508,9 +709,22 @@ async fn bench_propagation_and_status_convergence() {
         writes.writes, writes.conflicts
     );
 
-    // Propagation: change one route's hostname, time until the table has it.
-    let mut samples = Vec::new();
-    for round in 0..30 {
+    // Propagation: change one route's hostname, time until the table has
+    // it: in the controller (which also writes statuses) and in a proxy of
+    // this Gateway (what serves traffic).
+    let mut proxy_options = scope.options();
+    proxy_options.gateway = Some(portcullis_controller::ObjectKey::new(
+        scope.namespace.clone(),
+        "gw",
+    ));
+    let mut proxy = KubeProvider::spawn(client.clone(), KubeProviderConfig::new(proxy_options));
+    tokio::time::timeout(Duration::from_secs(60), proxy.wait_synced())
+        .await
+        .expect("proxy synced");
+    let mut end_to_end = [Vec::new(), Vec::new()];
+    let mut in_provider = [Vec::new(), Vec::new()];
+    let rounds = 40;
+    for round in 0..rounds {
         let name = format!("r{}", (round * 37) % n);
         let host = format!("changed-{round}.example");
         let patch = json!({"spec": {"hostnames": [host]}});
@@ -519,25 +733,40 @@ async fn bench_propagation_and_status_convergence() {
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .expect("patch");
-        let host_for_check = host.clone();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            provider
-                .tables
-                .wait_for(|t| hostnames(t).binary_search(&host_for_check).is_ok()),
-        )
-        .await
-        .expect("propagated within 30 s")
-        .expect("provider alive");
-        samples.push(t0.elapsed());
+        for (i, handle) in [&mut provider, &mut proxy].into_iter().enumerate() {
+            let host_for_check = host.clone();
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                handle
+                    .tables
+                    .wait_for(|t| hostnames(t).binary_search(&host_for_check).is_ok()),
+            )
+            .await
+            .expect("propagated within 30 s")
+            .expect("provider alive");
+            // Both receive the event at about the same time; the second is
+            // measured once the first is done, so its end-to-end figure
+            // includes that wait: only its in-provider time is exact.
+            end_to_end[i].push(t0.elapsed());
+            in_provider[i].push(handle.timings.borrow().batch);
+        }
+        // Let the status write of this change settle, as a user's next
+        // change would (it is not what is measured).
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    samples.sort();
-    println!(
-        "propagation at {n} HTTPRoutes (API write -> table published, {} samples): p50 {:?}, p99 {:?}",
-        samples.len(),
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99)
-    );
+    for (i, mode) in ["controller", "proxy"].into_iter().enumerate() {
+        end_to_end[i].sort();
+        in_provider[i].sort();
+        println!(
+            "propagation at {n} HTTPRoutes, {mode}, {rounds} changes: API write -> table published p50 {:?} p99 {:?}; \
+             change received -> table published p50 {:?} p99 {:?}",
+            percentile(&end_to_end[i], 0.5),
+            percentile(&end_to_end[i], 0.99),
+            percentile(&in_provider[i], 0.5),
+            percentile(&in_provider[i], 0.99),
+        );
+    }
+    drop(proxy);
 
     let _ = shutdown_tx.send(true);
     let _ = writer.await;

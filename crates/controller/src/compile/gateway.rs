@@ -11,7 +11,7 @@ use gateway_api::gateways::{
 use portcullis_model::{HostMatch, Protocol, RouteKind, ServerCertificate};
 use serde_json::{json, Value};
 
-use super::{hostname, tls, CompileOptions};
+use super::{hostname, parameters, tls, CompileOptions};
 use crate::snapshot::{ObjectKey, Snapshot};
 use crate::status::{conditions_json, reasons, Condition, StatusKind, StatusUpdate};
 
@@ -84,25 +84,37 @@ pub(crate) fn gateway_classes(
             continue;
         }
         ours.insert(name.clone());
-        statuses.push(class_status(name, class));
+        statuses.push(class_status(snapshot, name, class));
     }
     (ours, statuses)
 }
 
-fn class_status(name: &str, class: &GatewayClass) -> StatusUpdate {
+fn class_status(snapshot: &Snapshot, name: &str, class: &GatewayClass) -> StatusUpdate {
     let generation = class.metadata.generation.unwrap_or(0);
-    let accepted = Condition::new(
-        reasons::ACCEPTED,
-        true,
-        reasons::ACCEPTED,
-        "Handled by Portcullis",
-    );
+    let mut problems = Vec::new();
+    let accepted = match parameters::class_parameters(snapshot, class) {
+        Ok(_) => Condition::new(
+            reasons::ACCEPTED,
+            true,
+            reasons::ACCEPTED,
+            "Handled by Portcullis",
+        ),
+        Err(message) => {
+            problems.push(format!("{}: {message}", reasons::INVALID_PARAMETERS));
+            Condition::new(
+                reasons::ACCEPTED,
+                false,
+                reasons::INVALID_PARAMETERS,
+                message,
+            )
+        }
+    };
     StatusUpdate {
         kind: StatusKind::GatewayClass,
         namespace: None,
         name: name.to_string(),
         status: json!({ "conditions": conditions_json(&[accepted], generation) }),
-        problems: Vec::new(),
+        problems,
     }
 }
 
@@ -139,7 +151,15 @@ fn gateway_state<'a>(
         .map(|l| listener_state(snapshot, key, l))
         .collect();
     mark_conflicts(&mut listeners);
-    let rejected = if gateway
+    let class = snapshot
+        .gateway_classes
+        .get(&gateway.spec.gateway_class_name);
+    let rejected = if let Err(message) = parameters::gateway_parameters(snapshot, gateway, class) {
+        // Provisioned with parameters other than the ones asked for, the
+        // Gateway would not be what its owner declared: refuse it (the
+        // provisioner leaves its existing proxy alone meanwhile).
+        Some((reasons::INVALID_PARAMETERS, message))
+    } else if gateway
         .spec
         .addresses
         .as_ref()

@@ -25,6 +25,7 @@ mod gateway;
 mod hostname;
 mod index;
 mod matches;
+pub mod parameters;
 mod policy;
 mod precedence;
 mod ratelimit;

@@ -23,6 +23,7 @@
 pub mod leader;
 pub mod provider;
 pub mod provision;
+pub mod scope;
 pub mod status_patch;
 pub mod store;
 pub mod writer;

@@ -2,6 +2,7 @@
 //! [`Stores`], a compile loop that coalesces changes and publishes tables
 //! and statuses over `tokio::sync::watch`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use kube::api::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource};
+use portcullis_api::GatewayParameters;
 use portcullis_model::RouteTable;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
@@ -25,7 +27,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::provision::{provision_inputs, ProvisionInputs};
-use super::store::{Change, Effect, Kind, Stores};
+use super::scope::{ProxyFilter, Role};
+use super::store::{Change, Effect, Kind, Stores, WatchScope};
 use super::writer::{observe, StatusInputs};
 use crate::snapshot::{KubeObject, ObjectKey, PolicyObject, Snapshot};
 use crate::status::StatusUpdate;
@@ -84,6 +87,14 @@ pub struct KubeProviderHandle {
     /// provisioner (only filled with `observe_status`).
     pub provision_inputs: watch::Receiver<Arc<ProvisionInputs>>,
     pub synced: watch::Receiver<bool>,
+    /// How many objects of each kind are stored, after each batch (proxy
+    /// mode keeps only what its Gateway needs).
+    pub stored: watch::Receiver<Arc<BTreeMap<Kind, usize>>>,
+    /// Proxy mode: where each narrowed kind is watched (see
+    /// [`super::scope`]); empty in controller mode.
+    pub scopes: BTreeMap<Kind, watch::Receiver<WatchScope>>,
+    /// Timing of the last published table.
+    pub timings: watch::Receiver<BatchTiming>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -112,9 +123,16 @@ pub struct KubeProvider;
 
 impl KubeProvider {
     /// Starts the watchers and the compile loop on the current runtime.
+    ///
+    /// Controller mode watches every namespace. Proxy mode
+    /// (`options.gateway`) watches its Gateway alone, stores only what
+    /// that Gateway needs and narrows the other watches to the namespaces
+    /// where that lives (see [`super::scope`]).
     pub fn spawn(client: Client, config: KubeProviderConfig) -> KubeProviderHandle {
         let gateway_key = config.options.gateway.clone();
+        let proxy = gateway_key.is_some();
         let (change_tx, mut handle) = start_compile_loop(config, Kind::ALL);
+        let scopes = handle.scopes.clone();
         let tasks = &mut handle.tasks;
         let all = || watcher::Config::default();
         let gateway_config = match &gateway_key {
@@ -124,93 +142,263 @@ impl KubeProvider {
             )),
             None => all(),
         };
-        tasks.push(watch_kind::<GatewayClass>(
-            Api::all(client.clone()),
+        let scope = |kind: Kind| scopes.get(&kind).cloned();
+        let w = Watch {
+            changes: change_tx,
+            proxy,
+        };
+        tasks.push(w.start::<GatewayClass>(
+            cluster_api(&client),
             all(),
             Kind::GatewayClass,
             KubeObject::GatewayClass,
-            change_tx.clone(),
+            None,
         ));
-        tasks.push(watch_kind::<Gateway>(
-            Api::all(client.clone()),
-            gateway_config,
-            Kind::Gateway,
-            KubeObject::Gateway,
-            change_tx.clone(),
-        ));
-        tasks.push(watch_kind::<HttpRoute>(
-            Api::all(client.clone()),
+        tasks.push(
+            w.start::<Gateway>(
+                namespaced_api(&client),
+                gateway_config,
+                Kind::Gateway,
+                KubeObject::Gateway,
+                gateway_key
+                    .as_ref()
+                    .map(|k| fixed_scope(Some(k.namespace.clone()))),
+            ),
+        );
+        tasks.push(w.start::<HttpRoute>(
+            namespaced_api(&client),
             all(),
             Kind::HttpRoute,
             KubeObject::HttpRoute,
-            change_tx.clone(),
+            scope(Kind::HttpRoute),
         ));
-        tasks.push(watch_kind::<GrpcRoute>(
-            Api::all(client.clone()),
+        tasks.push(w.start::<GrpcRoute>(
+            namespaced_api(&client),
             all(),
             Kind::GrpcRoute,
             KubeObject::GrpcRoute,
-            change_tx.clone(),
+            scope(Kind::GrpcRoute),
         ));
-        tasks.push(watch_kind::<ReferenceGrant>(
-            Api::all(client.clone()),
+        tasks.push(w.start::<ReferenceGrant>(
+            namespaced_api(&client),
             all(),
             Kind::ReferenceGrant,
             KubeObject::ReferenceGrant,
-            change_tx.clone(),
+            None,
         ));
-        tasks.push(watch_kind::<Service>(
-            Api::all(client.clone()),
+        tasks.push(w.start::<Service>(
+            namespaced_api(&client),
             all(),
             Kind::Service,
             KubeObject::Service,
-            change_tx.clone(),
+            scope(Kind::Service),
         ));
         // Slices not owned by a Service cannot be a backend.
-        tasks.push(watch_kind::<EndpointSlice>(
-            Api::all(client.clone()),
+        tasks.push(w.start::<EndpointSlice>(
+            namespaced_api(&client),
             all().labels("kubernetes.io/service-name"),
             Kind::EndpointSlice,
             KubeObject::EndpointSlice,
-            change_tx.clone(),
+            scope(Kind::EndpointSlice),
         ));
-        // Only TLS Secrets: certificates are all compile reads from Secrets.
-        tasks.push(watch_kind::<Secret>(
-            Api::all(client.clone()),
-            all().fields("type=kubernetes.io/tls"),
+        // Certificates (kubernetes.io/tls) and what policies read (Opaque:
+        // API keys, htpasswd, JWKS, Redis credentials). Field selectors
+        // cannot say "one of", so the kinds no gateway ever reads are
+        // excluded instead; some of them are large (Helm releases) and
+        // some are credentials of their own (service account tokens).
+        tasks.push(w.start::<Secret>(
+            namespaced_api(&client),
+            all().fields(SECRET_TYPES_NOT_READ),
             Kind::Secret,
             KubeObject::Secret,
-            change_tx.clone(),
+            scope(Kind::Secret),
         ));
-        tasks.push(watch_kind::<ConfigMap>(
-            Api::all(client.clone()),
+        tasks.push(w.start::<ConfigMap>(
+            namespaced_api(&client),
             all(),
             Kind::ConfigMap,
             KubeObject::ConfigMap,
-            change_tx.clone(),
+            scope(Kind::ConfigMap),
         ));
-        tasks.push(watch_kind::<Namespace>(
-            Api::all(client.clone()),
+        tasks.push(w.start::<Namespace>(
+            cluster_api(&client),
             all(),
             Kind::Namespace,
             KubeObject::Namespace,
-            change_tx.clone(),
+            None,
+        ));
+        tasks.push(w.start::<GatewayParameters>(
+            namespaced_api(&client),
+            all(),
+            Kind::GatewayParameters,
+            KubeObject::GatewayParameters,
+            scope(Kind::GatewayParameters),
         ));
         // Our policies, read as JSON (each kind's compile hook decodes its
-        // spec). Their CRDs may not be installed: see `watch_kind`.
+        // spec). Their CRDs may not be installed: see `Watch::start`.
         for kind in portcullis_api::PolicyKind::ALL {
             let resource = super::policy_resource(kind);
-            tasks.push(watch_kind::<DynamicObject>(
-                Api::all_with(client.clone(), &resource),
+            let client = client.clone();
+            let make_api: MakeApi<DynamicObject> = Box::new(move |namespace| match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            });
+            tasks.push(w.start::<DynamicObject>(
+                make_api,
                 all(),
                 Kind::Policy(kind),
                 move |o| KubeObject::Policy(kind, policy_object(o)),
-                change_tx.clone(),
+                None,
             ));
         }
-
         handle
     }
+}
+
+/// Builds the `Api` of a kind for a namespace (`None`: all namespaces).
+type MakeApi<K> = Box<dyn Fn(Option<&str>) -> Api<K> + Send>;
+
+fn namespaced_api<K>(client: &Client) -> MakeApi<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()> + 'static,
+{
+    let client = client.clone();
+    Box::new(move |namespace| match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    })
+}
+
+fn cluster_api<K>(client: &Client) -> MakeApi<K>
+where
+    K: Resource<DynamicType = ()> + 'static,
+{
+    let client = client.clone();
+    Box::new(move |_| Api::all(client.clone()))
+}
+
+/// A scope that never changes: its sender is gone, which the watcher
+/// task reads as "no restarts".
+fn fixed_scope(namespace: Option<String>) -> watch::Receiver<WatchScope> {
+    watch::channel(WatchScope {
+        namespace,
+        epoch: 0,
+    })
+    .1
+}
+
+/// What every watcher task shares.
+struct Watch {
+    changes: mpsc::Sender<Change>,
+    proxy: bool,
+}
+
+impl Watch {
+    /// Runs one watcher, turning its events into [`Change`]s. The watcher
+    /// re-lists and re-watches by itself after errors ([`WatchBackoff`]);
+    /// errors are logged, the first at once and then at most every 30
+    /// seconds per kind. The watch restarts in the new scope whenever
+    /// `scope` changes (a dependent kind of a proxy waits for its first
+    /// scope). A kind of ours whose CRD is not installed (404) counts as
+    /// listed and empty.
+    fn start<K>(
+        &self,
+        make_api: MakeApi<K>,
+        config: watcher::Config,
+        kind: Kind,
+        wrap: impl Fn(K) -> KubeObject + Send + 'static,
+        scope: Option<watch::Receiver<WatchScope>>,
+    ) -> JoinHandle<()>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let changes = self.changes.clone();
+        let wait_first = self.proxy && Role::of(kind) == Role::Dependent;
+        // Ours: their CRDs may be installed after the controller.
+        let optional = matches!(kind, Kind::GatewayParameters | Kind::Policy(_));
+        let mut scope = scope.unwrap_or_else(|| fixed_scope(None));
+        tokio::spawn(async move {
+            if wait_first && scope.changed().await.is_err() {
+                return;
+            }
+            let mut scope_open = true;
+            let mut missing_reported = false;
+            loop {
+                let current = scope.borrow_and_update().clone();
+                if changes
+                    .send(Change::Rescoped(kind, current.epoch))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if let Some(ns) = &current.namespace {
+                    tracing::debug!(%kind, namespace = %ns, epoch = current.epoch, "watching {kind} in one namespace");
+                }
+                let api = make_api(current.namespace.as_deref());
+                let stream = watcher::watcher(api, config.clone()).backoff(WatchBackoff::default());
+                let mut stream = std::pin::pin!(stream);
+                let mut last_error_log: Option<Instant> = None;
+                let mut failing = false;
+                loop {
+                    let event = tokio::select! {
+                        biased;
+                        changed = scope.changed(), if scope_open => {
+                            if changed.is_ok() {
+                                break; // restart in the new scope
+                            }
+                            scope_open = false; // fixed from now on
+                            continue;
+                        }
+                        event = stream.next() => event,
+                    };
+                    let Some(event) = event else { return };
+                    let change = match event {
+                        Ok(Event::Init) => Change::Relisting(kind),
+                        Ok(Event::InitApply(o)) => Change::Listed(wrap(o)),
+                        Ok(Event::InitDone) => Change::Synced(kind),
+                        Ok(Event::Apply(o)) => Change::Applied(wrap(o)),
+                        Ok(Event::Delete(o)) => Change::Deleted(wrap(o)),
+                        Err(e) => {
+                            failing = true;
+                            if optional && !missing_reported && is_not_found(&e) {
+                                // No CRD, so none of these objects exist.
+                                tracing::info!(%kind, "the {kind} CRD is not installed: no {kind} objects");
+                                missing_reported = true;
+                                for change in [Change::Relisting(kind), Change::Synced(kind)] {
+                                    if changes.send(change).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                continue;
+                            }
+                            crate::metrics::global().record_watch_error(&kind);
+                            if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+                            {
+                                let hint = watch_error_hint(&e);
+                                tracing::warn!(%kind, error = %e, "cannot watch {kind}{hint}; serving the last configuration and retrying");
+                                last_error_log = Some(Instant::now());
+                            }
+                            continue;
+                        }
+                    };
+                    if failing {
+                        tracing::info!(%kind, "watching {kind} again");
+                        failing = false;
+                        missing_reported = false;
+                        last_error_log = None;
+                    }
+                    if changes.send(change).await.is_err() {
+                        return; // the compile loop is gone: shutting down
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn is_not_found(error: &watcher::Error) -> bool {
+    error_code(error) == Some(404)
 }
 
 /// The compile loop alone, fed through the returned sender: by the
@@ -226,97 +414,56 @@ pub fn start_compile_loop(
     let (inputs_tx, status_inputs) = watch::channel(Arc::new(StatusInputs::default()));
     let (synced_tx, synced) = watch::channel(false);
     let (provision_tx, provision_inputs) = watch::channel(Arc::new(ProvisionInputs::default()));
+    let stores = match &config.options.gateway {
+        Some(gateway) => Stores::for_proxy(
+            expected,
+            ProxyFilter {
+                gateway: gateway.clone(),
+                controller_name: config.options.controller_name.clone(),
+            },
+        ),
+        None => Stores::new(expected),
+    };
+    let (stored_tx, stored) = watch::channel(Arc::new(BTreeMap::new()));
+    let (timings_tx, timings) = watch::channel(BatchTiming::default());
+    let mut scope_txs = BTreeMap::new();
+    let mut scopes = BTreeMap::new();
+    for (kind, scope) in stores.initial_scopes() {
+        let (tx, rx) = watch::channel(scope);
+        scope_txs.insert(kind, tx);
+        scopes.insert(kind, rx);
+    }
     let publish = Publish {
         tables: table_tx,
         statuses: status_tx,
         inputs: inputs_tx,
         provision: provision_tx,
         synced: synced_tx,
+        stored: stored_tx,
+        scopes: scope_txs,
+        timings: timings_tx,
     };
-    let task = tokio::spawn(compile_loop(
-        change_rx,
-        Stores::new(expected),
-        config,
-        publish,
-    ));
+    let task = tokio::spawn(compile_loop(change_rx, stores, config, publish));
     let handle = KubeProviderHandle {
         tables,
         statuses,
         status_inputs,
         provision_inputs,
         synced,
+        stored,
+        scopes,
+        timings,
         tasks: vec![task],
     };
     (change_tx, handle)
 }
 
-/// Runs one watcher, turning its events into [`Change`]s. The watcher
-/// re-lists and re-watches by itself after errors (with kube-runtime's
-/// default backoff); errors are logged, the first at once and then at most
-/// every 30 seconds per kind.
-///
-/// A policy kind whose CRD is not installed (the list answers 404) counts
-/// as listed and empty, so that it does not hold back the first table;
-/// the watcher keeps retrying and picks the CRD up once it is installed.
-fn watch_kind<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    kind: Kind,
-    wrap: impl Fn(K) -> KubeObject + Send + 'static,
-    changes: mpsc::Sender<Change>,
-) -> JoinHandle<()>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    tokio::spawn(async move {
-        let stream = watcher::watcher(api, config).backoff(WatchBackoff::default());
-        let mut stream = std::pin::pin!(stream);
-        let mut last_error_log: Option<Instant> = None;
-        let mut failing = false;
-        let mut listed = false;
-        while let Some(event) = stream.next().await {
-            if let (Kind::Policy(_), Err(e), false) = (kind, &event, listed) {
-                if error_code(e) == Some(404) {
-                    listed = true;
-                    tracing::info!(%kind, "the {kind} CRD is not installed: no {kind}s until it is");
-                    for change in [Change::Relisting(kind), Change::Synced(kind)] {
-                        if changes.send(change).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            if matches!(event, Ok(Event::InitDone)) {
-                listed = true;
-            }
-            let change = match event {
-                Ok(Event::Init) => Change::Relisting(kind),
-                Ok(Event::InitApply(o)) => Change::Listed(wrap(o)),
-                Ok(Event::InitDone) => Change::Synced(kind),
-                Ok(Event::Apply(o)) => Change::Applied(wrap(o)),
-                Ok(Event::Delete(o)) => Change::Deleted(wrap(o)),
-                Err(e) => {
-                    failing = true;
-                    crate::metrics::global().record_watch_error(&kind);
-                    if last_error_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-                        let hint = watch_error_hint(&e);
-                        tracing::warn!(%kind, error = %e, "cannot watch {kind}{hint}; serving the last configuration and retrying");
-                        last_error_log = Some(Instant::now());
-                    }
-                    continue;
-                }
-            };
-            if failing {
-                tracing::info!(%kind, "watching {kind} again");
-                failing = false;
-                last_error_log = None;
-            }
-            if changes.send(change).await.is_err() {
-                return; // the compile loop is gone: shutting down
-            }
-        }
-    })
-}
+/// Secret types excluded from the Secret watch (see [`KubeProvider::spawn`]).
+const SECRET_TYPES_NOT_READ: &str = "type!=kubernetes.io/service-account-token,\
+     type!=helm.sh/release.v1,\
+     type!=kubernetes.io/dockerconfigjson,\
+     type!=kubernetes.io/dockercfg,\
+     type!=bootstrap.kubernetes.io/token";
 
 /// Delays between watch retries after errors: 0.5 s doubling up to 8 s,
 /// each with ±25 % jitter so that many proxies do not retry in step.
@@ -412,6 +559,22 @@ struct Publish {
     inputs: watch::Sender<Arc<StatusInputs>>,
     provision: watch::Sender<Arc<ProvisionInputs>>,
     synced: watch::Sender<bool>,
+    stored: watch::Sender<Arc<BTreeMap<Kind, usize>>>,
+    scopes: BTreeMap<Kind, watch::Sender<WatchScope>>,
+    timings: watch::Sender<BatchTiming>,
+}
+
+/// How long the last published table took, for benchmarks and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatchTiming {
+    /// `RouteTable::generation` of the table.
+    pub generation: u64,
+    pub routes: usize,
+    /// compile() alone.
+    pub compile: Duration,
+    /// From the first change of the batch taken off the queue to the
+    /// table published: the quiet period, applying the changes, compile.
+    pub batch: Duration,
 }
 
 impl Publish {
@@ -445,7 +608,19 @@ async fn compile_loop(
     let mut options = config.options.clone();
     let mut statuses: Arc<Vec<StatusUpdate>> = Arc::new(Vec::new());
     let mut last_wait_log = Instant::now();
+    // The table goes out first; what only the status writer and the
+    // provisioner read (and freeing the previous statuses, a large part of
+    // a compile's cost) waits while more changes are queued.
+    let mut leader_inputs_stale = false;
+    let mut garbage: Vec<Arc<Vec<StatusUpdate>>> = Vec::new();
     loop {
+        if changes.is_empty() {
+            if leader_inputs_stale {
+                publish.leader_inputs(stores.snapshot(), &statuses, &options.controller_name);
+                leader_inputs_stale = false;
+            }
+            garbage.clear();
+        }
         let Some(first) = changes.recv().await else {
             return;
         };
@@ -460,6 +635,12 @@ async fn compile_loop(
                     break;
                 }
                 None => break,
+            }
+        }
+        for (kind, scope) in stores.watch_scopes() {
+            tracing::debug!(%kind, namespace = ?scope.namespace, epoch = scope.epoch, "rewatching {kind}");
+            if let Some(tx) = publish.scopes.get(&kind) {
+                tx.send_replace(scope);
             }
         }
         if !stores.is_synced() {
@@ -477,12 +658,18 @@ async fn compile_loop(
             add_supported_features(&mut compiled_statuses, &config.supported_features);
             statuses = Arc::new(compiled_statuses);
             let routes = stores.snapshot().http_routes.len() + stores.snapshot().grpc_routes.len();
+            let generation = compiled.table.generation;
             let _ = publish.tables.send(Arc::new(compiled.table));
-            let _ = publish.statuses.send(statuses.clone());
-            if config.observe_status {
-                publish.leader_inputs(stores.snapshot(), &statuses, &options.controller_name);
-            }
+            publish.timings.send_replace(BatchTiming {
+                generation,
+                routes,
+                compile: compile_time,
+                batch: started.elapsed(),
+            });
+            garbage.push(publish.statuses.send_replace(statuses.clone()));
+            leader_inputs_stale |= config.observe_status;
             if !*publish.synced.borrow() {
+                stores.complete();
                 tracing::info!(routes, "first complete table published");
                 let _ = publish.synced.send(true);
             }
@@ -494,7 +681,11 @@ async fn compile_loop(
                 "configuration compiled"
             );
         } else if effect == Effect::StatusOnly && config.observe_status {
-            publish.leader_inputs(stores.snapshot(), &statuses, &options.controller_name);
+            leader_inputs_stale = true;
+        }
+        let counts = stores.counts();
+        if **publish.stored.borrow() != counts {
+            let _ = publish.stored.send(Arc::new(counts));
         }
         if closed {
             return;

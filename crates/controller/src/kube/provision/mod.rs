@@ -15,22 +15,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
-use portcullis_api::{GatewayParameters, GatewayParametersSpec};
+use portcullis_api::GatewayParametersSpec;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::compile::parameters::gateway_parameters;
 use crate::snapshot::{ObjectKey, Snapshot};
 use render::{
     binding_name, gateway_addresses, render, resource_name, ProvisionSettings,
@@ -50,6 +48,10 @@ pub struct ProvisionInputs {
     pub classes: BTreeMap<String, GatewayClass>,
     /// Services we provisioned (managed-by label), by namespace/name.
     pub services: BTreeMap<ObjectKey, Service>,
+    /// The effective parameters of each Gateway, or why its parametersRef
+    /// (or its class's) is invalid: then the Gateway is not accepted and
+    /// its proxy is left as it is.
+    pub parameters: BTreeMap<ObjectKey, Result<GatewayParametersSpec, String>>,
 }
 
 /// Picks our Gateways, classes and provisioned Services from a snapshot.
@@ -60,11 +62,21 @@ pub fn provision_inputs(snapshot: &Snapshot, controller_name: &str) -> Provision
         .filter(|(_, c)| c.spec.controller_name == controller_name)
         .map(|(n, c)| (n.clone(), c.clone()))
         .collect();
-    let gateways = snapshot
+    let gateways: Vec<Gateway> = snapshot
         .gateways
         .values()
         .filter(|g| classes.contains_key(&g.spec.gateway_class_name))
         .cloned()
+        .collect();
+    let parameters = gateways
+        .iter()
+        .map(|g| {
+            let class = classes.get(&g.spec.gateway_class_name);
+            (
+                ObjectKey::of(&g.metadata),
+                gateway_parameters(snapshot, g, class),
+            )
+        })
         .collect();
     let services = snapshot
         .services
@@ -82,74 +94,8 @@ pub fn provision_inputs(snapshot: &Snapshot, controller_name: &str) -> Provision
         gateways,
         classes,
         services,
+        parameters,
     }
-}
-
-/// The parameters of a Gateway: its own `infrastructure.parametersRef`
-/// over its class's `parametersRef`, over the defaults. A reference to
-/// something that is not a `GatewayParameters`, or to one that does not
-/// exist, is an error (the defaults are used meanwhile).
-pub fn resolve_parameters(
-    gateway: &Gateway,
-    class: Option<&GatewayClass>,
-    lookup: impl Fn(&str, &str) -> Option<GatewayParametersSpec>,
-) -> (GatewayParametersSpec, Vec<String>) {
-    let mut problems = Vec::new();
-    let mut fetch = |group: &str, kind: &str, namespace: Option<&str>, name: &str, from: &str| {
-        if group != portcullis_api::parameters::GROUP || kind != "GatewayParameters" {
-            problems.push(format!(
-                "{from} parametersRef {group}/{kind} {name}: only {}/GatewayParameters is supported",
-                portcullis_api::parameters::GROUP
-            ));
-            return None;
-        }
-        let Some(namespace) = namespace else {
-            problems.push(format!(
-                "{from} parametersRef GatewayParameters {name}: a namespace is required"
-            ));
-            return None;
-        };
-        let found = lookup(namespace, name);
-        if found.is_none() {
-            problems.push(format!(
-                "{from} parametersRef: GatewayParameters {namespace}/{name} not found"
-            ));
-        }
-        found
-    };
-    let class_params = class
-        .and_then(|c| c.spec.parameters_ref.as_ref())
-        .and_then(|r| {
-            fetch(
-                &r.group,
-                &r.kind,
-                r.namespace.as_deref(),
-                &r.name,
-                "GatewayClass",
-            )
-        })
-        .unwrap_or_default();
-    let gateway_namespace = gateway
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_string());
-    let gateway_params = gateway
-        .spec
-        .infrastructure
-        .as_ref()
-        .and_then(|i| i.parameters_ref.as_ref())
-        .and_then(|r| {
-            fetch(
-                &r.group,
-                &r.kind,
-                Some(&gateway_namespace),
-                &r.name,
-                "Gateway",
-            )
-        })
-        .unwrap_or_default();
-    (gateway_params.or(&class_params), problems)
 }
 
 /// The merge patch setting `status.addresses`, if it differs from what
@@ -178,7 +124,6 @@ pub async fn run(
     mut leading: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (parameters, mut parameters_changed) = watch_parameters(client.clone());
     let mut applied: HashMap<String, Value> = HashMap::new();
     let mut addresses_written: HashMap<ObjectKey, Value> = HashMap::new();
     let mut last_gateways: Option<BTreeSet<ObjectKey>> = None;
@@ -202,16 +147,16 @@ pub async fn run(
         for gateway in &current.gateways {
             let key = ObjectKey::of(&gateway.metadata);
             keys.insert(key.clone());
-            let class = current.classes.get(&gateway.spec.gateway_class_name);
-            let (params, problems) = resolve_parameters(gateway, class, |ns, name| {
-                parameters
-                    .get(&reflector::ObjectRef::new(name).within(ns))
-                    .map(|p| p.spec.clone())
-            });
-            for problem in problems {
-                tracing::warn!(gateway = %key, "{problem}; using defaults");
-            }
-            let rendered = render(gateway, &params, &settings);
+            let params = match current.parameters.get(&key) {
+                Some(Ok(params)) => params,
+                Some(Err(problem)) => {
+                    // Reported as InvalidParameters in the Gateway's status.
+                    tracing::warn!(gateway = %key, "{problem}; its proxy is left as it is until the reference is fixed");
+                    continue;
+                }
+                None => &GatewayParametersSpec::default(),
+            };
+            let rendered = render(gateway, params, &settings);
             let ns = key.namespace.as_str();
             apply(
                 &mut applied,
@@ -271,7 +216,6 @@ pub async fn run(
         tokio::select! {
             r = inputs.changed() => if r.is_err() { return },
             r = leading.changed() => if r.is_err() { return },
-            _ = parameters_changed.changed() => {}
             _ = resync.tick() => applied.clear(),
             _ = shutdown.changed() => return,
         }
@@ -346,36 +290,6 @@ async fn delete_orphan_bindings(client: &Client, gateways: &BTreeSet<ObjectKey>)
     }
 }
 
-/// A reflector of GatewayParameters; the receiver ticks on every change.
-/// Without the CRD the store stays empty (defaults are used) and the error
-/// is logged with backoff.
-fn watch_parameters(client: Client) -> (Store<GatewayParameters>, watch::Receiver<u64>) {
-    let (reader, writer) = reflector::store();
-    let (tx, rx) = watch::channel(0u64);
-    let api = Api::<GatewayParameters>::all(client);
-    tokio::spawn(async move {
-        let stream =
-            reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
-                .default_backoff();
-        let mut stream = std::pin::pin!(stream);
-        let mut last_log: Option<tokio::time::Instant> = None;
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => {
-                    tx.send_modify(|n| *n = n.wrapping_add(1));
-                }
-                Err(e) => {
-                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                        tracing::warn!(error = %e, "cannot watch GatewayParameters (CRD installed? RBAC?); provisioning with defaults");
-                        last_log = Some(tokio::time::Instant::now());
-                    }
-                }
-            }
-        }
-    });
-    (reader, rx)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,62 +359,40 @@ spec: {ports: [{port: 80}]}
         );
     }
 
-    fn spec(replicas: i32, image: Option<&str>) -> GatewayParametersSpec {
-        GatewayParametersSpec {
-            replicas: Some(replicas),
-            image: image.map(String::from),
-            ..GatewayParametersSpec::default()
-        }
-    }
-
     #[test]
-    fn gateway_parameters_override_class_parameters() {
-        let s = snapshot();
+    fn parameters_are_resolved_per_gateway_and_invalid_ones_reported() {
+        let mut s = snapshot();
         let inputs = provision_inputs(&s, portcullis_api::CONTROLLER_NAME);
-        let gateway = &inputs.gateways[0];
-        let (params, problems) =
-            resolve_parameters(gateway, inputs.classes.get("ours"), |ns, name| {
-                match (ns, name) {
-                    ("portcullis-system", "class-defaults") => Some(spec(2, Some("class-image"))),
-                    ("infra", "big") => Some(spec(6, None)),
-                    _ => None,
-                }
-            });
-        assert_eq!(problems, Vec::<String>::new());
+        let err = inputs.parameters[&ObjectKey::new("infra", "a")]
+            .clone()
+            .expect_err("class parameters missing");
+        assert!(
+            err.contains("portcullis-system/class-defaults not found"),
+            "{err}"
+        );
+        for doc in parse_documents(
+            r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: GatewayParameters
+metadata: {name: class-defaults, namespace: portcullis-system}
+spec: {replicas: 2, image: class-image}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: GatewayParameters
+metadata: {name: big, namespace: infra}
+spec: {replicas: 6}
+"#,
+        )
+        .expect("parameters parse")
+        {
+            s.insert(doc);
+        }
+        let inputs = provision_inputs(&s, portcullis_api::CONTROLLER_NAME);
+        let params = inputs.parameters[&ObjectKey::new("infra", "a")]
+            .clone()
+            .expect("valid now");
         assert_eq!(params.replicas, Some(6));
         assert_eq!(params.image.as_deref(), Some("class-image"));
-    }
-
-    #[test]
-    fn missing_or_foreign_parameters_are_reported_and_defaults_used() {
-        let s = snapshot();
-        let inputs = provision_inputs(&s, portcullis_api::CONTROLLER_NAME);
-        let gateway = &inputs.gateways[0];
-        let (params, problems) =
-            resolve_parameters(gateway, inputs.classes.get("ours"), |_, _| None);
-        assert_eq!(params, GatewayParametersSpec::default());
-        assert_eq!(problems.len(), 2);
-        assert!(
-            problems[0].contains("portcullis-system/class-defaults not found"),
-            "{problems:?}"
-        );
-
-        let mut foreign = gateway.clone();
-        if let Some(r) = foreign
-            .spec
-            .infrastructure
-            .as_mut()
-            .and_then(|i| i.parameters_ref.as_mut())
-        {
-            r.kind = "ConfigMap".into();
-            r.group = "".into();
-        }
-        let (_, problems) = resolve_parameters(&foreign, None, |_, _| Some(spec(1, None)));
-        assert_eq!(problems.len(), 1);
-        assert!(
-            problems[0].contains("only portcullis.dev/GatewayParameters"),
-            "{problems:?}"
-        );
     }
 
     #[test]

@@ -457,3 +457,84 @@ async fn spans_are_exported_over_otlp_with_the_callers_trace() {
         "unsampled traces are not exported"
     );
 }
+
+#[tokio::test]
+async fn rate_limit_decisions_and_auth_results_are_counted() {
+    let echo = start_echo("policed").await;
+    let yaml = format!(
+        "{}{}{}{}{}",
+        gateway(PLAIN_LISTENER),
+        service_yaml("policed-svc", &[echo], None),
+        route_yaml("limited", "policed-svc"),
+        route_yaml("keyed", "policed-svc"),
+        "
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: metered-limits, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: limited}]
+  limits:
+    two-per-minute:
+      rates: [{limit: 2, window: 1m}]
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: metered-key
+  namespace: default
+  labels: {metered-test/api-key: \"true\"}
+  annotations: {portcullis.dev/consumer: metered-consumer}
+stringData: {api_key: metered-key-0123456789abcdef}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: metered-auth, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: keyed}]
+  apiKeys:
+    selector: {matchLabels: {metered-test/api-key: \"true\"}}
+"
+    );
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    let url = gw.url("HTTP_PORT", "/");
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.push(get(&url, "limited.example", &[]).await.status.as_u16());
+        }
+        out
+    };
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(
+        get(&url, "keyed.example", &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let key = [("x-api-key", "metered-key-0123456789abcdef")];
+    assert_eq!(
+        get(&url, "keyed.example", &key).await.status,
+        StatusCode::OK
+    );
+
+    let metrics = scrape(&gw).await;
+    let decision = |d: &str| {
+        value(
+            &metrics,
+            &format!("portcullis_rate_limit_decisions_total{{limit=\"two-per-minute\",decision=\"{d}\"}}"),
+        )
+    };
+    assert_eq!(decision("allowed"), Some(2.0), "{metrics}");
+    assert_eq!(decision("limited"), Some(1.0), "{metrics}");
+    let auth = |mechanism: &str, result: &str, reason: &str| {
+        value(
+            &metrics,
+            &format!("portcullis_auth_results_total{{policy=\"AuthPolicy default/metered-auth\",mechanism=\"{mechanism}\",result=\"{result}\",reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(auth("api_key", "allowed", "ok"), Some(1.0), "{metrics}");
+    assert_eq!(
+        auth("any", "unauthenticated", "missing_or_invalid_credentials"),
+        Some(1.0),
+        "{metrics}"
+    );
+}

@@ -156,7 +156,8 @@ pub enum RateLimitDecision {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RateLimitLabels {
-    /// The limit's name from the policy (`namespace/policy/limit`).
+    /// The limit's name (limits are merged by name across the policies
+    /// of a rule, so the name is what identifies one).
     pub limit: Arc<str>,
     pub decision: RateLimitDecision,
 }
@@ -178,10 +179,14 @@ pub enum AuthResult {
 pub struct AuthLabels {
     /// The AuthPolicy, `namespace/name`.
     pub policy: Arc<str>,
-    /// `jwt`, `api_key`, `basic`, `ip`, `cors`, `rules`, ...
+    /// Allowed requests: the mechanism that authenticated them (`jwt`,
+    /// `api_key`, `basic`) or `anonymous`; refusals: `any` (a refusal may
+    /// come from no credential at all).
     pub mechanism: &'static str,
     pub result: AuthResult,
-    /// A fixed reason such as `expired`, `bad_signature`, `missing`.
+    /// `ok`; the RFC 6750 error of a refused bearer token
+    /// (`invalid_token`, ...), `missing_or_invalid_credentials`,
+    /// `forbidden` or `unavailable`.
     pub reason: &'static str,
 }
 

@@ -22,6 +22,9 @@ use crate::{HeaderNameSer, HeaderValueSer};
 pub struct AuthConfig {
     /// `namespace/name` of the policies this came from, for logs.
     pub sources: Vec<String>,
+    /// The same, joined: the `policy` label of auth metrics (made once
+    /// per compile, not per request).
+    pub metric_label: Arc<str>,
     pub ip_rules: Option<IpRules>,
     /// Where the client address comes from (IP rules and authorization
     /// CIDRs both use it).

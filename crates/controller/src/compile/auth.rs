@@ -128,6 +128,7 @@ impl PolicyCompiler for AuthPolicyCompiler {
         let (unauthenticated, unauthorized) = effective.responses.clone().unwrap_or_default();
         Ok(AuthConfig {
             sources: effective.sources.clone(),
+            metric_label: Arc::from(effective.sources.join(",")),
             ip_rules,
             client_address,
             jwt: effective.jwt.clone(),

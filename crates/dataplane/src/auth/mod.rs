@@ -17,6 +17,7 @@ use portcullis_model::auth::{AuthConfig, DenyResponse};
 
 use crate::body::{self, Body};
 use crate::identity::Identity;
+use crate::metrics::AuthResult;
 
 mod api_key;
 mod authz;
@@ -86,13 +87,36 @@ pub async fn check<B>(
 ) -> Result<(), Response<Body>> {
     match run(state, config, input, req).await {
         Ok(identity) => {
+            // Anonymous: no mechanism required one (optional credentials).
+            let mechanism = identity
+                .as_ref()
+                .and_then(|i| i.mechanism)
+                .unwrap_or("anonymous");
+            record(config, mechanism, AuthResult::allowed, "ok");
             if let Some(identity) = identity {
                 req.extensions_mut().insert(identity);
             }
             Ok(())
         }
-        Err(refusal) => Err(refusal_response(config, refusal)),
+        Err(refusal) => {
+            // A refusal is not tied to one mechanism (the request may have
+            // carried none of them): the label is the policy's outcome.
+            let (result, reason) = match &refusal {
+                Refusal::Unauthenticated { bearer_error, .. } => (
+                    AuthResult::unauthenticated,
+                    bearer_error.unwrap_or("missing_or_invalid_credentials"),
+                ),
+                Refusal::Forbidden { .. } => (AuthResult::denied, "forbidden"),
+                Refusal::Unavailable { .. } => (AuthResult::error, "unavailable"),
+            };
+            record(config, "any", result, reason);
+            Err(refusal_response(config, refusal))
+        }
     }
+}
+
+fn record(config: &AuthConfig, mechanism: &'static str, result: AuthResult, reason: &'static str) {
+    crate::metrics::global().record_auth(&config.metric_label, mechanism, result, reason);
 }
 
 async fn run<B>(

@@ -34,6 +34,7 @@ use serde_json::Value as Json;
 
 use crate::body::Body;
 use crate::identity::Identity;
+use crate::metrics::RateLimitDecision;
 use global::{GlobalCounters, GlobalOutcome};
 use local::LocalCounters;
 use redis::RedisClient;
@@ -155,6 +156,8 @@ pub struct LimitState {
     store: Option<Arc<GlobalStore>>,
     /// Per rate: its name in `RateLimit` headers.
     item_names: Box<[String]>,
+    /// The limit's name as a metrics label, made once per table.
+    metric_label: Arc<str>,
     queued: AtomicU32,
     /// Requests over the limit admitted because of shadow mode, and admitted
     /// or rejected because Redis was unavailable.
@@ -278,6 +281,7 @@ impl Limiters {
                 client,
                 store: limit.global.clone(),
                 item_names,
+                metric_label: Arc::from(limit.name.as_str()),
                 queued: AtomicU32::new(0),
                 shadow_over: AtomicU64::new(0),
                 unavailable: AtomicU64::new(0),
@@ -384,6 +388,10 @@ fn applies(limit: &Limit, req: &RequestInfo<'_>) -> bool {
 }
 
 impl LimitState {
+    fn record(&self, decision: RateLimitDecision) {
+        crate::metrics::global().record_rate_limit(&self.metric_label, decision);
+    }
+
     async fn decide(&self, key: u64, req: &RequestInfo<'_>) -> Result<Decision, redis::RedisError> {
         match &*self.counters {
             Counters::Local(c) => Ok(c.acquire(key, now_ms())),
@@ -544,6 +552,7 @@ pub async fn enforce<'a>(
             }
         };
         if !decision.admitted() && config.shadow {
+            state.record(RateLimitDecision::shadow);
             let total = state.shadow_over.fetch_add(1, Ordering::Relaxed) + 1;
             if state.should_log() {
                 tracing::info!(rule = %rule.id, limit = %limit.name, over_limit_total = total,
@@ -566,6 +575,7 @@ pub async fn enforce<'a>(
             }
         }
         if !decision.admitted() {
+            state.record(RateLimitDecision::limited);
             tracing::debug!(rule = %rule.id, limit = %limit.name, client = %req.client_ip,
                 retry_after_ms = decision.retry_after_ms, "rate limited");
             let mut resp = rejection(
@@ -582,6 +592,7 @@ pub async fn enforce<'a>(
             );
             return Err(resp);
         }
+        state.record(RateLimitDecision::allowed);
         let tighter = reported.is_none_or(|(_, r)| decision.remaining < r.remaining);
         if tighter {
             reported = Some((state, decision));
@@ -616,7 +627,13 @@ fn unavailable(
             failure_mode = ?mode, unavailable_total = total,
             "global rate limit could not be checked");
     }
-    (mode == FailureMode::Closed && !config.shadow).then(|| {
+    let refuse = mode == FailureMode::Closed && !config.shadow;
+    state.record(if refuse {
+        RateLimitDecision::fail_closed
+    } else {
+        RateLimitDecision::fail_open
+    });
+    refuse.then(|| {
         rejection(
             StatusCode::SERVICE_UNAVAILABLE,
             "rate limit service unavailable",

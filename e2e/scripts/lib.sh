@@ -52,3 +52,36 @@ NICE=(nice -n 15)
 
 # The extended features we claim, comma-separated (supported-features.txt).
 claimed_features() { grep -v '^#' "$E2E_DIR/supported-features.txt" | grep -v '^$' | paste -sd, -; }
+
+# The echo backend of the e2e tests: Deployment `echo` (label app=echo) of
+# the conformance suite's echo-basic image on port 3000, answering JSON with
+# its pod and namespace. echo_deployment_yaml REPLICAS prints its YAML.
+echo_deployment_yaml() {
+  cat <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  replicas: $1
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers:
+      - name: echo
+        image: gcr.io/k8s-staging-gateway-api/echo-basic:v20260204-monthly-2026.01-60-g28382302
+        env:
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+        readinessProbe:
+          httpGet: {path: /, port: 3000}
+          periodSeconds: 1
+YAML
+}
+
+# Conditions of objects in the caller's namespace $NS:
+# cond KIND NAME JSONPATH-TO-CONDITIONS TYPE prints the condition's status,
+# reason (same arguments) its reason; is_true CMD... holds when CMD prints True.
+cond() { kubectl -n "$NS" get "$1" "$2" -o jsonpath="{$3[?(@.type==\"$4\")].status}" 2>/dev/null; }
+reason() { kubectl -n "$NS" get "$1" "$2" -o jsonpath="{$3[?(@.type==\"$4\")].reason}" 2>/dev/null; }
+is_true() { [[ $("$@") == True ]]; }

@@ -8,25 +8,7 @@ source "$(dirname "$0")/lib.sh"
 NS=e2e-smoke
 
 kubectl create namespace "$NS" >/dev/null
-kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo, labels: {app: echo}}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: echo}}
-  template:
-    metadata: {labels: {app: echo}}
-    spec:
-      containers:
-      - name: echo
-        image: gcr.io/k8s-staging-gateway-api/echo-basic:v20260204-monthly-2026.01-60-g28382302
-        env:
-        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-        - {name: NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-        readinessProbe:
-          httpGet: {path: /, port: 3000}
-          periodSeconds: 1
+{ echo_deployment_yaml 2; cat <<'YAML'; } | kubectl apply -n "$NS" -f - >/dev/null
 ---
 apiVersion: v1
 kind: Service

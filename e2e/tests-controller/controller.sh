@@ -89,7 +89,8 @@ bash "$E2E_DIR/scripts/deploy-controller.sh" || fail "deploy-controller.sh faile
 
 step "Gateway, echo backend, HTTPRoute"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
+{ echo_deployment_yaml 2; cat <<'YAML'; } | kubectl apply -n "$NS" -f - >/dev/null
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {name: portcullis}
@@ -101,25 +102,6 @@ metadata: {name: gw}
 spec:
   gatewayClassName: portcullis
   listeners: [{name: http, port: 8080, protocol: HTTP}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo, labels: {app: echo}}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: echo}}
-  template:
-    metadata: {labels: {app: echo}}
-    spec:
-      containers:
-      - name: echo
-        image: gcr.io/k8s-staging-gateway-api/echo-basic:v20260204-monthly-2026.01-60-g28382302
-        env:
-        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-        - {name: NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-        readinessProbe:
-          httpGet: {path: /, port: 3000}
-          periodSeconds: 1
 ---
 apiVersion: v1
 kind: Service
@@ -138,10 +120,6 @@ spec:
     backendRefs: [{name: echo, port: 8080}]
 YAML
 
-cond() { # cond KIND NAME JSONPATH-TO-CONDITIONS TYPE: prints the condition status
-  kubectl -n "$NS" get "$1" "$2" -o jsonpath="{$3[?(@.type==\"$4\")].status}"
-}
-is_true() { [[ $("$@") == True ]]; }
 CONTROLLER_LOGS="kubectl -n $SYS logs deployment/portcullis-controller --tail=40"
 wait_for "GatewayClass Accepted" 30 is_true cond gatewayclass portcullis .status.conditions Accepted \
   || fail "GatewayClass not Accepted" "kubectl get gatewayclass portcullis -o yaml" "$CONTROLLER_LOGS"

@@ -25,32 +25,14 @@ for crd in backendpolicies ratelimitpolicies authpolicies; do
 done
 
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl apply -n "$NS" -f - >/dev/null <<'YAML'
+{ echo_deployment_yaml 3; cat <<'YAML'; } | kubectl apply -n "$NS" -f - >/dev/null
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: gw}
 spec:
   gatewayClassName: portcullis
   listeners: [{name: http, port: 8080, protocol: HTTP}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo, labels: {app: echo}}
-spec:
-  replicas: 3
-  selector: {matchLabels: {app: echo}}
-  template:
-    metadata: {labels: {app: echo}}
-    spec:
-      containers:
-      - name: echo
-        image: gcr.io/k8s-staging-gateway-api/echo-basic:v20260204-monthly-2026.01-60-g28382302
-        env:
-        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
-        - {name: NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
-        readinessProbe:
-          httpGet: {path: /, port: 3000}
-          periodSeconds: 1
 ---
 apiVersion: v1
 kind: Service
@@ -69,13 +51,6 @@ spec:
     backendRefs: [{name: echo, port: 8080}]
 YAML
 
-cond() { # cond KIND NAME JSONPATH-TO-CONDITIONS TYPE: the condition's status
-  kubectl -n "$NS" get "$1" "$2" -o jsonpath="{$3[?(@.type==\"$4\")].status}" 2>/dev/null
-}
-reason() { # reason KIND NAME JSONPATH-TO-CONDITIONS TYPE: the condition's reason
-  kubectl -n "$NS" get "$1" "$2" -o jsonpath="{$3[?(@.type==\"$4\")].reason}" 2>/dev/null
-}
-is_true() { [[ $("$@") == True ]]; }
 wait_for "HTTPRoute Accepted" 60 is_true cond httproute echo '.status.parents[0].conditions' Accepted \
   || { kubectl -n "$NS" get gateway,httproute -o yaml >&2; die "HTTPRoute not Accepted"; }
 kubectl -n "$NS" rollout status deployment/echo --timeout=90s >&2 || die "echo not available"

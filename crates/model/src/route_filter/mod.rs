@@ -4,7 +4,9 @@
 //! the order in which the sections run.
 
 pub mod cache;
+pub mod json_pointer;
 pub mod masking;
+pub mod template;
 pub mod threat;
 pub mod transform;
 pub mod versioning;

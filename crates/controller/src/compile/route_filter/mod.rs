@@ -9,6 +9,7 @@
 
 mod cache;
 mod masking;
+mod template;
 mod threat;
 mod transform;
 mod versioning;

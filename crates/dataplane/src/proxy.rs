@@ -281,6 +281,8 @@ async fn route_and_forward(
                 query,
                 headers: req.headers().clone(),
                 identity: req.extensions().get::<crate::identity::Identity>().cloned(),
+                client_ip: conn.remote.ip(),
+                rule: rule.clone(),
             })
         }
         _ => None,
@@ -486,10 +488,11 @@ fn pick_weighted(backends: &[WeightedBackend]) -> Option<&WeightedBackend> {
     None
 }
 
-/// gRPC needs HTTP/2 end to end whatever the Service says; otherwise a
+/// gRPC needs HTTP/2 end to end whatever the Service says (so does a rule
+/// whose RouteFilter translates gRPC-Web for a gRPC backend); otherwise a
 /// BackendPolicy's `connection.httpVersion`, then the Service's.
 fn upstream_protocol(rule: &Rule, backend: &Backend) -> AppProtocol {
-    if rule.id.kind == RouteKind::Grpc {
+    if rule.id.kind == RouteKind::Grpc || crate::route_filter::transform::speaks_grpc(rule) {
         AppProtocol::H2c
     } else {
         backend.settings.http_version.unwrap_or(backend.protocol)

@@ -18,17 +18,25 @@
 //! Upgraded connections (WebSocket) skip RouteFilters: they carry streams,
 //! not documents.
 
+mod body_buffer;
 pub mod cache;
+mod compression;
+mod grpc_web;
+mod json_edit;
 pub mod masking;
+mod template;
 pub mod threat;
 pub mod transform;
 pub mod versioning;
+mod xml;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, Request, Response};
 use portcullis_model::route_filter::RouteFilterConfig;
+use portcullis_model::Rule;
 
 use crate::body::Body;
 use crate::identity::Identity;
@@ -44,7 +52,8 @@ pub struct RouteFilterState {
 /// The client's request as the route matched it: canonical host,
 /// normalized path and query as the client sent them (before URL
 /// rewrites), headers after the route's header filters, and the identity
-/// authentication established. Built only for rules with RouteFilters.
+/// authentication established, the client's address and the matched rule
+/// (transform templates read them). Built only for rules with RouteFilters.
 #[derive(Debug, Clone)]
 pub struct ClientRequest {
     pub method: Method,
@@ -53,6 +62,8 @@ pub struct ClientRequest {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub identity: Option<Identity>,
+    pub client_ip: IpAddr,
+    pub rule: Arc<Rule>,
 }
 
 /// Runs the rule's RouteFilters around `upstream` (steps 1-7 above).
@@ -120,6 +131,11 @@ where
             };
         }
     }
+    for f in filters {
+        if let Some(m) = &f.masking {
+            masking::request(m, req.headers_mut());
+        }
+    }
     let mut resp = upstream(req).await?;
     for f in filters {
         if let Some(t) = &f.transform {
@@ -128,7 +144,7 @@ where
     }
     for f in filters {
         if let Some(m) = &f.masking {
-            resp = masking::response(m, &f.name, resp).await;
+            resp = masking::response(m, &f.name, client, resp).await;
         }
     }
     Ok(resp)

@@ -118,12 +118,24 @@ pub struct JsonEditSpec {
     /// Source pointer of `move`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    /// JSON value of `add`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// JSON value of `add` (`null` included).
+    #[serde(
+        default,
+        deserialize_with = "present_value",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub value: Option<serde_json::Value>,
     /// Template of `add`, rendered to a JSON string (instead of `value`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
+}
+
+/// A `value` that is present is `Some`, even when it is `null` (which
+/// plain `Option` would make `None`).
+fn present_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

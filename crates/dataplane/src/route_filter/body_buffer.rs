@@ -101,9 +101,8 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
 
 /// `application/xml`, `text/xml`, `application/soap+xml`, ...
 pub(crate) fn is_xml(headers: &HeaderMap) -> bool {
-    media_type(headers).is_some_and(|m| {
-        m == "application/xml" || m == "text/xml" || m.ends_with("+xml")
-    })
+    media_type(headers)
+        .is_some_and(|m| m == "application/xml" || m == "text/xml" || m.ends_with("+xml"))
 }
 
 /// The lowercased media type without parameters.

@@ -23,7 +23,9 @@ pub(crate) fn coding(headers: &HeaderMap) -> Result<Coding, String> {
     if values.next().is_some() {
         return Err("several Content-Encoding headers".into());
     }
-    let value = first.to_str().map_err(|_| "non-text Content-Encoding".to_string())?;
+    let value = first
+        .to_str()
+        .map_err(|_| "non-text Content-Encoding".to_string())?;
     let value = value.trim();
     if value.eq_ignore_ascii_case("identity") || value.is_empty() {
         Ok(Coding::Identity)
@@ -38,7 +40,11 @@ pub(crate) fn coding(headers: &HeaderMap) -> Result<Coding, String> {
 
 /// Decodes at most `limit` bytes; `Ok(None)` when the decoded body would
 /// be larger.
-pub(crate) fn decode(coding: Coding, data: &[u8], limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+pub(crate) fn decode(
+    coding: Coding,
+    data: &[u8],
+    limit: usize,
+) -> std::io::Result<Option<Vec<u8>>> {
     fn bounded(reader: impl Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
         let mut out = Vec::new();
         // One byte more than the limit tells "exactly at" from "over".
@@ -103,7 +109,10 @@ mod tests {
         let data = vec![b'a'; 10_000];
         for c in [Coding::Gzip, Coding::Deflate, Coding::Identity] {
             let packed = encode(c, &data).unwrap();
-            assert_eq!(decode(c, &packed, 10_000).unwrap().as_deref(), Some(&data[..]));
+            assert_eq!(
+                decode(c, &packed, 10_000).unwrap().as_deref(),
+                Some(&data[..])
+            );
             assert_eq!(decode(c, &packed, 9_999).unwrap(), None);
         }
         assert!(decode(Coding::Gzip, b"not gzip", 100).is_err());
@@ -112,8 +121,14 @@ mod tests {
     #[test]
     fn accept_encoding_keeps_decodable_codings() {
         let mut h = HeaderMap::new();
-        h.insert("accept-encoding", "br, gzip;q=0.8, zstd, deflate".parse().unwrap());
-        assert_eq!(decodable_accept_encoding(&h).as_deref(), Some("gzip;q=0.8, deflate"));
+        h.insert(
+            "accept-encoding",
+            "br, gzip;q=0.8, zstd, deflate".parse().unwrap(),
+        );
+        assert_eq!(
+            decodable_accept_encoding(&h).as_deref(),
+            Some("gzip;q=0.8, deflate")
+        );
         h.insert("accept-encoding", "br".parse().unwrap());
         assert_eq!(decodable_accept_encoding(&h), None);
     }

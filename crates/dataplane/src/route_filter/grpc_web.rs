@@ -43,7 +43,8 @@ pub(crate) fn mode(headers: &HeaderMap) -> Option<(Mode, &str)> {
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// Rewrites a gRPC-Web request into gRPC; `body` is decoded for -text.
@@ -52,7 +53,10 @@ pub(crate) fn request(headers: &mut HeaderMap, body: Body, mode: Mode, suffix: &
     match HeaderValue::from_str(&content_type) {
         Ok(v) => headers.insert(header::CONTENT_TYPE, v),
         // The suffix came from a valid header value.
-        Err(_) => headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc")),
+        Err(_) => headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        ),
     };
     headers.insert(header::TE, HeaderValue::from_static("trailers"));
     headers.remove(header::CONTENT_LENGTH);
@@ -260,9 +264,18 @@ mod tests {
     #[test]
     fn modes_from_content_type() {
         assert_eq!(mode(&ct("application/grpc-web")), Some((Mode::Binary, "")));
-        assert_eq!(mode(&ct("application/grpc-web+proto")), Some((Mode::Binary, "+proto")));
-        assert_eq!(mode(&ct("application/grpc-web-text")), Some((Mode::Text, "")));
-        assert_eq!(mode(&ct("Application/gRPC-Web-Text+proto; x=1")), Some((Mode::Text, "+proto")));
+        assert_eq!(
+            mode(&ct("application/grpc-web+proto")),
+            Some((Mode::Binary, "+proto"))
+        );
+        assert_eq!(
+            mode(&ct("application/grpc-web-text")),
+            Some((Mode::Text, ""))
+        );
+        assert_eq!(
+            mode(&ct("Application/gRPC-Web-Text+proto; x=1")),
+            Some((Mode::Text, "+proto"))
+        );
         assert_eq!(mode(&ct("application/grpc")), None);
         assert_eq!(mode(&ct("application/grpc-webx")), None);
     }
@@ -271,10 +284,16 @@ mod tests {
     async fn text_bodies_decode_with_padding_mid_stream() {
         let chunks: Vec<Result<Frame<Bytes>, BoxError>> = vec![
             Ok(Frame::data(Bytes::from(BASE64.encode(b"ab")))),
-            Ok(Frame::data(Bytes::from(BASE64.encode(b"cdef")[..3].to_string()))),
-            Ok(Frame::data(Bytes::from(BASE64.encode(b"cdef")[3..].to_string()))),
+            Ok(Frame::data(Bytes::from(
+                BASE64.encode(b"cdef")[..3].to_string(),
+            ))),
+            Ok(Frame::data(Bytes::from(
+                BASE64.encode(b"cdef")[3..].to_string(),
+            ))),
         ];
-        let inner = body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(chunks)));
+        let inner = body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+            chunks,
+        )));
         let mut headers = ct("application/grpc-web-text");
         let decoded = request(&mut headers, inner, Mode::Text, "")
             .collect()

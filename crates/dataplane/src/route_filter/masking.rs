@@ -70,8 +70,15 @@ pub(crate) async fn response(
         return resp;
     };
     let refuse = |why: &str| {
-        tracing::warn!(route_filter = filter, reason = why, "response cannot be masked: 502");
-        error_response(StatusCode::BAD_GATEWAY, "upstream response cannot be masked")
+        tracing::warn!(
+            route_filter = filter,
+            reason = why,
+            "response cannot be masked: 502"
+        );
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            "upstream response cannot be masked",
+        )
     };
     let coding = match compression::coding(resp.headers()) {
         Ok(c) => c,
@@ -85,7 +92,10 @@ pub(crate) async fn response(
         if config.reject_over_limit {
             refuse(&format!("body over maxBodyBytes ({limit})"))
         } else {
-            tracing::debug!(route_filter = filter, "body over maxBodyBytes: relayed unmasked (overLimit: PassThrough)");
+            tracing::debug!(
+                route_filter = filter,
+                "body over maxBodyBytes: relayed unmasked (overLimit: PassThrough)"
+            );
             Response::from_parts(parts, buffered.into_body())
         }
     };
@@ -136,12 +146,13 @@ fn mask_json_bytes(config: &MaskingConfig, bytes: &[u8]) -> Result<Option<Vec<u8
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let mut doc: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+    let mut doc: Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
     if !mask_json(config, &mut doc) {
         return Ok(None);
     }
-    serde_json::to_vec(&doc).map(Some).map_err(|e| e.to_string())
+    serde_json::to_vec(&doc)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Masks `doc` in place; true when something changed.
@@ -210,7 +221,9 @@ fn apply_field(node: &mut Value, tokens: &[String], action: &MaskAction) -> bool
         (Value::Object(map), action) if wildcard => {
             map.values_mut().fold(false, |c, v| redact(v, action) | c)
         }
-        (Value::Object(map), action) => map.get_mut(token.as_str()).is_some_and(|v| redact(v, action)),
+        (Value::Object(map), action) => map
+            .get_mut(token.as_str())
+            .is_some_and(|v| redact(v, action)),
         (Value::Array(items), action) if wildcard => {
             items.iter_mut().fold(false, |c, v| redact(v, action) | c)
         }

@@ -53,7 +53,10 @@ pub(crate) async fn request(
     let bytes = match body_buffer::read(&parts.headers, body, config.max_body_bytes).await {
         Ok(Buffered::Complete(bytes)) => bytes,
         Ok(Buffered::Over { .. }) => {
-            tracing::debug!(limit = config.max_body_bytes, "request body over the transform limit: 413");
+            tracing::debug!(
+                limit = config.max_body_bytes,
+                "request body over the transform limit: 413"
+            );
             return Err(error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large",
@@ -61,7 +64,10 @@ pub(crate) async fn request(
         }
         Err(e) => {
             tracing::debug!(error = %e, "reading the request body failed");
-            return Err(error_response(StatusCode::BAD_REQUEST, "cannot read request body"));
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "cannot read request body",
+            ));
         }
     };
     match edit_body(edits, config, client, &mut parts.headers, &bytes) {
@@ -72,7 +78,10 @@ pub(crate) async fn request(
         Ok(None) => Ok(Request::from_parts(parts, body::full(bytes))),
         Err(e) => {
             tracing::debug!(error = %e, "request body cannot be transformed: 400");
-            Err(error_response(StatusCode::BAD_REQUEST, &format!("invalid request body: {e}")))
+            Err(error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid request body: {e}"),
+            ))
         }
     }
 }
@@ -98,10 +107,16 @@ pub(crate) async fn response(
         Ok(Buffered::Complete(bytes)) => bytes,
         Ok(over @ Buffered::Over { .. }) => {
             if config.reject_response_over_limit {
-                tracing::warn!(limit = config.max_body_bytes, "response body over the transform limit: 502");
+                tracing::warn!(
+                    limit = config.max_body_bytes,
+                    "response body over the transform limit: 502"
+                );
                 return error_response(StatusCode::BAD_GATEWAY, "upstream response too large");
             }
-            tracing::debug!(limit = config.max_body_bytes, "response body over the transform limit: relayed unmodified");
+            tracing::debug!(
+                limit = config.max_body_bytes,
+                "response body over the transform limit: relayed unmodified"
+            );
             return Response::from_parts(parts, over.into_body());
         }
         Err(e) => {
@@ -117,7 +132,10 @@ pub(crate) async fn response(
         Ok(None) => Response::from_parts(parts, body::full(bytes)),
         Err(e) => {
             tracing::warn!(error = %e, "upstream response body cannot be transformed: 502");
-            error_response(StatusCode::BAD_GATEWAY, "upstream response cannot be transformed")
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                "upstream response cannot be transformed",
+            )
         }
     }
 }
@@ -153,7 +171,7 @@ fn edit_headers(
     let strict = config.skip_header_on_missing;
     let render = |t: &portcullis_model::route_filter::transform::HeaderTemplate| {
         let text = template::render(&t.value, client, strict)?;
-        match HeaderValue::from_str(&text) {
+        match HeaderValue::from_bytes(text.as_bytes()) {
             Ok(v) => Some(v),
             Err(_) => {
                 tracing::debug!(header = %t.name, "templated header value is not a valid header value: skipped");
@@ -211,7 +229,9 @@ fn edit_body(
             JsonEdit::Remove { path } => {
                 let _ = json_edit::remove(&mut doc, &path.tokens);
             }
-            JsonEdit::Move { from, path } => json_edit::move_value(&mut doc, &from.tokens, &path.tokens),
+            JsonEdit::Move { from, path } => {
+                json_edit::move_value(&mut doc, &from.tokens, &path.tokens)
+            }
         }
     }
     let out = match &edits.convert {
@@ -225,7 +245,10 @@ fn edit_body(
             xml.into_bytes()
         }
         Some(_) => {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             serde_json::to_vec(&doc).map_err(|e| e.to_string())?
         }
         None => serde_json::to_vec(&doc).map_err(|e| e.to_string())?,

@@ -80,9 +80,12 @@ pub(crate) fn xml_to_json(xml: &[u8], max_depth: usize) -> Result<Value, Convert
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Value> = None;
     loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| err(format!("invalid XML at byte {}: {e}", reader.error_position())))?;
+        let event = reader.read_event().map_err(|e| {
+            err(format!(
+                "invalid XML at byte {}: {e}",
+                reader.error_position()
+            ))
+        })?;
         match event {
             Event::Start(start) | Event::Empty(start) if root.is_some() => {
                 let _ = start;
@@ -109,11 +112,15 @@ pub(crate) fn xml_to_json(xml: &[u8], max_depth: usize) -> Result<Value, Convert
                 close(&mut stack, &mut root, done);
             }
             Event::Text(t) => {
-                let text = t.decode().map_err(|e| err(format!("invalid XML text: {e}")))?;
+                let text = t
+                    .decode()
+                    .map_err(|e| err(format!("invalid XML text: {e}")))?;
                 push_text(&mut stack, &text)?;
             }
             Event::CData(c) => {
-                let text = c.decode().map_err(|e| err(format!("invalid XML CDATA: {e}")))?;
+                let text = c
+                    .decode()
+                    .map_err(|e| err(format!("invalid XML CDATA: {e}")))?;
                 push_text(&mut stack, &text)?;
             }
             Event::GeneralRef(r) => {
@@ -140,7 +147,10 @@ pub(crate) fn xml_to_json(xml: &[u8], max_depth: usize) -> Result<Value, Convert
     root.ok_or_else(|| err("invalid XML: no root element"))
 }
 
-fn element(reader: &Reader<&[u8]>, start: &quick_xml::events::BytesStart<'_>) -> Result<Element, ConvertError> {
+fn element(
+    reader: &Reader<&[u8]>,
+    start: &quick_xml::events::BytesStart<'_>,
+) -> Result<Element, ConvertError> {
     let name = reader
         .decoder()
         .decode(start.name().as_ref())
@@ -250,7 +260,9 @@ fn write_element(
                     return Err(err(format!("{attr:?} is not an XML attribute name")));
                 }
                 let Some(text) = scalar(v) else {
-                    return Err(err(format!("attribute @{attr} must be a string, number or boolean")));
+                    return Err(err(format!(
+                        "attribute @{attr} must be a string, number or boolean"
+                    )));
                 };
                 out.push(' ');
                 out.push_str(attr);

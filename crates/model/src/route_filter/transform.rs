@@ -38,7 +38,9 @@ impl MessageTransform {
     }
 
     pub fn edits_headers(&self) -> bool {
-        !self.remove_headers.is_empty() || !self.set_headers.is_empty() || !self.add_headers.is_empty()
+        !self.remove_headers.is_empty()
+            || !self.set_headers.is_empty()
+            || !self.add_headers.is_empty()
     }
 }
 
@@ -51,9 +53,17 @@ pub struct HeaderTemplate {
 
 #[derive(Debug, Clone, Serialize)]
 pub enum JsonEdit {
-    Add { path: JsonPointer, value: JsonValue },
-    Remove { path: JsonPointer },
-    Move { from: JsonPointer, path: JsonPointer },
+    Add {
+        path: JsonPointer,
+        value: JsonValue,
+    },
+    Remove {
+        path: JsonPointer,
+    },
+    Move {
+        from: JsonPointer,
+        path: JsonPointer,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]

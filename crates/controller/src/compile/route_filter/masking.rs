@@ -37,7 +37,8 @@ pub(crate) fn compile(
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let pointer = JsonPointer::parse(&f.pointer).map_err(|e| format!("fields[{i}]: {e}"))?;
+            let pointer =
+                JsonPointer::parse(&f.pointer).map_err(|e| format!("fields[{i}]: {e}"))?;
             if pointer.tokens.is_empty() {
                 return Err(format!("fields[{i}]: the pointer must name a member"));
             }

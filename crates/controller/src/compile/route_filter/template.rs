@@ -18,8 +18,8 @@ pub(crate) fn parse(source: &str) -> Result<Template, String> {
             let Some(close) = open.find('}') else {
                 return Err(format!("template {source:?}: unclosed '${{'"));
             };
-            let variable = variable(open[..close].trim())
-                .map_err(|e| format!("template {source:?}: {e}"))?;
+            let variable =
+                variable(open[..close].trim()).map_err(|e| format!("template {source:?}: {e}"))?;
             if !literal.is_empty() {
                 segments.push(Segment::Literal(std::mem::take(&mut literal)));
             }
@@ -96,7 +96,10 @@ mod tests {
                 Segment::Literal("$5$".into()),
             ]
         );
-        assert_eq!(parse("plain").unwrap().as_literal().as_deref(), Some("plain"));
+        assert_eq!(
+            parse("plain").unwrap().as_literal().as_deref(),
+            Some("plain")
+        );
         assert!(parse("${request.nope}").is_err());
         assert!(parse("${claim.}").is_err());
         assert!(parse("${request.method").is_err());

@@ -5,8 +5,7 @@ use http::{HeaderName, HeaderValue};
 use portcullis_api::route_filter::transform as api;
 use portcullis_model::route_filter::json_pointer::JsonPointer;
 use portcullis_model::route_filter::transform::{
-    BodyFormat, Conversion, HeaderTemplate, JsonEdit, JsonValue, MessageTransform,
-    TransformConfig,
+    BodyFormat, Conversion, HeaderTemplate, JsonEdit, JsonValue, MessageTransform, TransformConfig,
 };
 
 use super::template;
@@ -46,8 +45,7 @@ pub(crate) fn compile(
         skip_header_on_missing: spec.missing_variable == Some(api::MissingVariable::SkipHeader),
         // Bounded by MAX_MAX_BODY above: fits any usize of 32 bits or more.
         max_body_bytes: max_body as usize,
-        reject_response_over_limit: spec.response_over_limit
-            == Some(api::OverLimitAction::Reject),
+        reject_response_over_limit: spec.response_over_limit == Some(api::OverLimitAction::Reject),
         max_depth: max_depth as usize,
         grpc_web: spec.grpc_web.is_some(),
     })
@@ -61,8 +59,16 @@ fn message(spec: &api::MessageTransformSpec) -> Result<MessageTransform, String>
             .iter()
             .map(|n| header_name(n))
             .collect::<Result<_, _>>()?;
-        out.set_headers = h.set.iter().map(header_template).collect::<Result<_, _>>()?;
-        out.add_headers = h.add.iter().map(header_template).collect::<Result<_, _>>()?;
+        out.set_headers = h
+            .set
+            .iter()
+            .map(header_template)
+            .collect::<Result<_, _>>()?;
+        out.add_headers = h
+            .add
+            .iter()
+            .map(header_template)
+            .collect::<Result<_, _>>()?;
     }
     out.json = spec
         .json
@@ -103,7 +109,7 @@ fn header_template(spec: &api::HeaderTemplateSpec) -> Result<HeaderTemplate, Str
     // checked when rendered (and the header skipped if invalid).
     for s in &value.segments {
         if let portcullis_model::route_filter::template::Segment::Literal(l) = s {
-            if HeaderValue::from_str(l).is_err() {
+            if HeaderValue::from_bytes(l.as_bytes()).is_err() {
                 return Err(format!(
                     "header {}: {:?} is not a valid header value",
                     spec.name, spec.value
@@ -139,7 +145,9 @@ fn json_edit(spec: &api::JsonEditSpec) -> Result<JsonEdit, String> {
                 .from
                 .as_deref()
                 .ok_or("move needs from")
-                .and_then(|f| JsonPointer::parse(f).map_err(|_| "move: from is not a JSON pointer"))?;
+                .and_then(|f| {
+                    JsonPointer::parse(f).map_err(|_| "move: from is not a JSON pointer")
+                })?;
             if from.tokens.is_empty() || path.tokens.is_empty() {
                 return Err("move: from and path must name members".into());
             }

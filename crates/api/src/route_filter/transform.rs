@@ -118,12 +118,12 @@ pub struct JsonEditSpec {
     /// Source pointer of `move`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    /// JSON value of `add` (`null` included).
     #[serde(
         default,
         deserialize_with = "present_value",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(schema_with = "any_json")]
     pub value: Option<serde_json::Value>,
     /// Template of `add`, rendered to a JSON string (instead of `value`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,6 +136,16 @@ fn present_value<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<serde_json::Value>, D::Error> {
     serde_json::Value::deserialize(d).map(Some)
+}
+
+/// Any JSON value: a structural CRD schema says so with
+/// `x-kubernetes-preserve-unknown-fields`.
+fn any_json(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "JSON value of `add` (any JSON, `null` included).",
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

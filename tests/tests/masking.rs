@@ -329,3 +329,93 @@ async fn invalid_masking_config_makes_the_rule_answer_500() {
     }
     assert_eq!(backend.count(), 0);
 }
+
+/// `examples/transform-masking` compiles without problems and answers as
+/// its comments say (listener and backend ports moved to free ones).
+#[tokio::test]
+async fn the_transform_and_masking_example_behaves_as_documented() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/transform-masking");
+    let (snapshot, problems) = portcullis_controller::file::load_dir(&dir);
+    assert!(problems.is_empty(), "{problems:?}");
+    let compiled = portcullis_controller::compile(
+        &snapshot,
+        &portcullis_controller::CompileOptions::default(),
+    );
+    for s in &compiled.statuses {
+        assert!(
+            s.problems.is_empty(),
+            "{}: {:?}",
+            s.display_name(),
+            s.problems
+        );
+    }
+
+    let echo = start_echo("echo").await;
+    let mut yaml = String::new();
+    for file in ["gateway.yaml", "filters.yaml", "routes.yaml"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("example file");
+        yaml.push_str("\n---\n");
+        yaml.push_str(
+            &text
+                .replace("port: 8080", "port: ${HTTP_PORT}")
+                .replace("port: 3000", &format!("port: {}", echo.port())),
+        );
+    }
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+
+    let answer = get(
+        &gw.url("HTTP_PORT", "/api/orders?customer=c42"),
+        "shop",
+        &[
+            ("x-card", "4111 1111 1111 1111"),
+            ("x-api-key", "s3cr3t"),
+            ("x-contact", "ann@example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.echoed_header("x-card").as_deref(),
+        Some("***************1111")
+    );
+    assert_eq!(
+        answer.echoed_header("x-contact").as_deref(),
+        Some("[email]")
+    );
+    assert_eq!(
+        answer.echoed_header("x-api-key").as_deref(),
+        Some("[key]"),
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.echoed_header("x-customer").as_deref(), Some("c42"));
+    assert_eq!(
+        answer.echoed_header("x-client").as_deref(),
+        Some("127.0.0.1 GET /api/orders")
+    );
+    assert_eq!(answer.echoed_header("x-forwarded-for"), None);
+    assert_eq!(
+        answer.echo()["gateway"],
+        json!({"name": "portcullis", "route": "api"})
+    );
+    assert!(answer.headers.contains_key("x-request-id"));
+
+    let xml = get(&gw.url("HTTP_PORT", "/xml/anything"), "shop", &[]).await;
+    assert_eq!(xml.status, 200);
+    let text = String::from_utf8_lossy(&xml.body);
+    assert!(
+        text.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?><echo>"),
+        "{text}"
+    );
+    assert!(text.contains("<path>/xml/anything</path>"), "{text}");
+
+    let head =
+        "POST /demo.Echo/Say HTTP/1.1\r\nhost: shop\r\ncontent-type: application/grpc-web+proto";
+    let resp = raw_http1(gw.port("HTTP_PORT"), head, &grpc_frame(b"hi")).await;
+    assert_eq!(resp.status, 200);
+    let frames = grpc_frames(&resp.body);
+    assert_eq!(frames[0], (0x00, Bytes::from_static(b"hi")));
+    assert_eq!(frames[1].0, 0x80);
+    assert!(frames[1].1.starts_with(b"grpc-status: 0\r\n"), "{frames:?}");
+}

@@ -452,3 +452,26 @@ mod tests {
         assert!(matches!(mask_text(&p, "nothing"), Cow::Borrowed(_)));
     }
 }
+#[cfg(test)]
+mod field_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn wildcard_pointers_reach_array_elements() {
+        let mut doc = json!({"headers": {"x-api-key": ["s3cr3t"], "other": ["x"]}});
+        let tokens: Vec<String> = ["headers", "x-api-key", "*"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(apply_field(
+            &mut doc,
+            &tokens,
+            &MaskAction::Replace("[key]".into())
+        ));
+        assert_eq!(
+            doc,
+            json!({"headers": {"x-api-key": ["[key]"], "other": ["x"]}})
+        );
+    }
+}

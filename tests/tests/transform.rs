@@ -484,9 +484,10 @@ async fn grpc_web_unary_calls_from_a_raw_http1_client_reach_an_h2c_grpc_backend(
     assert_eq!(resp.status, 200);
     assert_eq!(
         resp.header("content-type"),
-        Some("application/grpc-web-text")
+        Some("application/grpc-web-text+proto"),
+        "the backend's subtype"
     );
-    let decoded = STANDARD.decode(&resp.body).expect("base64 response body");
+    let decoded = STANDARD.decode(resp.body.as_slice()).expect("base64 response body");
     let frames = grpc_frames(&decoded);
     assert_eq!(frames[0], (0x00, Bytes::from_static(b"hello, bo")));
     assert_eq!(

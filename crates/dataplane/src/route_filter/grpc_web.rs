@@ -69,8 +69,21 @@ pub(crate) fn request(headers: &mut HeaderMap, body: Body, mode: Mode, suffix: &
     }
 }
 
-/// Rewrites the backend's gRPC response for a gRPC-Web client.
-pub(crate) fn response(headers: &mut HeaderMap, body: Body, mode: Mode, suffix: &str) -> Body {
+/// Rewrites the backend's gRPC response for a gRPC-Web client, keeping
+/// its subtype (`application/grpc+proto` -> `application/grpc-web+proto`).
+/// An answer that is not gRPC (an error page of a misconfigured backend)
+/// is relayed as it is.
+pub(crate) fn response(headers: &mut HeaderMap, body: Body, mode: Mode) -> Body {
+    let suffix = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .and_then(|media| strip_prefix_ignore_case(media.trim(), "application/grpc"))
+        .filter(|s| s.is_empty() || s.starts_with('+'))
+        .map(str::to_string);
+    let Some(suffix) = suffix else {
+        return body;
+    };
     let content_type = match mode {
         Mode::Binary => format!("application/grpc-web{suffix}"),
         Mode::Text => format!("application/grpc-web-text{suffix}"),

@@ -67,7 +67,7 @@ fn decode(s: &str) -> Cow<'_, str> {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
                 (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
+                    out.push((h << 4) | l);
                     i += 2;
                 }
                 _ => out.push(b'%'),

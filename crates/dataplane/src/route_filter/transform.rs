@@ -94,8 +94,8 @@ pub(crate) async fn response(
 ) -> Response<Body> {
     let (mut parts, mut body) = resp.into_parts();
     if config.grpc_web {
-        if let Some((mode, suffix)) = grpc_web::mode(&client.headers) {
-            body = grpc_web::response(&mut parts.headers, body, mode, suffix);
+        if let Some((mode, _)) = grpc_web::mode(&client.headers) {
+            body = grpc_web::response(&mut parts.headers, body, mode);
         }
     }
     edit_headers(&config.response, config, client, &mut parts.headers);

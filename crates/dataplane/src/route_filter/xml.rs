@@ -87,8 +87,7 @@ pub(crate) fn xml_to_json(xml: &[u8], max_depth: usize) -> Result<Value, Convert
             ))
         })?;
         match event {
-            Event::Start(start) | Event::Empty(start) if root.is_some() => {
-                let _ = start;
+            Event::Start(_) | Event::Empty(_) if root.is_some() => {
                 return Err(err("invalid XML: more than one root element"));
             }
             Event::Start(start) => {

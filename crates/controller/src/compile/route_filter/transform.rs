@@ -57,7 +57,7 @@ fn message(spec: &api::MessageTransformSpec) -> Result<MessageTransform, String>
         out.remove_headers = h
             .remove
             .iter()
-            .map(|n| header_name(n))
+            .map(|n| header_name(n.as_str()))
             .collect::<Result<_, _>>()?;
         out.set_headers = h
             .set

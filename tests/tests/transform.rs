@@ -487,7 +487,9 @@ async fn grpc_web_unary_calls_from_a_raw_http1_client_reach_an_h2c_grpc_backend(
         Some("application/grpc-web-text+proto"),
         "the backend's subtype"
     );
-    let decoded = STANDARD.decode(resp.body.as_slice()).expect("base64 response body");
+    let decoded = STANDARD
+        .decode(resp.body.as_slice())
+        .expect("base64 response body");
     let frames = grpc_frames(&decoded);
     assert_eq!(frames[0], (0x00, Bytes::from_static(b"hello, bo")));
     assert_eq!(

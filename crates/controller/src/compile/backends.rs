@@ -105,6 +105,7 @@ pub(crate) fn resolve(
         RouteKind::Grpc => AppProtocol::H2c,
         RouteKind::Http => app_protocol(service_port.app_protocol.as_deref()),
     };
+    let tls = index.backend_tls.get(&(key.clone(), port)).cloned();
     Ok(Arc::new(Backend {
         name: format!("{key}:{port}"),
         protocol,
@@ -114,6 +115,7 @@ pub(crate) fn resolve(
             .get(&(key.clone(), port))
             .cloned()
             .unwrap_or_default(),
+        tls,
     }))
 }
 

@@ -21,6 +21,9 @@ pub(crate) struct Index<'a> {
     /// BackendPolicy settings of Service ports, by Service and port number
     /// (filled by `backend_policy::service_settings`).
     pub backend_settings: HashMap<(ObjectKey, i32), Arc<BackendSettings>>,
+    /// BackendTLSPolicy TLS of Service ports, by Service and port number
+    /// (filled from `backend_tls::compile_policies`).
+    pub backend_tls: HashMap<(ObjectKey, i32), Arc<portcullis_model::BackendTls>>,
 }
 
 impl<'a> Index<'a> {
@@ -45,6 +48,7 @@ impl<'a> Index<'a> {
             snapshot,
             slices,
             backend_settings: HashMap::new(),
+            backend_tls: HashMap::new(),
         }
     }
 

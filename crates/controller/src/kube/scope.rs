@@ -7,8 +7,9 @@
 //! - *Dependent* objects are kept only while a kept source references
 //!   them ([`Need`]s, reference-counted by the store): Services and their
 //!   EndpointSlices (backendRefs, mirror backendRefs), Secrets (listener
-//!   certificateRefs), GatewayParameters (parametersRefs), ConfigMaps (none
-//!   referenced by compile yet).
+//!   certificateRefs, the backend client certificate), GatewayParameters
+//!   (parametersRefs), ConfigMaps and Secrets named by `caCertificateRefs`
+//!   (the Gateway's client certificate validation, BackendTLSPolicies).
 //! - Watches are namespaced where everything needed lives in one namespace
 //!   ([`watch_namespace`]): routes when every listener admits routes from
 //!   its own namespace only, dependents when their needs are in one
@@ -17,7 +18,9 @@
 //! Our policies are all kept (few; which ones apply is compile's question)
 //! and need every Secret and ConfigMap of their namespace ([`ANY`]): their
 //! compile hooks read them by name or by label selector.
-//! GatewayClasses, ReferenceGrants and Namespaces are few and small: kept.
+//! BackendTLSPolicies are kept whole too (which Services they target is
+//! compile's question). GatewayClasses, ReferenceGrants and Namespaces
+//! are few and small: kept.
 
 use std::collections::BTreeSet;
 
@@ -69,7 +72,8 @@ impl Role {
             | Kind::Gateway
             | Kind::HttpRoute
             | Kind::GrpcRoute
-            | Kind::Policy(_) => Role::Source,
+            | Kind::Policy(_)
+            | Kind::BackendTlsPolicy => Role::Source,
             Kind::Service
             | Kind::EndpointSlice
             | Kind::Secret
@@ -198,6 +202,48 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
                     }
                 }
             }
+            if let Some(tls) = &g.spec.tls {
+                let frontend = tls.frontend.as_ref();
+                let default = frontend
+                    .and_then(|f| f.default.validation.as_ref())
+                    .map(|v| &v.ca_certificate_refs);
+                for r in default.into_iter().flatten() {
+                    ca_need(
+                        &mut needs,
+                        &ns,
+                        &r.group,
+                        &r.kind,
+                        r.namespace.as_deref(),
+                        &r.name,
+                    );
+                }
+                let per_port = frontend.and_then(|f| f.per_port.as_ref());
+                for p in per_port.into_iter().flatten() {
+                    let refs = p.tls.validation.as_ref().map(|v| &v.ca_certificate_refs);
+                    for r in refs.into_iter().flatten() {
+                        ca_need(
+                            &mut needs,
+                            &ns,
+                            &r.group,
+                            &r.kind,
+                            r.namespace.as_deref(),
+                            &r.name,
+                        );
+                    }
+                }
+                let client = tls
+                    .backend
+                    .as_ref()
+                    .and_then(|b| b.client_certificate_ref.as_ref());
+                if let Some(r) = client {
+                    if r.group.as_deref().unwrap_or("").is_empty()
+                        && r.kind.as_deref().unwrap_or("Secret") == "Secret"
+                    {
+                        let namespace = r.namespace.clone().unwrap_or_else(|| ns.clone());
+                        needs.push((Kind::Secret, ObjectKey::new(namespace, r.name.clone())));
+                    }
+                }
+            }
             if let Some(r) = g
                 .spec
                 .infrastructure
@@ -215,6 +261,13 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
             }
         }
         KubeObject::Policy(_, p) => return needs_of_policy(&ObjectKey::of(&p.metadata)),
+        KubeObject::BackendTlsPolicy(p) => {
+            let ns = ObjectKey::of(&p.metadata).namespace;
+            let refs = p.spec.validation.ca_certificate_refs.iter().flatten();
+            for r in refs {
+                ca_need(&mut needs, &ns, &r.group, &r.kind, None, &r.name);
+            }
+        }
         KubeObject::HttpRoute(r) => return needs_of_http_route(r),
         KubeObject::GrpcRoute(r) => return needs_of_grpc_route(r),
         _ => {}
@@ -222,6 +275,24 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
     needs.sort();
     needs.dedup();
     needs
+}
+
+/// A `caCertificateRefs` entry: a core ConfigMap or Secret.
+fn ca_need(
+    needs: &mut Vec<Need>,
+    own_namespace: &str,
+    group: &str,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+) {
+    let kind = match (group, kind) {
+        ("", "ConfigMap") => Kind::ConfigMap,
+        ("", "Secret") => Kind::Secret,
+        _ => return,
+    };
+    let namespace = namespace.filter(|n| !n.is_empty()).unwrap_or(own_namespace);
+    needs.push((kind, ObjectKey::new(namespace, name)));
 }
 
 pub fn needs_of_http_route(route: &HttpRoute) -> Vec<Need> {

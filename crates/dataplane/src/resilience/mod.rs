@@ -193,11 +193,13 @@ impl BackendState {
         );
         let connection = ConnectionSettings::of(&settings);
         let clients = match previous {
-            Some(p) if p.clients.settings == connection => p.clients.clone(),
-            _ if connection == upstreams.default_pair().settings => {
+            Some(p) if p.clients.settings == connection && p.clients.tls == backend.tls => {
+                p.clients.clone()
+            }
+            _ if connection == upstreams.default_pair().settings && backend.tls.is_none() => {
                 upstreams.default_pair().clone()
             }
-            _ => ClientPair::new(&connection),
+            _ => ClientPair::with_tls(&connection, backend.tls.clone()),
         };
         let health = match (&settings.health_check, previous) {
             // Endpoints are marked healthy in `for_table`, once the
@@ -240,6 +242,7 @@ impl BackendState {
 
     fn unchanged(&self, backend: &Backend) -> bool {
         *self.settings == *backend.settings
+            && self.clients.tls == backend.tls
             && self.endpoints.len() == backend.endpoints.len()
             && self
                 .endpoints
@@ -356,6 +359,7 @@ mod tests {
             protocol: AppProtocol::Http1,
             endpoints: endpoints.to_vec(),
             settings: Arc::new(settings),
+            tls: None,
         });
         let rule = Arc::new(Rule {
             id: RuleId {

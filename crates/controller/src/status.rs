@@ -185,4 +185,7 @@ pub mod reasons {
     pub const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
     /// Gateway `spec.tls.backend.clientCertificateRef`.
     pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
+    /// Gateway condition type: some port uses `AllowInsecureFallback`.
+    pub const INSECURE_FRONTEND_VALIDATION_MODE: &str = "InsecureFrontendValidationMode";
+    pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
 }

@@ -499,6 +499,25 @@ pub(crate) fn gateway_status(g: &GatewayState<'_>) -> StatusUpdate {
             ),
         });
     }
+    // Gateway API asks for this warning whenever a port accepts clients
+    // whose certificates do not verify.
+    let insecure: Vec<_> = g
+        .listeners
+        .iter()
+        .filter(|l| l.client_validation.as_ref().is_some_and(|v| !v.required))
+        .map(|l| l.name.as_str())
+        .collect();
+    if !insecure.is_empty() {
+        conditions.push(Condition::new(
+            reasons::INSECURE_FRONTEND_VALIDATION_MODE,
+            true,
+            reasons::CONFIGURATION_CHANGED,
+            format!(
+                "listeners {} accept clients without a valid certificate (AllowInsecureFallback)",
+                insecure.join(", ")
+            ),
+        ));
+    }
     StatusUpdate {
         kind: StatusKind::Gateway,
         namespace: Some(g.key.namespace.clone()),

@@ -2,11 +2,13 @@
 //! not scan every object of its kind: with thousands of routes, each
 //! referring to its own Service, a scan per reference is quadratic.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use portcullis_model::backend_policy::BackendSettings;
+use portcullis_model::route_filter::RouteFilterConfig;
 
 use crate::snapshot::{ObjectKey, Snapshot};
 
@@ -24,7 +26,11 @@ pub(crate) struct Index<'a> {
     /// BackendTLSPolicy TLS of Service ports, by Service and port number
     /// (filled from `backend_tls::compile_policies`).
     pub backend_tls: HashMap<(ObjectKey, i32), Arc<portcullis_model::BackendTls>>,
+    /// RouteFilters compiled so far (many rules may share one).
+    pub route_filters: RefCell<HashMap<ObjectKey, RouteFilterResult>>,
 }
+
+pub(crate) type RouteFilterResult = Result<Arc<RouteFilterConfig>, super::route_filter::Unusable>;
 
 impl<'a> Index<'a> {
     pub fn new(snapshot: &'a Snapshot) -> Index<'a> {
@@ -49,6 +55,7 @@ impl<'a> Index<'a> {
             slices,
             backend_settings: HashMap::new(),
             backend_tls: HashMap::new(),
+            route_filters: RefCell::default(),
         }
     }
 

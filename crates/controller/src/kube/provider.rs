@@ -261,6 +261,26 @@ impl KubeProvider {
                 None,
             ));
         }
+        {
+            let gvk = kube::api::GroupVersionKind::gvk(
+                portcullis_api::parameters::GROUP,
+                portcullis_api::PolicyKind::VERSION,
+                portcullis_api::route_filter::KIND,
+            );
+            let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "routefilters");
+            let client = client.clone();
+            let make_api: MakeApi<DynamicObject> = Box::new(move |namespace| match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            });
+            tasks.push(w.start::<DynamicObject>(
+                make_api,
+                all(),
+                Kind::RouteFilter,
+                |o| KubeObject::RouteFilter(policy_object(o)),
+                None,
+            ));
+        }
         handle
     }
 }
@@ -329,7 +349,7 @@ impl Watch {
         // but clusters with older Gateway API installs lack it.
         let optional = matches!(
             kind,
-            Kind::GatewayParameters | Kind::Policy(_) | Kind::BackendTlsPolicy
+            Kind::GatewayParameters | Kind::Policy(_) | Kind::RouteFilter | Kind::BackendTlsPolicy
         );
         let mut scope = scope.unwrap_or_else(|| fixed_scope(None));
         tokio::spawn(async move {

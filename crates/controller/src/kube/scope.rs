@@ -15,12 +15,12 @@
 //!   its own namespace only, dependents when their needs are in one
 //!   namespace.
 //!
-//! Our policies are all kept (few; which ones apply is compile's question)
-//! and need every Secret and ConfigMap of their namespace ([`ANY`]): their
-//! compile hooks read them by name or by label selector.
+//! Our policies and RouteFilters are all kept (few; which ones apply is
+//! compile's question) and need every Secret and ConfigMap of their
+//! namespace ([`ANY`]): their compile hooks read them by name or by label
+//! selector.
 //! BackendTLSPolicies are kept whole too (which Services they target is
-//! compile's question). GatewayClasses, ReferenceGrants and Namespaces
-//! are few and small: kept.
+//! compile's question). GatewayClasses, ReferenceGrants and Namespaces are few and small: kept.
 
 use std::collections::BTreeSet;
 
@@ -73,6 +73,7 @@ impl Role {
             | Kind::HttpRoute
             | Kind::GrpcRoute
             | Kind::Policy(_)
+            | Kind::RouteFilter
             | Kind::BackendTlsPolicy => Role::Source,
             Kind::Service
             | Kind::EndpointSlice
@@ -260,7 +261,9 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
                 }
             }
         }
-        KubeObject::Policy(_, p) => return needs_of_policy(&ObjectKey::of(&p.metadata)),
+        KubeObject::Policy(_, p) | KubeObject::RouteFilter(p) => {
+            return needs_of_policy(&ObjectKey::of(&p.metadata))
+        }
         KubeObject::BackendTlsPolicy(p) => {
             let ns = ObjectKey::of(&p.metadata).namespace;
             let refs = p.spec.validation.ca_certificate_refs.iter().flatten();

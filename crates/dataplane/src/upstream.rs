@@ -288,7 +288,7 @@ impl tower_service::Service<Uri> for LimitedConnector {
                 Some(tls) => {
                     let tls_stream = tls.handshake(tcp.into_inner()).await?;
                     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    Stream::Tls(TokioIo::new(tls_stream), h2)
+                    Stream::Tls(Box::new(TokioIo::new(tls_stream)), h2)
                 }
             };
             Ok(LimitedIo {
@@ -308,7 +308,11 @@ pub struct LimitedIo {
 /// Plain TCP, or TLS over it (and whether ALPN chose h2).
 enum Stream {
     Plain(TokioIo<TcpStream>),
-    Tls(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, bool),
+    /// Boxed: a TLS session is a kilobyte, a TCP stream a few words.
+    Tls(
+        Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>,
+        bool,
+    ),
 }
 
 impl Connection for LimitedIo {
@@ -333,7 +337,10 @@ macro_rules! io_call {
     ($self:ident, $io:ident => $call:expr) => {
         match &mut $self.io {
             Stream::Plain($io) => $call,
-            Stream::Tls($io, _) => $call,
+            Stream::Tls(boxed, _) => {
+                let $io = &mut **boxed;
+                $call
+            }
         }
     };
 }

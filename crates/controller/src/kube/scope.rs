@@ -470,6 +470,46 @@ mod tests {
     }
 
     #[test]
+    fn ca_bundles_and_the_backend_client_certificate_are_needed() {
+        let gateway = object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "infra"},
+            "spec": {"gatewayClassName": "c",
+                "tls": {
+                    "backend": {"clientCertificateRef": {"name": "client"}},
+                    "frontend": {
+                        "default": {"validation": {"caCertificateRefs": [
+                            {"group": "", "kind": "ConfigMap", "name": "ca"}]}},
+                        "perPort": [{"port": 8443, "tls": {"validation": {"caCertificateRefs": [
+                            {"group": "", "kind": "Secret", "name": "ca2", "namespace": "certs"},
+                            {"group": "", "kind": "Service", "name": "not-a-bundle"}]}}}]
+                    }
+                },
+                "listeners": [{"name": "a", "port": 443, "protocol": "HTTPS"}]}
+        }));
+        assert_eq!(
+            needs_of(&gateway),
+            [
+                (Kind::Secret, ObjectKey::new("certs", "ca2")),
+                (Kind::Secret, ObjectKey::new("infra", "client")),
+                (Kind::ConfigMap, ObjectKey::new("infra", "ca")),
+            ]
+        );
+        let policy = object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": "p", "namespace": "apps"},
+            "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                "validation": {"hostname": "web.internal", "caCertificateRefs": [
+                    {"group": "", "kind": "ConfigMap", "name": "web-ca"}]}}
+        }));
+        assert!(filter().keeps_source(&policy));
+        assert_eq!(
+            needs_of(&policy),
+            [(Kind::ConfigMap, ObjectKey::new("apps", "web-ca"))]
+        );
+    }
+
+    #[test]
     fn endpoint_slices_are_needed_through_their_service() {
         let slice = object(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",

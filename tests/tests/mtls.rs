@@ -5,6 +5,7 @@
 //! certificate.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -326,9 +327,20 @@ async fn the_identity_header_is_forwarded_when_configured_and_a_spoofed_one_is_s
 
 // ------------------------------------------------------------ backend TLS
 
-/// A TLS backend: answers 200 with `sni=<name> client=<subject|none>` and
-/// requires a client certificate of `client_ca` when given.
+/// A TLS backend: answers 200 with `sni=<name> client=<presented|none>`
+/// and requires a client certificate of `client_ca` when given.
 async fn start_tls_backend(cert: (String, String), client_ca: Option<&TestPki>) -> SocketAddr {
+    start_counting_tls_backend(cert, client_ca).await.0
+}
+
+/// [`start_tls_backend`], also counting the requests for `/healthz` (which
+/// can only arrive over TLS).
+async fn start_counting_tls_backend(
+    cert: (String, String),
+    client_ca: Option<&TestPki>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let health_hits = Arc::new(AtomicUsize::new(0));
+    let hits = health_hits.clone();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -366,6 +378,7 @@ async fn start_tls_backend(cert: (String, String), client_ca: Option<&TestPki>) 
                 return;
             };
             let acceptor = acceptor.clone();
+            let hits = hits.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
@@ -378,8 +391,11 @@ async fn start_tls_backend(cert: (String, String), client_ca: Option<&TestPki>) 
                     .map(|_| "presented")
                     .unwrap_or("none");
                 let body = format!("sni={sni} client={client}");
-                let service = service_fn(move |_req| {
+                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let body = body.clone();
+                    if req.uri().path() == "/healthz" {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                    }
                     async move {
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
                             Bytes::from(body),
@@ -392,7 +408,7 @@ async fn start_tls_backend(cert: (String, String), client_ca: Option<&TestPki>) 
             });
         }
     });
-    addr
+    (addr, health_hits)
 }
 
 fn backend_tls_policy(name: &str, validation: &str) -> String {
@@ -622,4 +638,48 @@ async fn the_gateway_presents_its_backend_client_certificate() {
     gw.reconfigure(&plain_gateway(backend, "", &extra)).await;
     let refused = get(&gw.url("HTTP_PORT", "/"), HOST, &[]).await;
     assert_eq!(refused.status, 502);
+}
+
+#[tokio::test]
+async fn http_health_checks_of_a_tls_backend_speak_tls() {
+    let backend_pki = TestPki::new();
+    let (backend, health_hits) =
+        start_counting_tls_backend(backend_pki.server_cert(&["secure.internal"]), None).await;
+    let extra = format!(
+        "{}{}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: health, namespace: default}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: secure}}]
+  defaults:
+    healthCheck: {{interval: 50ms, timeout: 1s, jitter: 10ms, unhealthyThreshold: 1, healthyThreshold: 1, http: {{path: /healthz}}}}
+",
+        ca_config_map("backend-ca", &backend_pki.ca_cert.pem()),
+        backend_tls_policy(
+            "secure",
+            "    caCertificateRefs: [{group: \"\", kind: ConfigMap, name: backend-ca}]
+    hostname: secure.internal"
+        )
+    );
+    let gw = TestGateway::start(&plain_gateway(backend, "", &extra), &["HTTP_PORT"]).await;
+    // Probes only reach the HTTP layer through a TLS handshake.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while health_hits.load(Ordering::SeqCst) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no health probe reached the TLS backend"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let state = gw.running.dataplane.shared.current();
+    let backend_state = state
+        .backends
+        .get("default/secure:80")
+        .expect("backend state");
+    let endpoint = backend_state.endpoint(backend).expect("endpoint");
+    assert!(endpoint.is_healthy(), "probes over TLS pass");
+    let ok = get(&gw.url("HTTP_PORT", "/"), HOST, &[]).await;
+    assert_eq!(ok.status, 200);
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use portcullis_model::backend_policy::BackendSettings;
-use portcullis_model::{Backend, BackendTarget, Filter, RouteTable};
+use portcullis_model::{AppProtocol, Backend, BackendTarget, Filter, RouteTable};
 
 use crate::lb::{hash64, Balancer, PickInput};
 use crate::upstream::{ClientPair, ConnectionSettings, Upstreams};
@@ -209,11 +209,19 @@ impl BackendState {
             (None, _) => None,
             (Some(check), Some(p))
                 if p.settings.health_check.as_ref() == Some(check)
+                    && p.clients.tls == backend.tls
                     && same_addrs(&p.endpoints, &endpoints) =>
             {
                 p.health.clone()
             }
-            (Some(check), _) => health::HealthChecker::start(&backend.name, check, &endpoints),
+            (Some(check), _) => {
+                // HTTP probes speak TLS to a backend with a BackendTLSPolicy.
+                let tls = backend
+                    .tls
+                    .as_ref()
+                    .map(|t| Arc::new(crate::backend_tls::TlsConnect::new(t, AppProtocol::Http1)));
+                health::HealthChecker::start(&backend.name, check, &endpoints, tls)
+            }
         };
         let session_tokens = endpoints
             .iter()

@@ -494,9 +494,13 @@ pub struct RequestSeries {
     port: u16,
     route: Arc<str>,
     backend: Arc<str>,
-    slots: [[OnceLock<(Counter, Histogram)>; StatusClass::ALL]; MethodClass::ALL],
+    /// Allocated on the first request: with thousands of routes most
+    /// series of a table may never see one.
+    slots: OnceLock<Box<Slots>>,
     upstream: OnceLock<Histogram>,
 }
+
+type Slots = [[OnceLock<(Counter, Histogram)>; StatusClass::ALL]; MethodClass::ALL];
 
 impl RequestSeries {
     fn new(port: u16, route: Arc<str>, backend: Arc<str>) -> RequestSeries {
@@ -504,7 +508,7 @@ impl RequestSeries {
             port,
             route,
             backend,
-            slots: Default::default(),
+            slots: OnceLock::new(),
             upstream: OnceLock::new(),
         }
     }
@@ -533,7 +537,8 @@ impl RequestSeries {
 
     /// Counts one finished request and its duration.
     pub fn record(&self, method: MethodClass, status: StatusClass, elapsed: Duration) {
-        let (count, duration) = self.slots[method as usize][status.index()].get_or_init(|| {
+        let slots = self.slots.get_or_init(Box::default);
+        let (count, duration) = slots[method as usize][status.index()].get_or_init(|| {
             let labels = RequestLabels {
                 port: self.port,
                 route: self.route.clone(),

@@ -124,13 +124,19 @@ impl Backend {
 /// RouteFilter `default/cache` with `cache` (YAML, indented by 4), plus
 /// whatever `extra` adds.
 async fn gateway_with(cache: &str, extra: &str) -> (TestGateway, Backend) {
+    gateway_named("cache", cache, extra).await
+}
+
+/// [`gateway_with`] with RouteFilter `default/<name>`: metrics are
+/// process-wide, so a test reading them uses a name of its own.
+async fn gateway_named(name: &str, cache: &str, extra: &str) -> (TestGateway, Backend) {
     let (backend, addr) = Backend::start().await;
     let yaml = format!(
         "{}{}
 ---
 apiVersion: portcullis.dev/v1alpha1
 kind: RouteFilter
-metadata: {{name: cache, namespace: default}}
+metadata: {{name: {name}, namespace: default}}
 spec:
   cache:
 {cache}
@@ -143,7 +149,7 @@ spec:
   rules:
   - filters:
     - type: ExtensionRef
-      extensionRef: {{group: portcullis.dev, kind: RouteFilter, name: cache}}
+      extensionRef: {{group: portcullis.dev, kind: RouteFilter, name: {name}}}
     backendRefs: [{{name: backend, port: 80}}]
 {extra}",
         gateway(PLAIN_LISTENER),
@@ -189,7 +195,7 @@ async fn metric(gw: &TestGateway, series: &str) -> f64 {
 
 #[tokio::test]
 async fn a_fresh_response_is_served_from_the_cache_with_its_age() {
-    let (gw, backend) = default_gateway().await;
+    let (gw, backend) = gateway_named("fresh", "    coalesceTimeout: 10s", "").await;
     let target = "/r/fresh?cc=max-age%3D300";
     let first = fetch(&gw, "GET", target, &[]).await;
     assert_eq!(first.status, StatusCode::OK);
@@ -206,8 +212,8 @@ async fn a_fresh_response_is_served_from_the_cache_with_its_age() {
     // Another query is another resource.
     let other = fetch(&gw, "GET", "/r/fresh?cc=max-age%3D300&x=1", &[]).await;
     assert_eq!(x_cache(&other), "MISS");
-    assert_eq!(metric(&gw, "portcullis_cache_requests_total{filter=\"default/cache\",result=\"hit\"}").await, 1.0);
-    assert_eq!(metric(&gw, "portcullis_cache_requests_total{filter=\"default/cache\",result=\"miss\"}").await, 2.0);
+    assert_eq!(metric(&gw, "portcullis_cache_requests_total{filter=\"default/fresh\",result=\"hit\"}").await, 1.0);
+    assert_eq!(metric(&gw, "portcullis_cache_requests_total{filter=\"default/fresh\",result=\"miss\"}").await, 2.0);
 }
 
 #[tokio::test]
@@ -318,7 +324,7 @@ async fn concurrent_identical_misses_reach_the_backend_once() {
 
 #[tokio::test]
 async fn the_least_recently_used_entries_are_evicted_within_the_memory_bound() {
-    let (gw, backend) = gateway_with("    maxBytes: 20000\n    maxObjectBytes: 5000", "").await;
+    let (gw, backend) = gateway_named("bounded", "    maxBytes: 20000\n    maxObjectBytes: 5000", "").await;
     let target = |i: usize| format!("/r/big{i}?cc=max-age%3D300&size=4000");
     for i in 0..4 {
         assert_eq!(x_cache(&fetch(&gw, "GET", &target(i), &[]).await), "MISS");
@@ -328,9 +334,9 @@ async fn the_least_recently_used_entries_are_evicted_within_the_memory_bound() {
     for i in 4..8 {
         fetch(&gw, "GET", &target(i), &[]).await;
     }
-    let bytes = metric(&gw, "portcullis_cache_bytes{filter=\"default/cache\"}").await;
+    let bytes = metric(&gw, "portcullis_cache_bytes{filter=\"default/bounded\"}").await;
     assert!(bytes > 0.0 && bytes <= 20000.0, "reported {bytes} bytes for a 20000-byte bound");
-    assert!(metric(&gw, "portcullis_cache_evictions_total{filter=\"default/cache\"}").await >= 4.0);
+    assert!(metric(&gw, "portcullis_cache_evictions_total{filter=\"default/bounded\"}").await >= 4.0);
     assert_eq!(x_cache(&fetch(&gw, "GET", &target(7), &[]).await), "HIT", "newest kept");
     assert_eq!(x_cache(&fetch(&gw, "GET", &target(1), &[]).await), "MISS", "oldest evicted");
     assert_eq!(backend.count(&target(1)), 2);

@@ -162,3 +162,44 @@ async fn the_version_in_the_accept_header_routes_to_that_version() {
     assert_eq!(unversioned.status, StatusCode::NOT_FOUND);
     assert_eq!(recorder.count(), 1);
 }
+
+/// `examples/api-management/cache-versioning` compiles without problems
+/// and answers as its comments say (ports moved to free ones).
+#[tokio::test]
+async fn the_cache_and_versioning_example_behaves_as_documented() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/api-management/cache-versioning");
+    let (snapshot, problems) = portcullis_controller::file::load_dir(&dir);
+    assert!(problems.is_empty(), "{problems:?}");
+    let compiled = portcullis_controller::compile(
+        &snapshot,
+        &portcullis_controller::CompileOptions::default(),
+    );
+    for s in &compiled.statuses {
+        assert!(s.problems.is_empty(), "{}: {:?}", s.display_name(), s.problems);
+    }
+    let echo = start_echo("echo").await;
+    let mut yaml = String::new();
+    for file in ["gateway.yaml", "routefilters.yaml", "routes.yaml"] {
+        let text = std::fs::read_to_string(dir.join(file)).expect("example file");
+        yaml.push_str("\n---\n");
+        yaml.push_str(
+            &text
+                .replace("port: 8080", "port: ${HTTP_PORT}")
+                .replace("port: 3000", &format!("port: {}", echo.port())),
+        );
+    }
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    let url = |path: &str| gw.url("HTTP_PORT", path);
+    let cache = |a: &Answer| a.headers.get("x-cache").map(|v| v.to_str().expect("ascii").to_string());
+    let first = get(&url("/v2/products?page=1&utm=x"), HOST, &[]).await;
+    assert_eq!(cache(&first).as_deref(), Some("MISS"));
+    let second = get(&url("/v2/products?utm=y&page=1"), HOST, &[]).await;
+    assert_eq!(cache(&second).as_deref(), Some("HIT"));
+    let by_accept = get(&url("/products"), HOST, &[("accept", "application/vnd.example+json; version=2")]).await;
+    assert_eq!(by_accept.status, StatusCode::OK);
+    assert!(by_accept.headers.get("x-cache").is_some(), "the v2 rule, with its cache");
+    let v1 = get(&url("/v1/products"), HOST, &[]).await;
+    assert_eq!(values(&v1, "deprecation"), ["@1767225600"]);
+    assert_eq!(get(&url("/v0/products"), HOST, &[]).await.status, StatusCode::GONE);
+}

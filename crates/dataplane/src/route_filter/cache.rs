@@ -307,6 +307,7 @@ where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Result<Response<Body>, ProxyError>>,
 {
+    state.store.series(filter).record(CacheResult::bypass);
     let resp = next(req).await?;
     let safe = matches!(client.method, Method::OPTIONS | Method::TRACE | Method::CONNECT);
     if !safe && (resp.status().is_success() || resp.status().is_redirection()) {

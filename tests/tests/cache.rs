@@ -30,7 +30,9 @@ struct Backend {
 
 impl Backend {
     async fn start() -> (Backend, SocketAddr) {
-        let listener = TcpListener::bind((LOOPBACK, 0)).await.expect("bind backend");
+        let listener = TcpListener::bind((LOOPBACK, 0))
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("backend address");
         let backend = Backend::default();
         let b = backend.clone();
@@ -52,10 +54,18 @@ impl Backend {
     }
 
     async fn answer(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
         let n = {
             let mut seen = self.seen.lock().expect("backend lock");
-            seen.push((req.method().to_string(), target.clone(), req.headers().clone()));
+            seen.push((
+                req.method().to_string(),
+                target.clone(),
+                req.headers().clone(),
+            ));
             seen.iter().filter(|(_, t, _)| *t == target).count()
         };
         let params: HashMap<String, String> = req
@@ -64,7 +74,12 @@ impl Backend {
             .unwrap_or("")
             .split('&')
             .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.replace("%3D", "=").replace("%2C", ",").replace('+', " ")))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.replace("%3D", "=").replace("%2C", ",").replace('+', " "),
+                )
+            })
             .collect();
         if let Some(ms) = params.get("delay").and_then(|d| d.parse().ok()) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -101,7 +116,9 @@ impl Backend {
             Some(size) => format!("{n:<size$}").into_bytes(),
             None => format!("{} {target} #{n} {lang}", req.method()).into_bytes(),
         };
-        builder.body(Full::new(Bytes::from(body))).expect("response")
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .expect("response")
     }
 
     /// Requests that reached the backend for exactly this path and query.
@@ -170,7 +187,11 @@ async fn fetch(gw: &TestGateway, method: &str, target: &str, headers: &[(&str, &
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    send(&http1_client(), builder.body(Full::new(Bytes::new())).expect("request")).await
+    send(
+        &http1_client(),
+        builder.body(Full::new(Bytes::new())).expect("request"),
+    )
+    .await
 }
 
 fn header<'a>(a: &'a Answer, name: &str) -> &'a str {
@@ -189,7 +210,10 @@ async fn metric(gw: &TestGateway, series: &str) -> f64 {
     let text = get(&gw.admin_url("/metrics"), "admin", &[]).await.body;
     String::from_utf8_lossy(&text)
         .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
@@ -200,26 +224,49 @@ async fn a_fresh_response_is_served_from_the_cache_with_its_age() {
     let first = fetch(&gw, "GET", target, &[]).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(x_cache(&first), "MISS");
-    assert_eq!(header(&first, "cache-status"), "portcullis; fwd=uri-miss; stored");
+    assert_eq!(
+        header(&first, "cache-status"),
+        "portcullis; fwd=uri-miss; stored"
+    );
     let second = fetch(&gw, "GET", target, &[]).await;
     assert_eq!(x_cache(&second), "HIT");
     assert_eq!(header(&second, "cache-status"), "portcullis; hit");
     assert_eq!(second.body, first.body);
     assert_eq!(header(&second, "cache-control"), "max-age=300");
-    let age: u64 = header(&second, "age").parse().expect("Age is delta-seconds");
+    let age: u64 = header(&second, "age")
+        .parse()
+        .expect("Age is delta-seconds");
     assert!(age < 300);
     assert_eq!(backend.count(target), 1);
     // Another query is another resource.
     let other = fetch(&gw, "GET", "/r/fresh?cc=max-age%3D300&x=1", &[]).await;
     assert_eq!(x_cache(&other), "MISS");
-    assert_eq!(metric(&gw, "portcullis_cache_requests_total{filter=\"default/fresh\",result=\"hit\"}").await, 1.0);
-    assert_eq!(metric(&gw, "portcullis_cache_requests_total{filter=\"default/fresh\",result=\"miss\"}").await, 2.0);
+    assert_eq!(
+        metric(
+            &gw,
+            "portcullis_cache_requests_total{filter=\"default/fresh\",result=\"hit\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "portcullis_cache_requests_total{filter=\"default/fresh\",result=\"miss\"}"
+        )
+        .await,
+        2.0
+    );
 }
 
 #[tokio::test]
 async fn no_store_and_uncacheable_responses_always_reach_the_backend() {
     let (gw, backend) = default_gateway().await;
-    for target in ["/r/ns?cc=no-store%2C+max-age%3D300", "/r/plain", "/r/private-anonymous?cc=private%2C+max-age%3D60"] {
+    for target in [
+        "/r/ns?cc=no-store%2C+max-age%3D300",
+        "/r/plain",
+        "/r/private-anonymous?cc=private%2C+max-age%3D60",
+    ] {
         for _ in 0..2 {
             let a = fetch(&gw, "GET", target, &[]).await;
             assert_eq!(a.status, StatusCode::OK);
@@ -242,13 +289,23 @@ async fn a_stale_entry_is_revalidated_and_a_304_refreshes_it() {
     let second = fetch(&gw, "GET", target, &[]).await;
     assert_eq!(x_cache(&second), "REVALIDATED");
     assert_eq!(second.status, StatusCode::OK);
-    assert_eq!(second.body, first.body, "the stored body, not the empty 304");
     assert_eq!(
-        backend.last_headers(target).get("if-none-match").map(|v| v.as_bytes()),
+        second.body, first.body,
+        "the stored body, not the empty 304"
+    );
+    assert_eq!(
+        backend
+            .last_headers(target)
+            .get("if-none-match")
+            .map(|v| v.as_bytes()),
         Some(&b"\"v1\""[..]),
         "revalidation is a conditional request upstream"
     );
-    assert_eq!(header(&second, "cache-control"), "max-age=300", "headers updated from the 304");
+    assert_eq!(
+        header(&second, "cache-control"),
+        "max-age=300",
+        "headers updated from the 304"
+    );
 
     let third = fetch(&gw, "GET", target, &[]).await;
     assert_eq!(x_cache(&third), "HIT");
@@ -277,7 +334,13 @@ async fn conditional_client_requests_are_answered_304_from_the_cache() {
     let changed = fetch(&gw, "GET", target, &[("if-none-match", "\"v6\"")]).await;
     assert_eq!(changed.status, StatusCode::OK);
     assert!(!changed.body.is_empty());
-    let older = fetch(&gw, "GET", target, &[("if-modified-since", "Fri, 01 Aug 2025 10:00:00 GMT")]).await;
+    let older = fetch(
+        &gw,
+        "GET",
+        target,
+        &[("if-modified-since", "Fri, 01 Aug 2025 10:00:00 GMT")],
+    )
+    .await;
     assert_eq!(older.status, StatusCode::OK);
     assert_eq!(backend.count(target), 1);
 }
@@ -317,14 +380,23 @@ async fn concurrent_identical_misses_reach_the_backend_once() {
     let answers = futures_util::future::join_all(requests).await;
     assert!(answers.iter().all(|a| a.status == StatusCode::OK));
     assert!(answers.iter().all(|a| a.body == answers[0].body));
-    assert_eq!(backend.count(target), 1, "20 concurrent misses, one backend request");
+    assert_eq!(
+        backend.count(target),
+        1,
+        "20 concurrent misses, one backend request"
+    );
     let misses = answers.iter().filter(|a| x_cache(a) == "MISS").count();
     assert_eq!(misses, 1);
 }
 
 #[tokio::test]
 async fn the_least_recently_used_entries_are_evicted_within_the_memory_bound() {
-    let (gw, backend) = gateway_named("bounded", "    maxBytes: 20000\n    maxObjectBytes: 5000", "").await;
+    let (gw, backend) = gateway_named(
+        "bounded",
+        "    maxBytes: 20000\n    maxObjectBytes: 5000",
+        "",
+    )
+    .await;
     let target = |i: usize| format!("/r/big{i}?cc=max-age%3D300&size=4000");
     for i in 0..4 {
         assert_eq!(x_cache(&fetch(&gw, "GET", &target(i), &[]).await), "MISS");
@@ -335,10 +407,28 @@ async fn the_least_recently_used_entries_are_evicted_within_the_memory_bound() {
         fetch(&gw, "GET", &target(i), &[]).await;
     }
     let bytes = metric(&gw, "portcullis_cache_bytes{filter=\"default/bounded\"}").await;
-    assert!(bytes > 0.0 && bytes <= 20000.0, "reported {bytes} bytes for a 20000-byte bound");
-    assert!(metric(&gw, "portcullis_cache_evictions_total{filter=\"default/bounded\"}").await >= 4.0);
-    assert_eq!(x_cache(&fetch(&gw, "GET", &target(7), &[]).await), "HIT", "newest kept");
-    assert_eq!(x_cache(&fetch(&gw, "GET", &target(1), &[]).await), "MISS", "oldest evicted");
+    assert!(
+        bytes > 0.0 && bytes <= 20000.0,
+        "reported {bytes} bytes for a 20000-byte bound"
+    );
+    assert!(
+        metric(
+            &gw,
+            "portcullis_cache_evictions_total{filter=\"default/bounded\"}"
+        )
+        .await
+            >= 4.0
+    );
+    assert_eq!(
+        x_cache(&fetch(&gw, "GET", &target(7), &[]).await),
+        "HIT",
+        "newest kept"
+    );
+    assert_eq!(
+        x_cache(&fetch(&gw, "GET", &target(1), &[]).await),
+        "MISS",
+        "oldest evicted"
+    );
     assert_eq!(backend.count(&target(1)), 2);
     // Larger than maxObjectBytes: passed through whole, never stored.
     let big = "/r/huge?cc=max-age%3D300&size=6000";
@@ -389,7 +479,11 @@ async fn a_private_response_is_never_served_to_another_identity() {
     let a1 = fetch(&gw, "GET", target, &[("x-api-key", KEY_A)]).await;
     assert_eq!((a1.status, x_cache(&a1)), (StatusCode::OK, "MISS"));
     let b1 = fetch(&gw, "GET", target, &[("x-api-key", KEY_B)]).await;
-    assert_eq!(x_cache(&b1), "MISS", "team-b must not get team-a's private response");
+    assert_eq!(
+        x_cache(&b1),
+        "MISS",
+        "team-b must not get team-a's private response"
+    );
     assert_ne!(b1.body, a1.body);
     let a2 = fetch(&gw, "GET", target, &[("x-api-key", KEY_A)]).await;
     let b2 = fetch(&gw, "GET", target, &[("x-api-key", KEY_B)]).await;
@@ -403,7 +497,10 @@ async fn a_private_response_is_never_served_to_another_identity() {
     let b = fetch(&gw, "GET", shared, &[("x-api-key", KEY_B)]).await;
     assert_eq!(x_cache(&b), "HIT");
     // Unauthenticated requests never reach the cache.
-    assert_eq!(fetch(&gw, "GET", target, &[]).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        fetch(&gw, "GET", target, &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -414,7 +511,10 @@ async fn key_identity_partitions_every_entry_by_consumer() {
     fetch(&gw, "GET", target, &[("x-api-key", KEY_A)]).await;
     let b = fetch(&gw, "GET", target, &[("x-api-key", KEY_B)]).await;
     assert_eq!(x_cache(&b), "MISS");
-    assert_eq!(x_cache(&fetch(&gw, "GET", target, &[("x-api-key", KEY_A)]).await), "HIT");
+    assert_eq!(
+        x_cache(&fetch(&gw, "GET", target, &[("x-api-key", KEY_A)]).await),
+        "HIT"
+    );
     assert_eq!(backend.count(target), 2);
 }
 
@@ -427,9 +527,10 @@ async fn the_admin_api_purges_entries_by_key_prefix() {
         fetch(&gw, "GET", t, &[]).await;
         assert_eq!(x_cache(&fetch(&gw, "GET", t, &[]).await), "HIT");
     }
-    let purge = Request::post(gw.admin_url("/cache/purge?prefix=default/cache+example.com/r/purge/"))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
+    let purge =
+        Request::post(gw.admin_url("/cache/purge?prefix=default/cache+example.com/r/purge/"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
     let answer = send(&http1_client(), purge).await;
     assert_eq!(answer.status, StatusCode::OK);
     let report: serde_json::Value = serde_json::from_slice(&answer.body).expect("json");
@@ -477,7 +578,11 @@ async fn head_is_answered_from_the_get_entry() {
 
 #[tokio::test]
 async fn the_filter_ttl_applies_when_the_backend_gives_no_lifetime() {
-    let (gw, backend) = gateway_with("    ttl: 5m\n    key: {query: Include, queryParams: [id], sortQuery: true}", "").await;
+    let (gw, backend) = gateway_with(
+        "    ttl: 5m\n    key: {query: Include, queryParams: [id], sortQuery: true}",
+        "",
+    )
+    .await;
     fetch(&gw, "GET", "/r/ttl?id=1&utm=a", &[]).await;
     let again = fetch(&gw, "GET", "/r/ttl?utm=b&id=1", &[]).await;
     assert_eq!(x_cache(&again), "HIT", "only id is part of the key");

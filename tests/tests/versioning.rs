@@ -121,10 +121,17 @@ async fn a_retired_version_answers_410_naming_its_successor() {
     let body: serde_json::Value = serde_json::from_slice(&a.body).expect("problem json");
     assert_eq!(body["status"], 410);
     assert_eq!(body["successor"], "/v2/");
-    assert_eq!(body["detail"], "This API version has been retired; use /v2/ instead.");
+    assert_eq!(
+        body["detail"],
+        "This API version has been retired; use /v2/ instead."
+    );
     assert_eq!(values(&a, "deprecation"), ["true"]);
     assert_eq!(values(&a, "link"), ["</v2/>; rel=\"successor-version\""]);
-    assert_eq!(recorder.count(), 0, "a retired version never reaches the backend");
+    assert_eq!(
+        recorder.count(),
+        0,
+        "a retired version never reaches the backend"
+    );
 }
 
 #[tokio::test]
@@ -176,7 +183,12 @@ async fn the_cache_and_versioning_example_behaves_as_documented() {
         &portcullis_controller::CompileOptions::default(),
     );
     for s in &compiled.statuses {
-        assert!(s.problems.is_empty(), "{}: {:?}", s.display_name(), s.problems);
+        assert!(
+            s.problems.is_empty(),
+            "{}: {:?}",
+            s.display_name(),
+            s.problems
+        );
     }
     let echo = start_echo("echo").await;
     let mut yaml = String::new();
@@ -191,15 +203,30 @@ async fn the_cache_and_versioning_example_behaves_as_documented() {
     }
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
     let url = |path: &str| gw.url("HTTP_PORT", path);
-    let cache = |a: &Answer| a.headers.get("x-cache").map(|v| v.to_str().expect("ascii").to_string());
+    let cache = |a: &Answer| {
+        a.headers
+            .get("x-cache")
+            .map(|v| v.to_str().expect("ascii").to_string())
+    };
     let first = get(&url("/v2/products?page=1&utm=x"), HOST, &[]).await;
     assert_eq!(cache(&first).as_deref(), Some("MISS"));
     let second = get(&url("/v2/products?utm=y&page=1"), HOST, &[]).await;
     assert_eq!(cache(&second).as_deref(), Some("HIT"));
-    let by_accept = get(&url("/products"), HOST, &[("accept", "application/vnd.example+json; version=2")]).await;
+    let by_accept = get(
+        &url("/products"),
+        HOST,
+        &[("accept", "application/vnd.example+json; version=2")],
+    )
+    .await;
     assert_eq!(by_accept.status, StatusCode::OK);
-    assert!(by_accept.headers.get("x-cache").is_some(), "the v2 rule, with its cache");
+    assert!(
+        by_accept.headers.get("x-cache").is_some(),
+        "the v2 rule, with its cache"
+    );
     let v1 = get(&url("/v1/products"), HOST, &[]).await;
     assert_eq!(values(&v1, "deprecation"), ["@1767225600"]);
-    assert_eq!(get(&url("/v0/products"), HOST, &[]).await.status, StatusCode::GONE);
+    assert_eq!(
+        get(&url("/v0/products"), HOST, &[]).await.status,
+        StatusCode::GONE
+    );
 }

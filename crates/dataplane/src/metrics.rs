@@ -487,11 +487,10 @@ impl Metrics {
     /// request path only increments.
     pub fn cache_series(&self, filter: &Arc<str>) -> CacheSeries {
         let result = |result| {
-            self.cache_requests
-                .get_or_create_owned(&CacheLabels {
-                    filter: filter.clone(),
-                    result,
-                })
+            self.cache_requests.get_or_create_owned(&CacheLabels {
+                filter: filter.clone(),
+                result,
+            })
         };
         let labels = CacheFilterLabels {
             filter: filter.clone(),

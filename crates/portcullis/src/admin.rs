@@ -75,7 +75,10 @@ async fn answer(req: Request<Incoming>, state: AdminState) -> Result<Response<Bo
 /// `prefix=` (empty) empties every cache.
 fn purge(req: &Request<Incoming>, state: &AdminState) -> Response<Body> {
     if req.method() != Method::POST {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "POST /cache/purge?prefix=...\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST /cache/purge?prefix=...\n",
+        );
     }
     let prefix = req.uri().query().and_then(|q| {
         q.split('&')

@@ -158,7 +158,9 @@ where
         return Ok(bypass(resp, state, filter));
     };
     let mut now = Instant::now();
-    let usable = |e: &Arc<Entry>| e.shared_with_authorization || !client.headers.contains_key(header::AUTHORIZATION);
+    let usable = |e: &Arc<Entry>| {
+        e.shared_with_authorization || !client.headers.contains_key(header::AUTHORIZATION)
+    };
     if let Some(entry) = found.entry.as_ref().filter(|e| usable(e)) {
         if entry.is_fresh(now) {
             found.series.record(CacheResult::hit);
@@ -195,7 +197,10 @@ where
     let result = next(upstream_req).await;
     let now = Instant::now();
     let serve_stale = |series: &crate::metrics::CacheSeries| {
-        let entry = found.entry.as_ref().filter(|e| usable(e) && e.usable_on_error(now))?;
+        let entry = found
+            .entry
+            .as_ref()
+            .filter(|e| usable(e) && e.usable_on_error(now))?;
         series.record(CacheResult::stale);
         Some(respond(entry, client, now, Outcome::Stale))
     };
@@ -215,7 +220,15 @@ where
     let response_time = SystemTime::now();
     if resp.status() == StatusCode::NOT_MODIFIED {
         if let Some(old) = &stale {
-            let refreshed = refresh(config, client, old, resp.headers(), request_time, response_time, now);
+            let refreshed = refresh(
+                config,
+                client,
+                old,
+                resp.headers(),
+                request_time,
+                response_time,
+                now,
+            );
             let (scheme, entry) = match refreshed {
                 Some(r) => r,
                 // The 304 made the entry unstorable (e.g. no-store now):
@@ -227,7 +240,9 @@ where
                 }
             };
             let key = key::full(primary, &scheme, client).unwrap_or(key);
-            let entry = state.store.insert(filter, config.max_bytes, primary, scheme, key, entry);
+            let entry = state
+                .store
+                .insert(filter, config.max_bytes, primary, scheme, key, entry);
             found.series.record(CacheResult::revalidated);
             return Ok(respond(&entry, client, now, Outcome::Revalidated));
         }
@@ -291,7 +306,9 @@ where
         stale_if_error: storage.stale_if_error,
         shared_with_authorization: storage.shared_with_authorization,
     };
-    let entry = state.store.insert(filter, config.max_bytes, primary, scheme, full, entry);
+    let entry = state
+        .store
+        .insert(filter, config.max_bytes, primary, scheme, full, entry);
     Ok(respond(&entry, client, now, Outcome::Stored))
 }
 
@@ -309,14 +326,23 @@ where
 {
     state.store.series(filter).record(CacheResult::bypass);
     let resp = next(req).await?;
-    let safe = matches!(client.method, Method::OPTIONS | Method::TRACE | Method::CONNECT);
+    let safe = matches!(
+        client.method,
+        Method::OPTIONS | Method::TRACE | Method::CONNECT
+    );
     if !safe && (resp.status().is_success() || resp.status().is_redirection()) {
         state
             .store
             .invalidate(&key::resource(filter, &client.host, &client.path));
         for h in [header::LOCATION, header::CONTENT_LOCATION] {
-            if let Some(path) = resp.headers().get(&h).and_then(|v| same_host_path(v, &client.host)) {
-                state.store.invalidate(&key::resource(filter, &client.host, path));
+            if let Some(path) = resp
+                .headers()
+                .get(&h)
+                .and_then(|v| same_host_path(v, &client.host))
+            {
+                state
+                    .store
+                    .invalidate(&key::resource(filter, &client.host, path));
             }
         }
     }
@@ -436,7 +462,13 @@ fn vary_names(headers: &HeaderMap) -> Arc<[HeaderName]> {
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "te" | "trailer" | "upgrade"
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
     )
 }
 
@@ -516,7 +548,12 @@ fn bypass(resp: Response<Body>, state: &CacheState, filter: &str) -> Response<Bo
 
 /// A response from an entry: 304 when the client's conditional matches,
 /// no body for HEAD, `Age` and cache status headers.
-fn respond(entry: &Entry, client: &ClientRequest, now: Instant, outcome: Outcome) -> Response<Body> {
+fn respond(
+    entry: &Entry,
+    client: &ClientRequest,
+    now: Instant,
+    outcome: Outcome,
+) -> Response<Body> {
     let age = HeaderValue::from(entry.age(now).as_secs());
     if entry.status == StatusCode::OK && not_modified(entry, &client.headers) {
         let mut resp = Response::new(body::empty());
@@ -559,7 +596,9 @@ fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
             .as_ref()
             .is_some_and(|etag| control::none_match(request, etag.as_bytes()));
     }
-    let since = request.get(header::IF_MODIFIED_SINCE).and_then(control::http_date);
+    let since = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(control::http_date);
     let modified = entry.last_modified.as_ref().and_then(control::http_date);
     matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
@@ -603,12 +642,18 @@ mod tests {
     #[test]
     fn location_invalidation_stays_on_the_host() {
         let v = |s| HeaderValue::from_static(s);
-        assert_eq!(same_host_path(&v("/items/7?x=1"), "example.com"), Some("/items/7"));
+        assert_eq!(
+            same_host_path(&v("/items/7?x=1"), "example.com"),
+            Some("/items/7")
+        );
         assert_eq!(
             same_host_path(&v("https://Example.com:8443/items/7"), "example.com"),
             Some("/items/7")
         );
-        assert_eq!(same_host_path(&v("https://other.com/items/7"), "example.com"), None);
+        assert_eq!(
+            same_host_path(&v("https://other.com/items/7"), "example.com"),
+            None
+        );
         assert_eq!(same_host_path(&v("//other.com/items"), "example.com"), None);
     }
 

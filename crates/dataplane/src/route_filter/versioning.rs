@@ -17,7 +17,10 @@ const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
 const SUNSET: HeaderName = HeaderName::from_static("sunset");
 
 /// The 410 Gone answer of a retired version, if this one is.
-pub(crate) fn retired(config: &VersioningConfig, _client: &ClientRequest) -> Option<Response<Body>> {
+pub(crate) fn retired(
+    config: &VersioningConfig,
+    _client: &ClientRequest,
+) -> Option<Response<Body>> {
     let gone = match config.retired {
         Retirement::Never => false,
         Retirement::Now => true,

@@ -80,7 +80,9 @@ pub(crate) fn compile(
 }
 
 fn epoch(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// An RFC 3339 timestamp (`2026-06-30T00:00:00Z`, offsets and fractions
@@ -136,8 +138,8 @@ fn rfc3339(v: &str) -> Option<SystemTime> {
         }
         _ => return None,
     };
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-        - offset;
+    let secs =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
     u64::try_from(secs)
         .ok()
         .map(|s| UNIX_EPOCH + Duration::from_secs(s))
@@ -192,7 +194,10 @@ mod tests {
             ..Default::default()
         })
         .expect("valid");
-        assert_eq!(c.deprecation.as_ref().map(|v| v.0.as_bytes()), Some(&b"@1767225600"[..]));
+        assert_eq!(
+            c.deprecation.as_ref().map(|v| v.0.as_bytes()),
+            Some(&b"@1767225600"[..])
+        );
         assert_eq!(
             c.sunset.as_ref().map(|v| v.0.as_bytes()),
             Some(&b"Tue, 30 Jun 2026 00:00:00 GMT"[..])

@@ -131,11 +131,10 @@ pub(crate) fn storage(
     if cc.no_store {
         return Err(NotStored::NoStore);
     }
-    if headers
-        .get_all(VARY)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|f| f.trim() == "*")))
-    {
+    if headers.get_all(VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
+    }) {
         return Err(NotStored::VaryStar);
     }
     if headers.contains_key(SET_COOKIE) {
@@ -161,7 +160,8 @@ pub(crate) fn storage(
             .or_else(|| heuristic_lifetime(headers, response_time))
             .unwrap_or_default()
     };
-    let has_validator = headers.contains_key(http::header::ETAG) || headers.contains_key(LAST_MODIFIED);
+    let has_validator =
+        headers.contains_key(http::header::ETAG) || headers.contains_key(LAST_MODIFIED);
     if lifetime.is_zero() && !has_validator {
         return Err(NotStored::NotReusable);
     }
@@ -191,7 +191,10 @@ pub(crate) fn explicit_lifetime(
     let Some(expires) = http_date(expires) else {
         return Some(Duration::ZERO);
     };
-    let date = headers.get(DATE).and_then(http_date).unwrap_or(response_time);
+    let date = headers
+        .get(DATE)
+        .and_then(http_date)
+        .unwrap_or(response_time);
     Some(expires.duration_since(date).unwrap_or_default())
 }
 
@@ -199,7 +202,10 @@ pub(crate) fn explicit_lifetime(
 /// §4.2.2).
 fn heuristic_lifetime(headers: &HeaderMap, response_time: SystemTime) -> Option<Duration> {
     let modified = headers.get(LAST_MODIFIED).and_then(http_date)?;
-    let date = headers.get(DATE).and_then(http_date).unwrap_or(response_time);
+    let date = headers
+        .get(DATE)
+        .and_then(http_date)
+        .unwrap_or(response_time);
     let since = date.duration_since(modified).ok()?;
     Some((since / 10).min(Duration::from_secs(86_400)))
 }
@@ -272,7 +278,10 @@ mod tests {
     fn parses_directives_case_insensitively_across_lines() {
         let cc = parse(&headers(&[
             ("cache-control", "Public, MAX-AGE=60, s-maxage=\"120\""),
-            ("cache-control", "must-revalidate, stale-if-error=30, x-unknown=1"),
+            (
+                "cache-control",
+                "must-revalidate, stale-if-error=30, x-unknown=1",
+            ),
         ]));
         assert_eq!(
             cc,
@@ -291,7 +300,14 @@ mod tests {
         )]));
         assert!(cc.private && cc.no_cache && cc.no_store);
         assert_eq!(cc.max_age, Some(0), "an invalid max-age is stale");
-        assert_eq!(parse(&headers(&[("cache-control", "max-age=99999999999999999999")])).max_age, Some(u64::from(u32::MAX)));
+        assert_eq!(
+            parse(&headers(&[(
+                "cache-control",
+                "max-age=99999999999999999999"
+            )]))
+            .max_age,
+            Some(u64::from(u32::MAX))
+        );
     }
 
     #[test]
@@ -360,38 +376,86 @@ mod tests {
             decide(&c, &[], false, 200, &max_age).map(|s| s.lifetime),
             Ok(Duration::from_secs(60))
         );
-        assert_eq!(decide(&c, &[], false, 500, &max_age), Err(NotStored::Status));
         assert_eq!(
-            decide(&c, &[], false, 200, &[("cache-control", "no-store, max-age=60")]),
+            decide(&c, &[], false, 500, &max_age),
+            Err(NotStored::Status)
+        );
+        assert_eq!(
+            decide(
+                &c,
+                &[],
+                false,
+                200,
+                &[("cache-control", "no-store, max-age=60")]
+            ),
             Err(NotStored::NoStore)
         );
         assert_eq!(
-            decide(&c, &[], false, 200, &[("cache-control", "max-age=60"), ("vary", "accept, *")]),
+            decide(
+                &c,
+                &[],
+                false,
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "accept, *")]
+            ),
             Err(NotStored::VaryStar)
         );
         assert_eq!(
-            decide(&c, &[], false, 200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]),
+            decide(
+                &c,
+                &[],
+                false,
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]
+            ),
             Err(NotStored::SetCookie)
         );
         let private = [("cache-control", "private, max-age=60")];
-        assert_eq!(decide(&c, &[], false, 200, &private), Err(NotStored::PrivateAnonymous));
+        assert_eq!(
+            decide(&c, &[], false, 200, &private),
+            Err(NotStored::PrivateAnonymous)
+        );
         assert!(decide(&c, &[], true, 200, &private).is_ok_and(|s| s.private));
         // Authorization: only with public / s-maxage / must-revalidate.
         let auth = [("authorization", "Bearer x")];
-        assert_eq!(decide(&c, &auth, true, 200, &max_age), Err(NotStored::Authorization));
-        assert!(decide(&c, &auth, true, 200, &[("cache-control", "public, max-age=60")])
-            .is_ok_and(|s| s.shared_with_authorization));
-        // No freshness: only worth keeping with a validator.
-        assert_eq!(decide(&c, &[], false, 200, &[]), Err(NotStored::NotReusable));
         assert_eq!(
-            decide(&c, &[], false, 200, &[("cache-control", "no-cache"), ("etag", "\"v1\"")])
-                .map(|s| s.lifetime),
+            decide(&c, &auth, true, 200, &max_age),
+            Err(NotStored::Authorization)
+        );
+        assert!(decide(
+            &c,
+            &auth,
+            true,
+            200,
+            &[("cache-control", "public, max-age=60")]
+        )
+        .is_ok_and(|s| s.shared_with_authorization));
+        // No freshness: only worth keeping with a validator.
+        assert_eq!(
+            decide(&c, &[], false, 200, &[]),
+            Err(NotStored::NotReusable)
+        );
+        assert_eq!(
+            decide(
+                &c,
+                &[],
+                false,
+                200,
+                &[("cache-control", "no-cache"), ("etag", "\"v1\"")]
+            )
+            .map(|s| s.lifetime),
             Ok(Duration::ZERO)
         );
         // Heuristic: 10% of the time since Last-Modified.
         assert_eq!(
-            decide(&c, &[], false, 200, &[("last-modified", &date(1_000_000 - 3600))])
-                .map(|s| s.lifetime),
+            decide(
+                &c,
+                &[],
+                false,
+                200,
+                &[("last-modified", &date(1_000_000 - 3600))]
+            )
+            .map(|s| s.lifetime),
             Ok(Duration::from_secs(360))
         );
     }
@@ -402,7 +466,10 @@ mod tests {
             ttl: Some(Duration::from_secs(30)),
             ..CacheConfig::default()
         };
-        assert_eq!(decide(&ttl, &[], false, 200, &[]).map(|s| s.lifetime), Ok(Duration::from_secs(30)));
+        assert_eq!(
+            decide(&ttl, &[], false, 200, &[]).map(|s| s.lifetime),
+            Ok(Duration::from_secs(30))
+        );
         assert_eq!(
             decide(&ttl, &[], false, 200, &[("cache-control", "max-age=5")]).map(|s| s.lifetime),
             Ok(Duration::from_secs(5))
@@ -412,8 +479,14 @@ mod tests {
             ..ttl
         };
         assert_eq!(
-            decide(&force, &[], false, 200, &[("cache-control", "no-cache, max-age=5")])
-                .map(|s| s.lifetime),
+            decide(
+                &force,
+                &[],
+                false,
+                200,
+                &[("cache-control", "no-cache, max-age=5")]
+            )
+            .map(|s| s.lifetime),
             Ok(Duration::from_secs(30))
         );
         assert_eq!(

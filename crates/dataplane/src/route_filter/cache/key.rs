@@ -31,7 +31,11 @@ pub(crate) fn resource(filter: &str, host: &str, path: &str) -> String {
 
 /// The primary key; `None` when the filter keys by identity and the
 /// request is anonymous.
-pub(crate) fn primary(config: &CacheConfig, filter: &str, client: &ClientRequest) -> Option<String> {
+pub(crate) fn primary(
+    config: &CacheConfig,
+    filter: &str,
+    client: &ClientRequest,
+) -> Option<String> {
     let mut k = resource(filter, &client.host, &client.path);
     if let Some(q) = client.query.as_deref().filter(|q| !q.is_empty()) {
         push_query(&mut k, q, &config.key.query, config.key.sort_query);
@@ -123,7 +127,11 @@ mod tests {
     use portcullis_model::route_filter::cache::CacheKey;
     use portcullis_model::HeaderNameSer;
 
-    fn client(query: Option<&str>, headers: &[(&'static str, &'static str)], who: Option<&str>) -> ClientRequest {
+    fn client(
+        query: Option<&str>,
+        headers: &[(&'static str, &'static str)],
+        who: Option<&str>,
+    ) -> ClientRequest {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
             h.append(*k, HeaderValue::from_static(v));
@@ -143,12 +151,20 @@ mod tests {
         }
     }
 
-    fn config(query: QueryKey, sort: bool, headers: &[&'static str], identity: bool) -> CacheConfig {
+    fn config(
+        query: QueryKey,
+        sort: bool,
+        headers: &[&'static str],
+        identity: bool,
+    ) -> CacheConfig {
         CacheConfig {
             key: CacheKey {
                 query,
                 sort_query: sort,
-                headers: headers.iter().map(|h| HeaderNameSer(HeaderName::from_static(h))).collect(),
+                headers: headers
+                    .iter()
+                    .map(|h| HeaderNameSer(HeaderName::from_static(h)))
+                    .collect(),
                 identity,
             },
             ..CacheConfig::default()
@@ -157,15 +173,27 @@ mod tests {
 
     #[test]
     fn query_parameters_are_kept_as_configured() {
-        let key = |c: &CacheConfig, q| primary(c, "ns/f", &client(Some(q), &[], None)).expect("key");
+        let key =
+            |c: &CacheConfig, q| primary(c, "ns/f", &client(Some(q), &[], None)).expect("key");
         let all = config(QueryKey::All, false, &[], false);
         assert_eq!(key(&all, "b=2&a=1"), "ns/f example.com/items?b=2&a=1");
         let sorted = config(QueryKey::All, true, &[], false);
-        assert_eq!(key(&sorted, "b=2&a=1&a=0"), "ns/f example.com/items?a=1&a=0&b=2");
+        assert_eq!(
+            key(&sorted, "b=2&a=1&a=0"),
+            "ns/f example.com/items?a=1&a=0&b=2"
+        );
         let ignore = config(QueryKey::Ignore, false, &[], false);
         assert_eq!(key(&ignore, "b=2"), "ns/f example.com/items");
-        let include = config(QueryKey::Include(vec!["id".into(), "page".into()]), true, &[], false);
-        assert_eq!(key(&include, "utm=x&page=3&id=7"), "ns/f example.com/items?id=7&page=3");
+        let include = config(
+            QueryKey::Include(vec!["id".into(), "page".into()]),
+            true,
+            &[],
+            false,
+        );
+        assert_eq!(
+            key(&include, "utm=x&page=3&id=7"),
+            "ns/f example.com/items?id=7&page=3"
+        );
         assert_eq!(key(&include, "utm=x"), "ns/f example.com/items");
     }
 
@@ -189,11 +217,23 @@ mod tests {
         };
         let base = "f example.com/items";
         assert_eq!(full(base, &private, &client(None, &[], None)), None);
-        let a = full(base, &private, &client(None, &[("accept", "a")], Some("alice")));
-        let b = full(base, &private, &client(None, &[("accept", "a")], Some("bob")));
+        let a = full(
+            base,
+            &private,
+            &client(None, &[("accept", "a")], Some("alice")),
+        );
+        let b = full(
+            base,
+            &private,
+            &client(None, &[("accept", "a")], Some("bob")),
+        );
         assert!(a.is_some() && a != b);
         // A subject cannot be crafted to look like another's key.
-        let tricky = full(base, &private, &client(None, &[("accept", "a")], Some("alice5:alice")));
+        let tricky = full(
+            base,
+            &private,
+            &client(None, &[("accept", "a")], Some("alice5:alice")),
+        );
         assert_ne!(a, tricky);
     }
 

@@ -384,17 +384,27 @@ mod tests {
     }
 
     fn put(store: &Store, filter: &str, limit: u64, key: &str, body: usize) {
-        store.insert(filter, limit, key, Scheme::default(), key.to_string(), entry(body));
+        store.insert(
+            filter,
+            limit,
+            key,
+            Scheme::default(),
+            key.to_string(),
+            entry(body),
+        );
     }
 
     fn has(store: &Store, filter: &str, key: &str) -> bool {
-        store.lookup(filter, key, |_| Some(key.to_string())).entry.is_some()
+        store
+            .lookup(filter, key, |_| Some(key.to_string()))
+            .entry
+            .is_some()
     }
 
     #[test]
     fn evicts_the_least_recently_used_within_the_filter_bound() {
         let store = Store::new(u64::MAX);
-        let one = entry(1000).size("f a") ;
+        let one = entry(1000).size("f a");
         let limit = one * 3;
         put(&store, "f", limit, "f a", 1000);
         put(&store, "f", limit, "f b", 1000);
@@ -428,7 +438,13 @@ mod tests {
     #[test]
     fn purge_and_invalidate_by_prefix() {
         let store = Store::new(u64::MAX);
-        for key in ["f h/items", "f h/items?page=2", "f h/items\nv", "f h/items2", "g h/items"] {
+        for key in [
+            "f h/items",
+            "f h/items?page=2",
+            "f h/items\nv",
+            "f h/items2",
+            "g h/items",
+        ] {
             put(&store, &key[..1], u64::MAX, key, 10);
         }
         assert_eq!(store.invalidate("f h/items"), 3);

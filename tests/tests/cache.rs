@@ -3,7 +3,7 @@
 //! backend takes its response headers from the query string
 //! (`cc`: Cache-Control, `etag`, `lm`: Last-Modified, `vary`, `size`,
 //! `delay` in ms, `cc304`: Cache-Control of its 304s) and answers
-//! `If-None-Match` with 304, so each test states the backend behaviour it
+//! `If-None-Match` with 304 (and any request with `x-fail` with 503), so each test states the backend behaviour it
 //! needs in its URL.
 
 use std::collections::HashMap;
@@ -85,6 +85,12 @@ impl Backend {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         let mut builder = Response::builder();
+        if req.headers().contains_key("x-fail") {
+            return builder
+                .status(503)
+                .body(Full::new(Bytes::from_static(b"down")))
+                .expect("503");
+        }
         let etag = params.get("etag").map(|e| format!("\"{e}\""));
         if let (Some(etag), Some(inm)) = (&etag, req.headers().get("if-none-match")) {
             if inm.as_bytes() == etag.as_bytes() {
@@ -588,4 +594,22 @@ async fn the_filter_ttl_applies_when_the_backend_gives_no_lifetime() {
     assert_eq!(x_cache(&again), "HIT", "only id is part of the key");
     assert_eq!(backend.count("/r/ttl?id=1&utm=a"), 1);
     assert_eq!(backend.count("/r/ttl?utm=b&id=1"), 0);
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_served_when_revalidation_fails_unless_it_must_revalidate() {
+    let (gw, backend) = gateway_with("    staleIfError: 5m", "").await;
+    let target = "/r/sie?cc=no-cache&etag=v1";
+    let first = fetch(&gw, "GET", target, &[]).await;
+    assert_eq!(x_cache(&first), "MISS");
+    let stale = fetch(&gw, "GET", target, &[("x-fail", "1")]).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(x_cache(&stale), "STALE");
+    assert_eq!(stale.body, first.body);
+    assert_eq!(backend.count(target), 2, "revalidation was attempted");
+
+    let strict = "/r/strict?cc=no-cache%2C+must-revalidate&etag=v1";
+    fetch(&gw, "GET", strict, &[]).await;
+    let failed = fetch(&gw, "GET", strict, &[("x-fail", "1")]).await;
+    assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
 }

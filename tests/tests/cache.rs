@@ -497,6 +497,14 @@ async fn a_private_response_is_never_served_to_another_identity() {
     assert_eq!(a2.body, a1.body);
     assert_eq!(b2.body, b1.body);
     assert_eq!(backend.count(target), 2);
+    // Without `private` either: a response to an authenticated request is
+    // only shared when it says so (RFC 9111 §3.5).
+    let unmarked = "/r/unmarked?cc=max-age%3D300";
+    fetch(&gw, "GET", unmarked, &[("x-api-key", KEY_A)]).await;
+    let b = fetch(&gw, "GET", unmarked, &[("x-api-key", KEY_B)]).await;
+    assert_eq!(x_cache(&b), "MISS");
+    let a = fetch(&gw, "GET", unmarked, &[("x-api-key", KEY_A)]).await;
+    assert_eq!(x_cache(&a), "HIT");
     // A public response is shared between consumers.
     let shared = "/r/shared?cc=public%2C+max-age%3D300";
     fetch(&gw, "GET", shared, &[("x-api-key", KEY_A)]).await;

@@ -158,8 +158,11 @@ where
         return Ok(bypass(resp, state, filter));
     };
     let mut now = Instant::now();
+    // RFC 9111 §3.5; a private entry is only reachable by its identity.
     let usable = |e: &Arc<Entry>| {
-        e.shared_with_authorization || !client.headers.contains_key(header::AUTHORIZATION)
+        e.shared_with_authorization
+            || e.private
+            || !client.headers.contains_key(header::AUTHORIZATION)
     };
     if let Some(entry) = found.entry.as_ref().filter(|e| usable(e)) {
         if entry.is_fresh(now) {
@@ -213,13 +216,14 @@ where
             return Ok(stale);
         }
     }
-    let (Some(primary), Some(key)) = (primary.as_deref(), found.key.clone()) else {
-        // Unreachable: a lookup without key returns before.
+    let Some(primary) = primary.as_deref() else {
+        // Not reached: without a primary key the lookup returned None.
         return Ok(bypass(resp, state, filter));
     };
     let response_time = SystemTime::now();
     if resp.status() == StatusCode::NOT_MODIFIED {
-        if let Some(old) = &stale {
+        // A stale entry was found, so under a key.
+        if let (Some(old), Some(key)) = (&stale, found.key.clone()) {
             let refreshed = refresh(
                 config,
                 client,
@@ -290,12 +294,14 @@ where
     let Some(full) = key::full(primary, &scheme, client) else {
         return Ok(miss(client, Response::from_parts(parts, body::full(body))));
     };
+    let initial_age = control::initial_age(&parts.headers, request_time, response_time);
     let mut headers = parts.headers;
     strip_for_storage(&mut headers);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let entry = Entry {
         status: parts.status,
-        initial_age: control::initial_age(&headers, request_time, response_time),
+        initial_age,
+        private: storage.private,
         etag: headers.get(header::ETAG).cloned(),
         last_modified: headers.get(header::LAST_MODIFIED).cloned(),
         headers,
@@ -434,6 +440,7 @@ fn refresh(
             must_revalidate: storage.must_revalidate,
             stale_if_error: storage.stale_if_error,
             shared_with_authorization: storage.shared_with_authorization,
+            private: storage.private,
         },
     ))
 }

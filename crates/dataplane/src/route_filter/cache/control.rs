@@ -90,8 +90,10 @@ pub(crate) enum NotStored {
     /// `private`, or the filter keys by identity, but nobody is
     /// authenticated: there is no one to keep it for.
     PrivateAnonymous,
-    /// The request carried `Authorization` and the response does not say
-    /// `public`, `s-maxage` or `must-revalidate` (RFC 9111 §3.5).
+    /// The request carried `Authorization` that the gateway did not
+    /// verify (no identity to keep the response for) and the response
+    /// does not say `public`, `s-maxage` or `must-revalidate` (RFC 9111
+    /// §3.5).
     Authorization,
     /// No freshness and no validator: it could never be reused.
     NotReusable,
@@ -102,7 +104,8 @@ pub(crate) enum NotStored {
 pub(crate) struct Storage {
     /// Freshness lifetime (zero: revalidate on every use).
     pub lifetime: Duration,
-    /// Kept per identity.
+    /// Kept per identity: `private`, keyed by identity, or a response to
+    /// a request with credentials that does not say it may be shared.
     pub private: bool,
     pub must_revalidate: bool,
     /// May answer later requests carrying `Authorization`.
@@ -140,15 +143,20 @@ pub(crate) fn storage(
     if headers.contains_key(SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
-    let private = cc.private || config.key.identity;
+    // RFC 9111 §3.5: a response to a request with credentials is shared
+    // only if it says so. The gateway's own authentication (API keys in a
+    // custom header, a stripped bearer token) counts as credentials too;
+    // such responses are kept per identity instead of being refused.
+    let shareable = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
+    let has_authorization = req.headers.contains_key(AUTHORIZATION);
+    let credentials = req.authenticated || has_authorization;
+    let private = cc.private || config.key.identity || (credentials && !shareable);
     if private && !req.authenticated {
-        return Err(NotStored::PrivateAnonymous);
-    }
-    let shared_with_authorization = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
-    // A private entry is only ever served to the same identity, so the
-    // Authorization rule (which protects other users) does not apply.
-    if req.headers.contains_key(AUTHORIZATION) && !shared_with_authorization && !private {
-        return Err(NotStored::Authorization);
+        return Err(if cc.private || config.key.identity {
+            NotStored::PrivateAnonymous
+        } else {
+            NotStored::Authorization
+        });
     }
     let lifetime = if config.override_backend {
         config.ttl.unwrap_or_default()
@@ -169,7 +177,7 @@ pub(crate) fn storage(
         lifetime,
         private,
         must_revalidate: cc.must_revalidate && !config.override_backend,
-        shared_with_authorization,
+        shared_with_authorization: shareable,
         stale_if_error: cc
             .stale_if_error
             .map(Duration::from_secs)
@@ -416,11 +424,19 @@ mod tests {
             Err(NotStored::PrivateAnonymous)
         );
         assert!(decide(&c, &[], true, 200, &private).is_ok_and(|s| s.private));
-        // Authorization: only with public / s-maxage / must-revalidate.
+        // Credentials: shared only with public / s-maxage /
+        // must-revalidate; otherwise kept per identity, or not at all
+        // when the gateway did not authenticate anyone.
         let auth = [("authorization", "Bearer x")];
         assert_eq!(
-            decide(&c, &auth, true, 200, &max_age),
+            decide(&c, &auth, false, 200, &max_age),
             Err(NotStored::Authorization)
+        );
+        assert!(decide(&c, &auth, true, 200, &max_age).is_ok_and(|s| s.private));
+        assert!(decide(&c, &[], true, 200, &max_age).is_ok_and(|s| s.private));
+        assert!(
+            decide(&c, &[], true, 200, &[("cache-control", "s-maxage=60")])
+                .is_ok_and(|s| !s.private)
         );
         assert!(decide(
             &c,

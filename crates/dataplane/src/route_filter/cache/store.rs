@@ -39,6 +39,8 @@ pub(crate) struct Entry {
     pub must_revalidate: bool,
     pub stale_if_error: Option<Duration>,
     pub shared_with_authorization: bool,
+    /// Stored under a key that includes the identity.
+    pub private: bool,
     pub etag: Option<HeaderValue>,
     pub last_modified: Option<HeaderValue>,
 }
@@ -378,6 +380,7 @@ mod tests {
             must_revalidate: false,
             stale_if_error: None,
             shared_with_authorization: false,
+            private: false,
             etag: None,
             last_modified: None,
         }

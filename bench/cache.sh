@@ -44,6 +44,9 @@ echo_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port); nginx_por
 HOST=bench.example.com
 
 mkdir -p "$work/config" "$work/nginx-cache"
+# nginx workers drop to an unprivileged user when started as root: they
+# must be able to reach and write the cache directory.
+chmod 755 "$work"; chmod 777 "$work/nginx-cache"
 sed -e "s/__GW_PORT__/$gw_port/" -e "s/__ECHO_PORT__/$echo_port/" bench/config.yaml >"$work/config/bench.yaml"
 cat >>"$work/config/bench.yaml" <<'YAML'
 ---
@@ -109,7 +112,8 @@ check() {
   local port=$1 path=$2 want=$3 got
   got=$(curl -s -o /dev/null -D - -H "Host: $HOST" "http://127.0.0.1:$port$path" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-cache" {print $2}')
   if [[ $want != - && $got != "$want" ]]; then
-    echo "$path on port $port: x-cache '$got', expected '$want'" >&2; exit 1
+    echo "$path on port $port: x-cache '$got', expected '$want'" >&2
+    curl -s -i -H "Host: $HOST" "http://127.0.0.1:$port$path" >&2; for f in "$work"/*.log; do echo "== $f" >&2; tail -n 5 "$f" >&2; done; exit 1
   fi
 }
 for port in "$gw_port" "$nginx_port"; do

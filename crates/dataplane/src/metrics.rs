@@ -190,6 +190,36 @@ pub struct AuthLabels {
     pub reason: &'static str,
 }
 
+/// What the response cache of a RouteFilter did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CacheResult {
+    /// Served from a fresh entry (also after waiting for a coalesced
+    /// miss).
+    hit,
+    /// Fetched from the backend.
+    miss,
+    /// A stale entry confirmed by the backend (304).
+    revalidated,
+    /// A stale entry served because revalidation failed.
+    stale,
+    /// Not cacheable (method, anonymous request to an identity-keyed
+    /// cache).
+    bypass,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The RouteFilter, `namespace/name`.
+    pub filter: Arc<str>,
+    pub result: CacheResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CacheFilterLabels {
+    pub filter: Arc<str>,
+}
+
 #[derive(Clone)]
 struct LatencyHistogram;
 
@@ -219,6 +249,9 @@ pub struct Metrics {
     outlier_ejections: Family<BackendLabels, Counter>,
     rate_limit_decisions: Family<RateLimitLabels, Counter>,
     auth_results: Family<AuthLabels, Counter>,
+    cache_requests: Family<CacheLabels, Counter>,
+    cache_evictions: Family<CacheFilterLabels, Counter>,
+    cache_bytes: Family<CacheFilterLabels, Gauge>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -248,6 +281,9 @@ impl Metrics {
             outlier_ejections: Family::default(),
             rate_limit_decisions: Family::default(),
             auth_results: Family::default(),
+            cache_requests: Family::default(),
+            cache_evictions: Family::default(),
+            cache_bytes: Family::default(),
         };
         m.registered()
     }
@@ -336,6 +372,22 @@ impl Metrics {
             "auth_results",
             "Authentication and authorization outcomes, by policy, mechanism, result and reason",
             self.auth_results.clone(),
+        );
+        p.register(
+            "cache_requests",
+            "Requests seen by RouteFilter response caches, by filter and result (hit, miss, revalidated, stale, bypass)",
+            self.cache_requests.clone(),
+        );
+        p.register(
+            "cache_evictions",
+            "Entries evicted from RouteFilter response caches to stay within their memory bounds",
+            self.cache_evictions.clone(),
+        );
+        p.register_with_unit(
+            "cache",
+            "Memory held by RouteFilter response cache entries (keys, headers, bodies)",
+            Unit::Bytes,
+            self.cache_bytes.clone(),
         );
         self
     }
@@ -429,6 +481,29 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// The per-filter cache series, resolved once per filter so that the
+    /// request path only increments.
+    pub fn cache_series(&self, filter: &Arc<str>) -> CacheSeries {
+        let result = |result| {
+            self.cache_requests.get_or_create_owned(&CacheLabels {
+                filter: filter.clone(),
+                result,
+            })
+        };
+        let labels = CacheFilterLabels {
+            filter: filter.clone(),
+        };
+        CacheSeries {
+            hit: result(CacheResult::hit),
+            miss: result(CacheResult::miss),
+            revalidated: result(CacheResult::revalidated),
+            stale: result(CacheResult::stale),
+            bypass: result(CacheResult::bypass),
+            evictions: self.cache_evictions.get_or_create_owned(&labels),
+            bytes: self.cache_bytes.get_or_create_owned(&labels),
+        }
     }
 
     fn backend_counter(&self, family: &Family<BackendLabels, Counter>, backend: &Arc<str>) {
@@ -745,5 +820,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("portcullis_request_duration_seconds_bucket"));
+    }
+}
+
+/// Counters and gauge of one RouteFilter cache (see
+/// [`Metrics::cache_series`]).
+#[derive(Clone)]
+pub struct CacheSeries {
+    pub hit: Counter,
+    pub miss: Counter,
+    pub revalidated: Counter,
+    pub stale: Counter,
+    pub bypass: Counter,
+    pub evictions: Counter,
+    pub bytes: Gauge,
+}
+
+impl CacheSeries {
+    pub fn record(&self, result: CacheResult) {
+        match result {
+            CacheResult::hit => &self.hit,
+            CacheResult::miss => &self.miss,
+            CacheResult::revalidated => &self.revalidated,
+            CacheResult::stale => &self.stale,
+            CacheResult::bypass => &self.bypass,
+        }
+        .inc();
     }
 }

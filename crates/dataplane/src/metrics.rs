@@ -190,6 +190,28 @@ pub struct AuthLabels {
     pub reason: &'static str,
 }
 
+/// What threat protection did about a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ThreatDecision {
+    /// The request was refused.
+    blocked,
+    /// Report mode: logged and counted, the request went on.
+    reported,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ThreatLabels {
+    /// The RouteFilter, `namespace/name`.
+    pub filter: Arc<str>,
+    /// `content_type`, `body`, `json`, `xml`, `openapi` or `injection`.
+    pub check: &'static str,
+    /// The rule id or limit name (from the configuration, never from
+    /// the request).
+    pub rule: Arc<str>,
+    pub decision: ThreatDecision,
+}
+
 #[derive(Clone)]
 struct LatencyHistogram;
 
@@ -219,6 +241,7 @@ pub struct Metrics {
     outlier_ejections: Family<BackendLabels, Counter>,
     rate_limit_decisions: Family<RateLimitLabels, Counter>,
     auth_results: Family<AuthLabels, Counter>,
+    threat_decisions: Family<ThreatLabels, Counter>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -248,6 +271,7 @@ impl Metrics {
             outlier_ejections: Family::default(),
             rate_limit_decisions: Family::default(),
             auth_results: Family::default(),
+            threat_decisions: Family::default(),
         };
         m.registered()
     }
@@ -336,6 +360,11 @@ impl Metrics {
             "auth_results",
             "Authentication and authorization outcomes, by policy, mechanism, result and reason",
             self.auth_results.clone(),
+        );
+        p.register(
+            "threat_decisions",
+            "Threat-protection findings, by RouteFilter, check, rule and decision (blocked or reported)",
+            self.threat_decisions.clone(),
         );
         self
     }
@@ -427,6 +456,26 @@ impl Metrics {
                 mechanism,
                 result,
                 reason,
+            })
+            .inc();
+    }
+
+    /// A threat-protection finding. Called only for findings (never per
+    /// clean request), so building the labels here costs nothing on the
+    /// common path.
+    pub fn record_threat(
+        &self,
+        filter: &str,
+        check: &'static str,
+        rule: &str,
+        decision: ThreatDecision,
+    ) {
+        self.threat_decisions
+            .get_or_create(&ThreatLabels {
+                filter: filter.into(),
+                check,
+                rule: rule.into(),
+                decision,
             })
             .inc();
     }

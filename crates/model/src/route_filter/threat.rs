@@ -126,7 +126,10 @@ mod tests {
         let suffix = MediaRange::Suffix("application".into(), "+json".into());
         assert!(suffix.allows("application/problem+json"));
         assert!(!suffix.allows("application/json"));
-        assert_eq!(media_type("Application/JSON; charset=utf-8"), "application/json");
+        assert_eq!(
+            media_type("Application/JSON; charset=utf-8"),
+            "application/json"
+        );
         assert!(is_json("application/merge-patch+json"));
         assert!(is_xml("text/xml"));
     }

@@ -30,7 +30,10 @@ pub(crate) fn compile(
     }
     let json = spec.json.as_ref().map(|j| JsonLimits {
         mode: mode(j.mode, default_mode),
-        max_body_bytes: j.max_body_bytes.unwrap_or(max_body_bytes).min(max_body_bytes),
+        max_body_bytes: j
+            .max_body_bytes
+            .unwrap_or(max_body_bytes)
+            .min(max_body_bytes),
         max_depth: j.max_depth.unwrap_or(32),
         max_fields_per_object: j.max_fields_per_object.unwrap_or(256),
         max_array_length: j.max_array_length.unwrap_or(10_000),
@@ -39,7 +42,10 @@ pub(crate) fn compile(
     });
     let xml = spec.xml.as_ref().map(|x| XmlLimits {
         mode: mode(x.mode, default_mode),
-        max_body_bytes: x.max_body_bytes.unwrap_or(max_body_bytes).min(max_body_bytes),
+        max_body_bytes: x
+            .max_body_bytes
+            .unwrap_or(max_body_bytes)
+            .min(max_body_bytes),
         max_depth: x.max_depth.unwrap_or(32),
         max_elements: x.max_elements.unwrap_or(10_000),
         max_attributes_per_element: x.max_attributes_per_element.unwrap_or(32),
@@ -49,7 +55,9 @@ pub(crate) fn compile(
         .content_types
         .iter()
         .enumerate()
-        .map(|(i, r)| content_type_rule(r, default_mode).map_err(|e| format!("contentTypes[{i}]: {e}")))
+        .map(|(i, r)| {
+            content_type_rule(r, default_mode).map_err(|e| format!("contentTypes[{i}]: {e}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let open_api = spec
         .open_api
@@ -83,14 +91,20 @@ pub(super) fn mode(spec: Option<ThreatMode>, default: Mode) -> Mode {
     }
 }
 
-fn content_type_rule(rule: &api::ContentTypeRule, default: Mode) -> Result<ContentTypeRule, String> {
+fn content_type_rule(
+    rule: &api::ContentTypeRule,
+    default: Mode,
+) -> Result<ContentTypeRule, String> {
     if rule.methods.is_empty() || rule.allowed.is_empty() {
         return Err("methods and allowed must not be empty".into());
     }
     let methods = rule
         .methods
         .iter()
-        .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid method {m:?}")))
+        .map(|m| {
+            Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("invalid method {m:?}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let allowed = rule
         .allowed
@@ -127,7 +141,10 @@ mod tests {
     #[test]
     fn media_ranges_parse() {
         assert_eq!(media_range("*/*").unwrap(), MediaRange::Any);
-        assert_eq!(media_range("text/*").unwrap(), MediaRange::Type("text".into()));
+        assert_eq!(
+            media_range("text/*").unwrap(),
+            MediaRange::Type("text".into())
+        );
         assert_eq!(
             media_range("application/*+json").unwrap(),
             MediaRange::Suffix("application".into(), "+json".into())

@@ -434,7 +434,11 @@ impl OpenApi {
             }
         };
         if depth > MAX_SCHEMA_DEPTH {
-            fail(details, pointer, "schema nesting too deep to validate".into());
+            fail(
+                details,
+                pointer,
+                "schema nesting too deep to validate".into(),
+            );
             return;
         }
         let s = &self.schemas[schema];
@@ -505,12 +509,20 @@ impl OpenApi {
                 }
                 if let Some(min) = s.min_properties {
                     if (map.len() as u64) < min {
-                        fail(details, pointer, format!("expected at least {min} properties"));
+                        fail(
+                            details,
+                            pointer,
+                            format!("expected at least {min} properties"),
+                        );
                     }
                 }
                 if let Some(max) = s.max_properties {
                     if map.len() as u64 > max {
-                        fail(details, pointer, format!("expected at most {max} properties"));
+                        fail(
+                            details,
+                            pointer,
+                            format!("expected at most {max} properties"),
+                        );
                     }
                 }
                 for (name, member) in map {
@@ -573,7 +585,11 @@ impl OpenApi {
         }
         if let Some(not) = s.not {
             if self.is_valid(not, value, pointer, depth + 1) {
-                fail(details, pointer, "must not match the schema in `not`".into());
+                fail(
+                    details,
+                    pointer,
+                    "must not match the schema in `not`".into(),
+                );
             }
         }
     }
@@ -635,12 +651,20 @@ impl OpenApi {
             let n = text.chars().count() as u64;
             if let Some(min) = s.min_length {
                 if n < min {
-                    fail(details, pointer, format!("expected at least {min} characters"));
+                    fail(
+                        details,
+                        pointer,
+                        format!("expected at least {min} characters"),
+                    );
                 }
             }
             if let Some(max) = s.max_length {
                 if n > max {
-                    fail(details, pointer, format!("expected at most {max} characters"));
+                    fail(
+                        details,
+                        pointer,
+                        format!("expected at most {max} characters"),
+                    );
                 }
             }
         }
@@ -754,8 +778,7 @@ fn json_equal(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
         }
         _ => a == b,
@@ -784,7 +807,10 @@ impl std::fmt::Display for MediaRange {
 
 /// Matches request path segments against a template; the path
 /// parameters on success.
-fn match_segments<'a>(template: &'a [Segment], path: &[&'a str]) -> Option<Vec<(&'a str, &'a str)>> {
+fn match_segments<'a>(
+    template: &'a [Segment],
+    path: &[&'a str],
+) -> Option<Vec<(&'a str, &'a str)>> {
     if template.len() != path.len() {
         return None;
     }
@@ -801,7 +827,9 @@ fn match_segments<'a>(template: &'a [Segment], path: &[&'a str]) -> Option<Vec<(
                 name,
                 suffix,
             } => {
-                let value = p.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
+                let value = p
+                    .strip_prefix(prefix.as_str())?
+                    .strip_suffix(suffix.as_str())?;
                 if value.is_empty() {
                     return None;
                 }

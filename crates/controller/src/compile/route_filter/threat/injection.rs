@@ -26,7 +26,10 @@ pub(crate) const DEFAULT_RULES: &[(&str, &str)] = &[
         r#"(?i)['"`]\s*\)?\s*(?:or|and|\|\||&&)\s+\(?\s*['"`]?\w*['"`]?\s*(?:=|<>|!=|<=?|>=?)"#,
     ),
     // 1 OR 1=1 (unquoted numeric tautology)
-    ("sqli-numeric-tautology", r"(?i)\b(?:or|and)\s+(\d+)\s*(?:=|<>|!=)\s*\d+\b"),
+    (
+        "sqli-numeric-tautology",
+        r"(?i)\b(?:or|and)\s+(\d+)\s*(?:=|<>|!=)\s*\d+\b",
+    ),
     // admin'--, x' #, 1'/*
     ("sqli-comment", r#"['"`]\s*(?:--|#|/\*)"#),
     // UNION [ALL] SELECT, also with inline comments or + for spaces
@@ -203,26 +206,74 @@ mod tests {
             (Location::Query, "x' or 'a'='a", "sqli-tautology"),
             (Location::Query, "1 or 1=1", "sqli-numeric-tautology"),
             (Location::Query, "admin'--", "sqli-comment"),
-            (Location::Query, "1 UNION SELECT password FROM users", "sqli-union"),
+            (
+                Location::Query,
+                "1 UNION SELECT password FROM users",
+                "sqli-union",
+            ),
             (Location::Query, "1+union+all+select+1,2", "sqli-union"),
             (Location::Query, "1/**/UNION/**/SELECT/**/1", "sqli-union"),
             (Location::Body, "x'; DROP TABLE users", "sqli-stacked-query"),
             (Location::Body, "1 AND SLEEP(5)", "sqli-functions"),
-            (Location::Body, "select table_name from information_schema.tables", "sqli-schema-probe"),
-            (Location::Body, "<script>alert(1)</script>", "xss-script-tag"),
-            (Location::Query, "%3Cscript%3Ealert(1)%3C/script%3E", "xss-script-tag"),
+            (
+                Location::Body,
+                "select table_name from information_schema.tables",
+                "sqli-schema-probe",
+            ),
+            (
+                Location::Body,
+                "<script>alert(1)</script>",
+                "xss-script-tag",
+            ),
+            (
+                Location::Query,
+                "%3Cscript%3Ealert(1)%3C/script%3E",
+                "xss-script-tag",
+            ),
             (Location::Query, "%253Cscript%253E", "xss-script-tag"),
             (Location::Body, "<iframe src=//evil>", "xss-active-tag"),
             (Location::Body, "javascript:alert(1)", "xss-script-url"),
-            (Location::Body, "<a href=\"JavaScript:alert(1)\">", "xss-script-url"),
-            (Location::Body, "<img src=x onerror=alert(1)>", "xss-event-handler"),
-            (Location::Body, "<body onload = steal()>", "xss-event-handler"),
-            (Location::Header, "x\" onmouseover=\"alert(1)", "xss-event-handler"),
+            (
+                Location::Body,
+                "<a href=\"JavaScript:alert(1)\">",
+                "xss-script-url",
+            ),
+            (
+                Location::Body,
+                "<img src=x onerror=alert(1)>",
+                "xss-event-handler",
+            ),
+            (
+                Location::Body,
+                "<body onload = steal()>",
+                "xss-event-handler",
+            ),
+            (
+                Location::Header,
+                "x\" onmouseover=\"alert(1)",
+                "xss-event-handler",
+            ),
             (Location::Query, "../../etc/passwd", "traversal-dot-dot"),
-            (Location::Query, "..\\..\\windows\\win.ini", "traversal-dot-dot"),
-            (Location::Path, "/files/..%2F..%2Fsecret", "traversal-dot-dot"),
-            (Location::Query, "%2e%2e%2f%2e%2e%2fsecret", "traversal-dot-dot"),
-            (Location::Query, "%252e%252e%252fsecret", "traversal-dot-dot"),
+            (
+                Location::Query,
+                "..\\..\\windows\\win.ini",
+                "traversal-dot-dot",
+            ),
+            (
+                Location::Path,
+                "/files/..%2F..%2Fsecret",
+                "traversal-dot-dot",
+            ),
+            (
+                Location::Query,
+                "%2e%2e%2f%2e%2e%2fsecret",
+                "traversal-dot-dot",
+            ),
+            (
+                Location::Query,
+                "%252e%252e%252fsecret",
+                "traversal-dot-dot",
+            ),
             (Location::Query, "/etc/passwd", "traversal-sensitive-file"),
             (Location::Query, "report.pdf%00.png", "traversal-nul-byte"),
         ];
@@ -269,7 +320,10 @@ mod tests {
         for location in Location::ALL {
             for value in samples {
                 let found = hits(&set, location, value);
-                assert!(found.is_empty(), "{value:?} at {location:?} flagged: {found:?}");
+                assert!(
+                    found.is_empty(),
+                    "{value:?} at {location:?} flagged: {found:?}"
+                );
             }
         }
     }
@@ -287,7 +341,9 @@ mod tests {
         assert!(hits(&set, Location::Query, "admin'--").is_empty());
         assert!(set.rules(Location::Path).is_none());
         let mut modes = Vec::new();
-        set.scan(Location::Query, "<script>", true, &mut |r| modes.push(r.mode));
+        set.scan(Location::Query, "<script>", true, &mut |r| {
+            modes.push(r.mode)
+        });
         assert_eq!(modes, vec![Mode::Report]);
         assert_eq!(hits(&set, Location::Header, "FOO"), vec!["no-foo"]);
         assert!(hits(&set, Location::Query, "foo").is_empty());
@@ -296,9 +352,13 @@ mod tests {
             compile(&serde_json::from_value(v).unwrap(), Mode::Block).unwrap_err()
         };
         assert!(bad(serde_json::json!({"disabledRules": ["nope"]})).contains("nope"));
-        assert!(bad(serde_json::json!({"customRules": [{"id": "x", "pattern": "("}]}))
-            .contains("customRules[0]"));
-        assert!(bad(serde_json::json!({"customRules": [{"id": "sqli-union", "pattern": "x"}]}))
-            .contains("already used"));
+        assert!(
+            bad(serde_json::json!({"customRules": [{"id": "x", "pattern": "("}]}))
+                .contains("customRules[0]")
+        );
+        assert!(
+            bad(serde_json::json!({"customRules": [{"id": "sqli-union", "pattern": "x"}]}))
+                .contains("already used")
+        );
     }
 }

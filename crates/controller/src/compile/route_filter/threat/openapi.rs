@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use http::Method;
 use portcullis_api::route_filter::threat::{OpenApiSpec, UnknownPath};
 use portcullis_model::route_filter::threat::openapi::{
-    types, Additional, OpenApi, Operation, ParamLocation, Parameter, PathItem, RequestBody,
-    Schema, SchemaId, Segment,
+    types, Additional, OpenApi, Operation, ParamLocation, Parameter, PathItem, RequestBody, Schema,
+    SchemaId, Segment,
 };
 use portcullis_model::route_filter::threat::Mode;
 use serde_json::{Map, Value};
@@ -153,7 +153,10 @@ fn server_base_path(doc: &Value) -> String {
         }
     }
     let path = match url.find("://") {
-        Some(i) => url[i + 3..].find('/').map(|j| &url[i + 3 + j..]).unwrap_or(""),
+        Some(i) => url[i + 3..]
+            .find('/')
+            .map(|j| &url[i + 3 + j..])
+            .unwrap_or(""),
         None => url.as_str(),
     };
     clean_base_path(path)
@@ -198,7 +201,8 @@ impl<'a> Builder<'a> {
         let pointer = reference.strip_prefix('#').ok_or_else(|| {
             format!("{at}: $ref {reference:?}: only references within the document (#/...) are supported")
         })?;
-        let decoded = portcullis_model::route_filter::threat::injection::percent_decode(pointer, false);
+        let decoded =
+            portcullis_model::route_filter::threat::injection::percent_decode(pointer, false);
         self.doc
             .pointer(&decoded)
             .ok_or_else(|| format!("{at}: $ref {reference:?} does not resolve"))
@@ -237,7 +241,10 @@ impl<'a> Builder<'a> {
                 .transpose()?;
             operations.push(Operation {
                 method,
-                operation_id: op.get("operationId").and_then(Value::as_str).map(String::from),
+                operation_id: op
+                    .get("operationId")
+                    .and_then(Value::as_str)
+                    .map(String::from),
                 parameters,
                 body,
             });
@@ -249,7 +256,11 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn parameters(&mut self, owner: &'a Map<String, Value>, at: &str) -> Result<Vec<Parameter>, String> {
+    fn parameters(
+        &mut self,
+        owner: &'a Map<String, Value>,
+        at: &str,
+    ) -> Result<Vec<Parameter>, String> {
         let Some(list) = owner.get("parameters") else {
             return Ok(Vec::new());
         };
@@ -273,13 +284,15 @@ impl<'a> Builder<'a> {
             };
             let schema = match (p.get("schema"), p.pointer("/content")) {
                 (Some(s), _) => Some(self.schema(s, &format!("{p_at}/schema"))?),
-                (None, Some(content)) => match content.as_object().and_then(|c| c.values().next()) {
-                    Some(media) => media
-                        .get("schema")
-                        .map(|s| self.schema(s, &format!("{p_at}/content")))
-                        .transpose()?,
-                    None => None,
-                },
+                (None, Some(content)) => {
+                    match content.as_object().and_then(|c| c.values().next()) {
+                        Some(media) => media
+                            .get("schema")
+                            .map(|s| self.schema(s, &format!("{p_at}/content")))
+                            .transpose()?,
+                        None => None,
+                    }
+                }
                 (None, None) => None,
             };
             let style_form = match p.get("style").and_then(Value::as_str) {
@@ -296,7 +309,10 @@ impl<'a> Builder<'a> {
                 required: location == ParamLocation::Path
                     || p.get("required").and_then(Value::as_bool).unwrap_or(false),
                 schema,
-                explode: p.get("explode").and_then(Value::as_bool).unwrap_or(style_form),
+                explode: p
+                    .get("explode")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(style_form),
             });
         }
         Ok(out)
@@ -316,7 +332,9 @@ impl<'a> Builder<'a> {
                     portcullis_model::route_filter::threat::MediaRange::Exact(m) => {
                         portcullis_model::route_filter::threat::is_json(m)
                     }
-                    portcullis_model::route_filter::threat::MediaRange::Suffix(_, s) => s == "+json",
+                    portcullis_model::route_filter::threat::MediaRange::Suffix(_, s) => {
+                        s == "+json"
+                    }
                     _ => false,
                 };
                 let schema = match entry.get("schema") {
@@ -327,7 +345,10 @@ impl<'a> Builder<'a> {
             }
         }
         Ok(RequestBody {
-            required: body.get("required").and_then(Value::as_bool).unwrap_or(false),
+            required: body
+                .get("required")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             content,
         })
     }
@@ -428,13 +449,19 @@ impl<'a> Builder<'a> {
         }
         let count = |key: &str| -> Result<Option<u64>, String> {
             o.get(key)
-                .map(|v| v.as_u64().ok_or_else(|| err(key, "expected a non-negative integer")))
+                .map(|v| {
+                    v.as_u64()
+                        .ok_or_else(|| err(key, "expected a non-negative integer"))
+                })
                 .transpose()
         };
         let number = |key: &str| -> Result<Option<f64>, String> {
             match o.get(key) {
                 None | Some(Value::Bool(_)) => Ok(None),
-                Some(v) => v.as_f64().map(Some).ok_or_else(|| err(key, "expected a number")),
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| err(key, "expected a number")),
             }
         };
         s.min_length = count("minLength")?;
@@ -443,7 +470,10 @@ impl<'a> Builder<'a> {
         s.max_items = count("maxItems")?;
         s.min_properties = count("minProperties")?;
         s.max_properties = count("maxProperties")?;
-        s.unique_items = o.get("uniqueItems").and_then(Value::as_bool).unwrap_or(false);
+        s.unique_items = o
+            .get("uniqueItems")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         s.minimum = number("minimum")?;
         s.maximum = number("maximum")?;
         // 3.0: exclusiveMinimum is a boolean modifying minimum; 3.1: a
@@ -463,7 +493,9 @@ impl<'a> Builder<'a> {
             return Err(err("multipleOf", "must be positive"));
         }
         if let Some(p) = o.get("pattern") {
-            let p = p.as_str().ok_or_else(|| err("pattern", "expected a string"))?;
+            let p = p
+                .as_str()
+                .ok_or_else(|| err("pattern", "expected a string"))?;
             s.pattern = Some(
                 regex::RegexBuilder::new(p)
                     .size_limit(1 << 20)
@@ -537,8 +569,19 @@ impl<'a> Builder<'a> {
 fn is_assertion(key: &str) -> bool {
     !matches!(
         key,
-        "description" | "title" | "example" | "examples" | "default" | "deprecated" | "readOnly"
-            | "writeOnly" | "$comment" | "format" | "externalDocs" | "xml" | "discriminator"
+        "description"
+            | "title"
+            | "example"
+            | "examples"
+            | "default"
+            | "deprecated"
+            | "readOnly"
+            | "writeOnly"
+            | "$comment"
+            | "format"
+            | "externalDocs"
+            | "xml"
+            | "discriminator"
     ) && !key.starts_with("x-")
 }
 
@@ -634,7 +677,13 @@ components:
             panic!("POST /v1/orders not found");
         };
         let mut details = Vec::new();
-        api.validate_body(operation, Some("application/json"), true, Some(&body), &mut details);
+        api.validate_body(
+            operation,
+            Some("application/json"),
+            true,
+            Some(&body),
+            &mut details,
+        );
         details
     }
 
@@ -658,30 +707,54 @@ components:
             Matched::Operation { path_params, .. } => assert!(path_params.is_empty()),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(api.find(&Method::GET, "/orders/42"), Matched::UnknownPath));
-        assert!(matches!(api.find(&Method::GET, "/v1/nope"), Matched::UnknownPath));
-        assert!(matches!(api.find(&Method::GET, "/v1x/orders"), Matched::UnknownPath));
+        assert!(matches!(
+            api.find(&Method::GET, "/orders/42"),
+            Matched::UnknownPath
+        ));
+        assert!(matches!(
+            api.find(&Method::GET, "/v1/nope"),
+            Matched::UnknownPath
+        ));
+        assert!(matches!(
+            api.find(&Method::GET, "/v1x/orders"),
+            Matched::UnknownPath
+        ));
         match api.find(&Method::PUT, "/v1/orders/42") {
             Matched::MethodNotAllowed(allowed) => {
                 assert_eq!(allowed, vec![&Method::GET, &Method::DELETE])
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(api.find(&Method::HEAD, "/v1/orders/1"), Matched::Operation { .. }));
+        assert!(matches!(
+            api.find(&Method::HEAD, "/v1/orders/1"),
+            Matched::Operation { .. }
+        ));
     }
 
     #[test]
     fn parameters_are_coerced_and_checked() {
         let api = api();
-        let Matched::Operation { operation, path_params } = api.find(&Method::GET, "/v1/orders/0")
+        let Matched::Operation {
+            operation,
+            path_params,
+        } = api.find(&Method::GET, "/v1/orders/0")
         else {
             panic!()
         };
         let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
         };
         let mut details = Vec::new();
-        api.validate_parameters(operation, &path_params, &q(&[("fields", "id"), ("fields", "bogus")]), &HeaderMap::new(), &mut details);
+        api.validate_parameters(
+            operation,
+            &path_params,
+            &q(&[("fields", "id"), ("fields", "bogus")]),
+            &HeaderMap::new(),
+            &mut details,
+        );
         let got: Vec<(Option<String>, Option<String>, String)> = details
             .iter()
             .map(|d| (d.name.clone(), d.pointer.clone(), d.message.clone()))
@@ -690,19 +763,42 @@ components:
             got,
             vec![
                 (Some("id".into()), None, "expected a value >= 1".into()),
-                (Some("fields".into()), Some("/1".into()), r#"expected one of ["id", "items", "total"]"#.into()),
-                (Some("limit".into()), None, "required parameter is missing".into()),
+                (
+                    Some("fields".into()),
+                    Some("/1".into()),
+                    r#"expected one of ["id", "items", "total"]"#.into()
+                ),
+                (
+                    Some("limit".into()),
+                    None,
+                    "required parameter is missing".into()
+                ),
             ]
         );
-        let Matched::Operation { operation, path_params } = api.find(&Method::GET, "/v1/orders/7")
+        let Matched::Operation {
+            operation,
+            path_params,
+        } = api.find(&Method::GET, "/v1/orders/7")
         else {
             panic!()
         };
         let mut details = Vec::new();
-        api.validate_parameters(operation, &path_params, &q(&[("limit", "ten")]), &HeaderMap::new(), &mut details);
+        api.validate_parameters(
+            operation,
+            &path_params,
+            &q(&[("limit", "ten")]),
+            &HeaderMap::new(),
+            &mut details,
+        );
         assert_eq!(details[0].message, "expected integer, got string");
         let mut details = Vec::new();
-        api.validate_parameters(operation, &path_params, &q(&[("limit", "10")]), &HeaderMap::new(), &mut details);
+        api.validate_parameters(
+            operation,
+            &path_params,
+            &q(&[("limit", "10")]),
+            &HeaderMap::new(),
+            &mut details,
+        );
         assert!(details.is_empty(), "{details:?}");
     }
 
@@ -736,28 +832,56 @@ components:
         assert!(body_details(&api, valid).is_empty());
 
         let cases = [
-            (json!({"customer": "ann", "items": [{"sku": "a", "qty": "2"}]}),
-             ("/items/0/qty", "expected integer, got string")),
-            (json!({"customer": "ann", "items": [{"sku": "a", "qty": 1000}]}),
-             ("/items/0/qty", "expected a value < 1000")),
-            (json!({"customer": "ann", "items": [{"sku": "a"}]}),
-             ("/items/0/qty", "required property is missing")),
-            (json!({"items": [{"sku": "a", "qty": 1}]}),
-             ("/customer", "required property is missing")),
-            (json!({"customer": "", "items": [{"sku": "a", "qty": 1}]}),
-             ("/customer", "expected at least 1 characters")),
-            (json!({"customer": "ann", "items": []}),
-             ("/items", "expected at least 1 items")),
-            (json!({"customer": "ann", "status": "lost", "items": [{"sku": "a", "qty": 1}]}),
-             ("/status", r#"expected one of ["new", "paid"]"#)),
-            (json!({"customer": "ann", "extra": 1, "items": [{"sku": "a", "qty": 1}]}),
-             ("/extra", "property is not allowed")),
-            (json!({"customer": "ann", "items": [{"sku": "a", "qty": 1}], "payment": {"iban": 5}}),
-             ("/payment", "expected to match exactly one of 2 schemas, matched none")),
-            (json!({"customer": "ann", "items": [{"sku": "a", "qty": 1}], "payment": {"card": "4111111111111111", "iban": "x"}}),
-             ("/payment", "expected to match exactly one of 2 schemas, matched 2")),
-            (json!({"customer": "ann", "items": [{"sku": "a", "qty": 1}], "parent": {"customer": 5, "items": [{"sku": "a", "qty": 1}]}}),
-             ("/parent/customer", "expected string, got integer")),
+            (
+                json!({"customer": "ann", "items": [{"sku": "a", "qty": "2"}]}),
+                ("/items/0/qty", "expected integer, got string"),
+            ),
+            (
+                json!({"customer": "ann", "items": [{"sku": "a", "qty": 1000}]}),
+                ("/items/0/qty", "expected a value < 1000"),
+            ),
+            (
+                json!({"customer": "ann", "items": [{"sku": "a"}]}),
+                ("/items/0/qty", "required property is missing"),
+            ),
+            (
+                json!({"items": [{"sku": "a", "qty": 1}]}),
+                ("/customer", "required property is missing"),
+            ),
+            (
+                json!({"customer": "", "items": [{"sku": "a", "qty": 1}]}),
+                ("/customer", "expected at least 1 characters"),
+            ),
+            (
+                json!({"customer": "ann", "items": []}),
+                ("/items", "expected at least 1 items"),
+            ),
+            (
+                json!({"customer": "ann", "status": "lost", "items": [{"sku": "a", "qty": 1}]}),
+                ("/status", r#"expected one of ["new", "paid"]"#),
+            ),
+            (
+                json!({"customer": "ann", "extra": 1, "items": [{"sku": "a", "qty": 1}]}),
+                ("/extra", "property is not allowed"),
+            ),
+            (
+                json!({"customer": "ann", "items": [{"sku": "a", "qty": 1}], "payment": {"iban": 5}}),
+                (
+                    "/payment",
+                    "expected to match exactly one of 2 schemas, matched none",
+                ),
+            ),
+            (
+                json!({"customer": "ann", "items": [{"sku": "a", "qty": 1}], "payment": {"card": "4111111111111111", "iban": "x"}}),
+                (
+                    "/payment",
+                    "expected to match exactly one of 2 schemas, matched 2",
+                ),
+            ),
+            (
+                json!({"customer": "ann", "items": [{"sku": "a", "qty": 1}], "parent": {"customer": 5, "items": [{"sku": "a", "qty": 1}]}}),
+                ("/parent/customer", "expected string, got integer"),
+            ),
             (json!([1]), ("", "expected object, got array")),
         ];
         for (body, (pointer, message)) in cases {
@@ -796,7 +920,10 @@ components:
         assert!(e.contains("line 2"), "{e}");
         assert!(compile("swagger: '2.0'").unwrap_err().contains("/openapi"));
         let e = compile("openapi: 3.1.0\npaths:\n  /a:\n    post:\n      requestBody:\n        content:\n          application/json:\n            schema: {$ref: '#/components/schemas/Nope'}\n").unwrap_err();
-        assert!(e.contains("/paths/~1a/post/requestBody/content/application~1json/schema"), "{e}");
+        assert!(
+            e.contains("/paths/~1a/post/requestBody/content/application~1json/schema"),
+            "{e}"
+        );
         let e = compile("openapi: 3.1.0\npaths:\n  /a:\n    get:\n      parameters: [{name: q, in: query, schema: {type: strin}}]\n").unwrap_err();
         assert!(e.contains("unknown type \"strin\""), "{e}");
         let e = compile("openapi: 3.0.0\npaths:\n  /a:\n    get:\n      parameters: [{name: q, in: query, schema: {pattern: '(?<=a)b'}}]\n").unwrap_err();
@@ -816,18 +943,41 @@ components:
         )
         .unwrap();
         let api = compile_document(&doc, &OpenApiSpec::default(), Mode::Block, "t".into()).unwrap();
-        let Matched::Operation { operation, .. } = api.find(&Method::POST, "/t") else { panic!() };
+        let Matched::Operation { operation, .. } = api.find(&Method::POST, "/t") else {
+            panic!()
+        };
         let check = |body: Value| {
             let mut d = Vec::new();
-            api.validate_body(operation, Some("application/vnd.x+json"), true, Some(&body), &mut d);
+            api.validate_body(
+                operation,
+                Some("application/vnd.x+json"),
+                true,
+                Some(&body),
+                &mut d,
+            );
             pointers(&d)
         };
         assert!(check(json!(null)).is_empty());
         assert!(check(json!({"n": 1.5, "c": "x", "r": "ab"})).is_empty());
-        assert_eq!(check(json!({"n": 0})), vec![("/n".into(), "expected a value > 0".into())]);
-        assert_eq!(check(json!({"n": 0.7})), vec![("/n".into(), "expected a multiple of 0.5".into())]);
-        assert_eq!(check(json!({"c": "y"})), vec![("/c".into(), "expected one of [\"x\"]".into())]);
-        assert_eq!(check(json!({"r": "abc"})), vec![("/r".into(), "expected at most 2 characters".into())]);
-        assert_eq!(check(json!({"r": 1})), vec![("/r".into(), "expected string, got integer".into())]);
+        assert_eq!(
+            check(json!({"n": 0})),
+            vec![("/n".into(), "expected a value > 0".into())]
+        );
+        assert_eq!(
+            check(json!({"n": 0.7})),
+            vec![("/n".into(), "expected a multiple of 0.5".into())]
+        );
+        assert_eq!(
+            check(json!({"c": "y"})),
+            vec![("/c".into(), "expected one of [\"x\"]".into())]
+        );
+        assert_eq!(
+            check(json!({"r": "abc"})),
+            vec![("/r".into(), "expected at most 2 characters".into())]
+        );
+        assert_eq!(
+            check(json!({"r": 1})),
+            vec![("/r".into(), "expected string, got integer".into())]
+        );
     }
 }

@@ -34,8 +34,9 @@ use crate::metrics::{self, ThreatDecision};
 use json_limits::JsonIssue;
 use xml_limits::XmlIssue;
 
-/// Inspects the request; `Err` is the rejection to send.
-pub(crate) async fn inspect(
+/// Inspects the request; `Err` is the rejection to send. (Public for the
+/// benchmark in tests/benches/threat.rs.)
+pub async fn inspect(
     config: &ThreatProtectionConfig,
     filter: &str,
     client: &ClientRequest,

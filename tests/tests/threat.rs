@@ -561,3 +561,49 @@ async fn report_mode_lets_requests_through_and_counts_them() {
         );
     }
 }
+
+/// `examples/api-management/threat-protection.yaml` compiles without
+/// problems and answers as its comments say (ports moved to free ones).
+#[tokio::test]
+async fn the_threat_protection_example_behaves_as_documented() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/api-management/threat-protection.yaml");
+    let text = std::fs::read_to_string(&path).expect("example file");
+    let mut snapshot = portcullis_controller::Snapshot::default();
+    for object in portcullis_controller::file::parse_documents(&text).expect("example parses") {
+        snapshot.insert(object);
+    }
+    let compiled = portcullis_controller::compile(
+        &snapshot,
+        &portcullis_controller::CompileOptions::default(),
+    );
+    for s in &compiled.statuses {
+        assert!(s.problems.is_empty(), "{}: {:?}", s.display_name(), s.problems);
+    }
+
+    let (recorder, addr) = Recorder::start().await;
+    let yaml = text
+        .replace("port: 8080", "port: ${HTTP_PORT}")
+        .replace("port: 3000", &format!("port: {}", addr.port()));
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    let url = |path: &str| gw.url("HTTP_PORT", path);
+    let status = |a: Answer| a.status;
+    let shop = "shop.example";
+    assert_eq!(status(get(&url("/api/orders/7?limit=10"), shop, &[]).await), StatusCode::OK);
+    assert_eq!(status(get(&url("/api/orders/7"), shop, &[]).await), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        status(get(&url("/api/orders/7?limit=10&q=%27%20OR%201%3D1%20--"), shop, &[]).await),
+        StatusCode::FORBIDDEN
+    );
+    let req = Request::post(url("/api/orders"))
+        .header("host", shop)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"customer": "ann", "items": [{"sku": "ABC-1", "qty": "two"}]}"#,
+        )))
+        .expect("request");
+    let answer = send(&http1_client(), req).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(json_body(&answer)["details"][0]["pointer"], "/items/0/qty");
+    assert_eq!(recorder.count(), 1);
+}

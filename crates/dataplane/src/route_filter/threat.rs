@@ -52,12 +52,14 @@ pub async fn inspect(
 
     check_content_type(config, &judge, client, media.as_deref(), has_body)?;
 
-    let query = decoded_query(client.query.as_deref());
     if let Some(inj) = &config.injection {
         scan_request_line(inj, &judge, client)?;
     }
     let operation = match &config.open_api {
-        Some(api) => match_operation(api, &judge, client, &query)?,
+        Some(api) => {
+            let query = decoded_query(client.query.as_deref());
+            match_operation(api, &judge, client, &query)?
+        }
         None => None,
     };
 

@@ -88,7 +88,7 @@ impl HttpBody for Prefixed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.len() == 0 && self.rest.is_end_stream()
+        self.prefix.as_slice().is_empty() && self.rest.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

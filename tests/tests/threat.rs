@@ -363,6 +363,16 @@ async fn openapi_invalid_requests_are_refused_with_precise_errors() {
         .unwrap_or_default()
         .starts_with("invalid JSON"));
 
+    // No JSON limits on this route: the parser's own depth bound refuses
+    // a 10,000-level document (no stack overflow).
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let answer = request(&gw, "POST", "/api/orders", Some("application/json"), deep).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(details(&answer)[0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("recursion limit"), "{:?}", answer.body);
+
     let answer = request(&gw, "POST", "/api/orders", None, "").await;
     assert_eq!(details(&answer)[0]["message"], "request body is required");
 

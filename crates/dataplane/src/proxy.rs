@@ -735,9 +735,11 @@ async fn forward(
         client_upgrade,
     } = upstream;
     let name = attempts.backend.name.as_str();
+    let label = &attempts.backend.label;
     let mut resp = match resilience::retry::send(attempts, req).await {
         Ok(resp) => resp,
         Err(Failure::Overloaded(o)) => {
+            crate::metrics::global().record_circuit_rejection(label);
             tracing::warn!(backend = %name, rule = %rule.id, limit = o.as_str(), "circuit breaker open: 503");
             return Ok(overloaded_response(o));
         }

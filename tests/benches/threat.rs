@@ -25,7 +25,10 @@ const ORDER: &str = r#"{"customer": "Ann O'Brien", "status": "new", "items": [
   {"sku": "JKL-4", "qty": 3}, {"sku": "MNO-55", "qty": 1}]}"#;
 
 fn filters() -> Vec<(&'static str, Arc<RouteFilterConfig>)> {
-    let indented: String = OPENAPI.lines().map(|l| format!("          {l}\n")).collect();
+    let indented: String = OPENAPI
+        .lines()
+        .map(|l| format!("          {l}\n"))
+        .collect();
     let sections = [
         ("none", "{}".to_string()),
         (
@@ -101,7 +104,10 @@ spec:
                 _ => None,
             })
             .unwrap_or_else(|| panic!("RouteFilter {name} compiled"));
-        assert!(config.threat_protection.is_some(), "{name} has threat protection");
+        assert!(
+            config.threat_protection.is_some(),
+            "{name} has threat protection"
+        );
         out.push((*name, config));
     }
     out
@@ -124,7 +130,12 @@ fn bench(c: &mut Criterion) {
         .expect("runtime");
     let mut json_headers = HeaderMap::new();
     json_headers.insert("content-type", "application/json".parse().expect("value"));
-    json_headers.insert("user-agent", "Mozilla/5.0 (X11; Linux x86_64) bench".parse().expect("value"));
+    json_headers.insert(
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64) bench"
+            .parse()
+            .expect("value"),
+    );
     let post = client(Method::POST, "/api/orders", None, &json_headers);
     let get = client(
         Method::GET,
@@ -136,14 +147,21 @@ fn bench(c: &mut Criterion) {
         let mut req = Request::builder()
             .method(client.method.clone())
             .uri(client.path.as_str())
-            .body(if body.is_empty() { body::empty() } else { body::full(body) })
+            .body(if body.is_empty() {
+                body::empty()
+            } else {
+                body::full(body)
+            })
             .expect("request");
         *req.headers_mut() = client.headers.clone();
         let out = rt.block_on(threat::inspect(config, "default/bench", client, req));
         assert!(out.is_ok(), "bench request refused");
         black_box(out.is_ok());
     };
-    for (label, request, body) in [("post_json_order", &post, ORDER), ("get_with_query", &get, "")] {
+    for (label, request, body) in [
+        ("post_json_order", &post, ORDER),
+        ("get_with_query", &get, ""),
+    ] {
         let mut group = c.benchmark_group(format!("threat_{label}"));
         for (name, filter) in filters() {
             let config = filter.threat_protection.as_ref().expect("section").clone();

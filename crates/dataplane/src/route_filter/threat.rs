@@ -42,6 +42,18 @@ pub async fn inspect(
     client: &ClientRequest,
     req: Request<Body>,
 ) -> Result<Request<Body>, Response<Body>> {
+    checked(config, filter, client, req).await.map_err(|r| *r)
+}
+
+/// A refusal, boxed: it travels up through every check.
+type Refusal = Box<Response<Body>>;
+
+async fn checked(
+    config: &ThreatProtectionConfig,
+    filter: &str,
+    client: &ClientRequest,
+    req: Request<Body>,
+) -> Result<Request<Body>, Refusal> {
     let judge = Judge { filter };
     let media = req
         .headers()
@@ -118,10 +130,10 @@ pub async fn inspect(
         }
         Err(body::ReadError::Failed) => {
             tracing::debug!(filter, "threat protection: could not read the request body");
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
                 json!({"error": "could not read the request body"}),
-            ));
+            )));
         }
     };
 
@@ -213,7 +225,7 @@ fn check_content_type(
     client: &ClientRequest,
     media: Option<&str>,
     has_body: bool,
-) -> Result<(), Response<Body>> {
+) -> Result<(), Refusal> {
     if !has_body {
         return Ok(());
     }
@@ -240,7 +252,7 @@ fn scan_request_line(
     inj: &Injection,
     judge: &Judge<'_>,
     client: &ClientRequest,
-) -> Result<(), Response<Body>> {
+) -> Result<(), Refusal> {
     judge.scan(inj, Location::Path, &client.path, false)?;
     if let Some(q) = client.query.as_deref() {
         for (key, value) in raw_pairs(q) {
@@ -265,7 +277,7 @@ fn scan_request_line(
 
 /// Every string (member names included) of a JSON document, walked
 /// with an explicit stack.
-fn scan_json(inj: &Injection, judge: &Judge<'_>, value: &Value) -> Result<(), Response<Body>> {
+fn scan_json(inj: &Injection, judge: &Judge<'_>, value: &Value) -> Result<(), Refusal> {
     let mut stack = vec![value];
     while let Some(v) = stack.pop() {
         match v {
@@ -290,7 +302,7 @@ fn match_operation<'a>(
     judge: &Judge<'_>,
     client: &'a ClientRequest,
     query: &[(String, String)],
-) -> Result<Option<(&'a OpenApi, &'a Operation)>, Response<Body>> {
+) -> Result<Option<(&'a OpenApi, &'a Operation)>, Refusal> {
     match api.find(&client.method, &client.path) {
         Matched::Operation {
             operation,
@@ -349,7 +361,7 @@ impl Judge<'_> {
         rule: &str,
         location: Option<&'static str>,
         respond: impl FnOnce() -> Response<Body>,
-    ) -> Result<(), Response<Body>> {
+    ) -> Result<(), Refusal> {
         let decision = match mode {
             Mode::Block => ThreatDecision::blocked,
             Mode::Report => ThreatDecision::reported,
@@ -364,7 +376,7 @@ impl Judge<'_> {
             "threat protection finding"
         );
         match mode {
-            Mode::Block => Err(respond()),
+            Mode::Block => Err(Box::new(respond())),
             Mode::Report => Ok(()),
         }
     }
@@ -375,7 +387,7 @@ impl Judge<'_> {
         location: Location,
         raw: &str,
         plus: bool,
-    ) -> Result<(), Response<Body>> {
+    ) -> Result<(), Refusal> {
         let mut blocked: Option<&Rule> = None;
         inj.scan(location, raw, plus, &mut |rule| match rule.mode {
             Mode::Report => {
@@ -384,7 +396,7 @@ impl Judge<'_> {
                     "injection",
                     &rule.id,
                     Some(location.as_str()),
-                    || unreachable_response(),
+                    unreachable_response,
                 );
             }
             Mode::Block => {
@@ -402,7 +414,7 @@ impl Judge<'_> {
         }
     }
 
-    fn validation(&self, mode: Mode, details: Vec<Detail>) -> Result<(), Response<Body>> {
+    fn validation(&self, mode: Mode, details: Vec<Detail>) -> Result<(), Refusal> {
         if details.is_empty() {
             return Ok(());
         }
@@ -414,12 +426,7 @@ impl Judge<'_> {
         })
     }
 
-    fn payload(
-        &self,
-        mode: Mode,
-        check: &'static str,
-        issue: PayloadIssue,
-    ) -> Result<(), Response<Body>> {
+    fn payload(&self, mode: Mode, check: &'static str, issue: PayloadIssue) -> Result<(), Refusal> {
         self.decide(mode, check, issue.rule, None, || match issue.max {
             Some(max) if issue.rule == "maxBodyBytes" => payload_too_large(max),
             Some(max) => error(

@@ -158,7 +158,8 @@ pub fn for_each_decoding(raw: &str, plus_is_space: bool, mut f: impl FnMut(&str)
     let mut current: Cow<'_, str> = Cow::Borrowed(raw);
     for round in 0..MAX_DECODE_ROUNDS {
         let plus = plus_is_space && round == 0;
-        if !current.contains('%') && !(plus && current.contains('+')) {
+        let encoded = current.contains('%') || (plus && current.contains('+'));
+        if !encoded {
             return;
         }
         let next = percent_decode(&current, plus);

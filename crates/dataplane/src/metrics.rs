@@ -220,6 +220,28 @@ pub struct CacheFilterLabels {
     pub filter: Arc<str>,
 }
 
+/// What threat protection did about a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ThreatDecision {
+    /// The request was refused.
+    blocked,
+    /// Report mode: logged and counted, the request went on.
+    reported,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ThreatLabels {
+    /// The RouteFilter, `namespace/name`.
+    pub filter: Arc<str>,
+    /// `content_type`, `body`, `json`, `xml`, `openapi` or `injection`.
+    pub check: &'static str,
+    /// The rule id or limit name (from the configuration, never from
+    /// the request).
+    pub rule: Arc<str>,
+    pub decision: ThreatDecision,
+}
+
 #[derive(Clone)]
 struct LatencyHistogram;
 
@@ -249,6 +271,7 @@ pub struct Metrics {
     outlier_ejections: Family<BackendLabels, Counter>,
     rate_limit_decisions: Family<RateLimitLabels, Counter>,
     auth_results: Family<AuthLabels, Counter>,
+    threat_decisions: Family<ThreatLabels, Counter>,
     cache_requests: Family<CacheLabels, Counter>,
     cache_evictions: Family<CacheFilterLabels, Counter>,
     cache_bytes: Family<CacheFilterLabels, Gauge>,
@@ -278,6 +301,7 @@ impl Metrics {
             spans_dropped: Counter::default(),
             retries: Family::default(),
             circuit_rejections: Family::default(),
+            threat_decisions: Family::default(),
             outlier_ejections: Family::default(),
             rate_limit_decisions: Family::default(),
             auth_results: Family::default(),
@@ -388,6 +412,11 @@ impl Metrics {
             "Memory held by RouteFilter response cache entries (keys, headers, bodies)",
             Unit::Bytes,
             self.cache_bytes.clone(),
+        );
+        p.register(
+            "threat_decisions",
+            "Threat-protection findings, by RouteFilter, check, rule and decision (blocked or reported)",
+            self.threat_decisions.clone(),
         );
         self
     }
@@ -504,6 +533,26 @@ impl Metrics {
             evictions: self.cache_evictions.get_or_create_owned(&labels),
             bytes: self.cache_bytes.get_or_create_owned(&labels),
         }
+    }
+
+    /// A threat-protection finding. Called only for findings (never per
+    /// clean request), so building the labels here costs nothing on the
+    /// common path.
+    pub fn record_threat(
+        &self,
+        filter: &str,
+        check: &'static str,
+        rule: &str,
+        decision: ThreatDecision,
+    ) {
+        self.threat_decisions
+            .get_or_create(&ThreatLabels {
+                filter: filter.into(),
+                check,
+                rule: rule.into(),
+                decision,
+            })
+            .inc();
     }
 
     fn backend_counter(&self, family: &Family<BackendLabels, Counter>, backend: &Arc<str>) {

@@ -26,6 +26,9 @@ pub(crate) struct Index<'a> {
     /// BackendTLSPolicy TLS of Service ports, by Service and port number
     /// (filled from `backend_tls::compile_policies`).
     pub backend_tls: HashMap<(ObjectKey, i32), Arc<portcullis_model::BackendTls>>,
+    /// The settings of every backend without a BackendPolicy: one shared
+    /// allocation rather than one per backend (thousands of routes).
+    pub default_backend_settings: Arc<BackendSettings>,
     /// RouteFilters compiled so far (many rules may share one).
     pub route_filters: RefCell<HashMap<ObjectKey, RouteFilterResult>>,
 }
@@ -55,6 +58,7 @@ impl<'a> Index<'a> {
             slices,
             backend_settings: HashMap::new(),
             backend_tls: HashMap::new(),
+            default_backend_settings: Arc::default(),
             route_filters: RefCell::default(),
         }
     }

@@ -30,6 +30,8 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local_port: u16,
     pub tls: bool,
+    /// The client certificate the port verified (frontend mTLS).
+    pub client_certificate: Option<Arc<crate::client_cert::VerifiedClientCertificate>>,
 }
 
 impl ConnInfo {
@@ -132,6 +134,15 @@ async fn route_and_forward(
             format!("port {} has no configuration", conn.local_port),
         )
     })?;
+
+    // Frontend mTLS: the verified identity for authorization, and the
+    // identity header (never taken from the client).
+    if let Some(auth) = &port.client_auth {
+        auth.forward(req.headers_mut(), conn.client_certificate.as_deref());
+    }
+    if let Some(cert) = &conn.client_certificate {
+        req.extensions_mut().insert(cert.clone());
+    }
 
     let raw_host = request_host(&req).ok_or_else(|| {
         ProxyError::new(
@@ -282,7 +293,7 @@ async fn route_and_forward(
                 headers: req.headers().clone(),
                 identity: req.extensions().get::<crate::identity::Identity>().cloned(),
                 client_ip: conn.remote.ip(),
-                rule: rule.clone(),
+                rule: Some(rule.clone()),
             })
         }
         _ => None,
@@ -757,6 +768,13 @@ async fn forward(
             return Err(ProxyError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error",
+                format!("{}: {e}", rule.id),
+            ))
+        }
+        Err(Failure::Tls(e)) => {
+            return Err(ProxyError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream TLS error",
                 format!("{}: {e}", rule.id),
             ))
         }

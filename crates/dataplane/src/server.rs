@@ -266,6 +266,7 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
     };
     let https = port_state.routes.config().protocol == Protocol::Https;
     let tls_config = port_state.tls.clone();
+    let client_auth = port_state.client_auth.clone();
     drop(state);
 
     if https {
@@ -286,10 +287,14 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
                     return;
                 }
             };
+        let client_certificate = client_auth
+            .as_ref()
+            .and_then(|a| a.identity(tls_stream.get_ref().1.peer_certificates()));
         let conn = Arc::new(ConnInfo {
             remote,
             local_port: port,
             tls: true,
+            client_certificate,
         });
         serve_http(TokioIo::new(tls_stream), conn, serving).await;
     } else {
@@ -297,6 +302,7 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
             remote,
             local_port: port,
             tls: false,
+            client_certificate: None,
         });
         serve_http(TokioIo::new(stream), conn, serving).await;
     }

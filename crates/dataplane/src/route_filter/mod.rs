@@ -63,7 +63,8 @@ pub struct ClientRequest {
     pub headers: HeaderMap,
     pub identity: Option<Identity>,
     pub client_ip: IpAddr,
-    pub rule: Arc<Rule>,
+    /// The matched rule (always set by the proxy; `None` in unit tests).
+    pub rule: Option<Arc<Rule>>,
 }
 
 /// Runs the rule's RouteFilters around `upstream` (steps 1-7 above).

@@ -37,12 +37,15 @@ fn value<'a>(variable: &Variable, client: &'a ClientRequest) -> Option<Cow<'a, s
         Variable::Subject => Cow::Borrowed(identity?.subject.as_deref()?),
         Variable::Consumer => Cow::Borrowed(identity?.consumer.as_deref()?),
         Variable::Mechanism => Cow::Borrowed(identity?.mechanism?),
-        Variable::RouteNamespace => Cow::Borrowed(client.rule.id.namespace.as_str()),
-        Variable::RouteName => Cow::Borrowed(client.rule.id.name.as_str()),
-        Variable::RouteRule => match &client.rule.id.rule_name {
-            Some(name) => Cow::Borrowed(name.as_str()),
-            None => Cow::Owned(client.rule.id.rule_index.to_string()),
-        },
+        Variable::RouteNamespace => Cow::Borrowed(client.rule.as_ref()?.id.namespace.as_str()),
+        Variable::RouteName => Cow::Borrowed(client.rule.as_ref()?.id.name.as_str()),
+        Variable::RouteRule => {
+            let id = &client.rule.as_ref()?.id;
+            match &id.rule_name {
+                Some(name) => Cow::Borrowed(name.as_str()),
+                None => Cow::Owned(id.rule_index.to_string()),
+            }
+        }
     })
 }
 

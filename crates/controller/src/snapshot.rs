@@ -12,6 +12,7 @@ use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -61,6 +62,7 @@ pub struct Snapshot {
     pub gateways: BTreeMap<ObjectKey, Gateway>,
     pub http_routes: BTreeMap<ObjectKey, HttpRoute>,
     pub grpc_routes: BTreeMap<ObjectKey, GrpcRoute>,
+    pub tls_routes: BTreeMap<ObjectKey, TlsRoute>,
     pub reference_grants: BTreeMap<ObjectKey, ReferenceGrant>,
     pub services: BTreeMap<ObjectKey, Service>,
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
@@ -97,6 +99,7 @@ pub enum KubeObject {
     Gateway(Gateway),
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
+    TlsRoute(TlsRoute),
     ReferenceGrant(ReferenceGrant),
     Service(Service),
     EndpointSlice(EndpointSlice),
@@ -125,6 +128,7 @@ impl KubeObject {
             KubeObject::Gateway(_) => "Gateway",
             KubeObject::HttpRoute(_) => "HTTPRoute",
             KubeObject::GrpcRoute(_) => "GRPCRoute",
+            KubeObject::TlsRoute(_) => "TLSRoute",
             KubeObject::ReferenceGrant(_) => "ReferenceGrant",
             KubeObject::Service(_) => "Service",
             KubeObject::EndpointSlice(_) => "EndpointSlice",
@@ -142,6 +146,7 @@ impl KubeObject {
             KubeObject::Gateway(o) => &o.metadata,
             KubeObject::HttpRoute(o) => &o.metadata,
             KubeObject::GrpcRoute(o) => &o.metadata,
+            KubeObject::TlsRoute(o) => &o.metadata,
             KubeObject::ReferenceGrant(o) => &o.metadata,
             KubeObject::Service(o) => &o.metadata,
             KubeObject::EndpointSlice(o) => &o.metadata,
@@ -159,6 +164,7 @@ impl KubeObject {
             KubeObject::Gateway(o) => &mut o.metadata,
             KubeObject::HttpRoute(o) => &mut o.metadata,
             KubeObject::GrpcRoute(o) => &mut o.metadata,
+            KubeObject::TlsRoute(o) => &mut o.metadata,
             KubeObject::ReferenceGrant(o) => &mut o.metadata,
             KubeObject::Service(o) => &mut o.metadata,
             KubeObject::EndpointSlice(o) => &mut o.metadata,
@@ -209,6 +215,7 @@ impl KubeObject {
             ("Gateway", _) if gateway_group => KubeObject::Gateway(decode(value)?),
             ("HTTPRoute", _) if gateway_group => KubeObject::HttpRoute(decode(value)?),
             ("GRPCRoute", _) if gateway_group => KubeObject::GrpcRoute(decode(value)?),
+            ("TLSRoute", _) if gateway_group => KubeObject::TlsRoute(decode(value)?),
             ("ReferenceGrant", _) if gateway_group => KubeObject::ReferenceGrant(decode(value)?),
             ("Service", "") => KubeObject::Service(decode(value)?),
             ("Secret", "") => KubeObject::Secret(decode(value)?),
@@ -241,6 +248,7 @@ impl KubeObject {
             KubeObject::Gateway(o) => default_ns(&mut o.metadata),
             KubeObject::HttpRoute(o) => default_ns(&mut o.metadata),
             KubeObject::GrpcRoute(o) => default_ns(&mut o.metadata),
+            KubeObject::TlsRoute(o) => default_ns(&mut o.metadata),
             KubeObject::ReferenceGrant(o) => default_ns(&mut o.metadata),
             KubeObject::Service(o) => default_ns(&mut o.metadata),
             KubeObject::EndpointSlice(o) => default_ns(&mut o.metadata),
@@ -280,6 +288,7 @@ impl Snapshot {
             KubeObject::Gateway(o) => put(&mut self.gateways, key, o),
             KubeObject::HttpRoute(o) => put(&mut self.http_routes, key, o),
             KubeObject::GrpcRoute(o) => put(&mut self.grpc_routes, key, o),
+            KubeObject::TlsRoute(o) => put(&mut self.tls_routes, key, o),
             KubeObject::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
             KubeObject::Service(o) => put(&mut self.services, key, o),
             KubeObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),

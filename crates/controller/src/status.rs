@@ -11,6 +11,7 @@ pub enum StatusKind {
     Gateway,
     HttpRoute,
     GrpcRoute,
+    TlsRoute,
     /// One of our policy CRDs: `status.ancestors`.
     Policy(portcullis_api::PolicyKind),
     /// Not a Kubernetes object: a file of the YAML directory provider that
@@ -26,6 +27,7 @@ impl StatusKind {
             StatusKind::Gateway => "Gateway",
             StatusKind::HttpRoute => "HTTPRoute",
             StatusKind::GrpcRoute => "GRPCRoute",
+            StatusKind::TlsRoute => "TLSRoute",
             StatusKind::Policy(kind) => kind.as_str(),
             StatusKind::ConfigFile => "File",
         }

@@ -1,14 +1,18 @@
-//! Frontend TLS: rustls server configs built from the table's certificates,
-//! with the certificate chosen by SNI.
+//! Frontend TLS: the certificates of a port chosen by SNI, and one rustls
+//! server config per distinct listener `tls.options` (minimum version,
+//! cipher suites, ALPN). The ClientHello is read first
+//! ([`PortTls::accept`]); its SNI picks the certificate entry, and that
+//! entry's listener settings pick the config the handshake completes with.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use portcullis_model::{HostMatch, TlsConfig};
+use portcullis_model::{HostMatch, TlsConfig, TlsOptions, TlsVersion};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -19,6 +23,8 @@ pub enum TlsError {
     },
     #[error("no usable certificate")]
     NoCertificate,
+    #[error("TLS settings: {0}")]
+    BadOptions(String),
 }
 
 /// Parses a PEM chain and key into a rustls `CertifiedKey`.
@@ -44,77 +50,227 @@ pub fn certified_key(
     Ok(CertifiedKey::new(chain, signing_key))
 }
 
-/// Chooses the certificate by SNI: exact name, then the longest matching
-/// wildcard, then the default (a certificate of a listener without hostname,
-/// or else the first one) for clients without SNI or with an unknown name.
+/// Which certificate entry a name gets: exact name, then the longest
+/// matching wildcard, then the entry of a listener without hostname.
+#[derive(Debug, Default)]
+struct SniIndex {
+    exact: HashMap<String, usize>,
+    /// Longest suffix first.
+    wildcards: Vec<(String, usize)>,
+    any: Option<usize>,
+}
+
+impl SniIndex {
+    /// The entry whose hostname matches `name` best (lowercase).
+    fn matching(&self, name: &str) -> Option<usize> {
+        if let Some(i) = self.exact.get(name) {
+            return Some(*i);
+        }
+        self.wildcards
+            .iter()
+            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+            .map(|(_, i)| *i)
+            .or(self.any)
+    }
+}
+
+/// The certificates and handshake configs of one port.
 #[derive(Debug)]
-struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    wildcards: Vec<(String, Arc<CertifiedKey>)>,
-    default: Option<Arc<CertifiedKey>>,
+pub struct PortTls {
+    certs: Arc<Certificates>,
+    /// Per certificate entry: its listener's config in `configs`.
+    entry_config: Vec<usize>,
+    /// One per distinct listener options; never empty.
+    configs: Vec<Arc<rustls::ServerConfig>>,
 }
 
-impl ResolvesServerCert for SniResolver {
+/// The certificate entries of a port, shared by its configs' resolvers.
+#[derive(Debug)]
+struct Certificates {
+    index: SniIndex,
+    keys: Vec<Arc<CertifiedKey>>,
+    /// The listener hostname of each entry.
+    hosts: Vec<HostMatch>,
+}
+
+/// A certificate entry of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertChoice(usize);
+
+/// Presents the entry for the SNI. The config was chosen from the same
+/// SNI just before, so this is the entry that choice was made for.
+#[derive(Debug)]
+struct Resolver(Arc<Certificates>);
+
+impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let Some(name) = hello.server_name() else {
-            return self.default.clone();
-        };
-        let name = name.to_ascii_lowercase();
-        if let Some(key) = self.exact.get(&name) {
-            return Some(key.clone());
-        }
-        for (suffix, key) in &self.wildcards {
-            if name.len() > suffix.len() && name.ends_with(suffix.as_str()) {
-                return Some(key.clone());
-            }
-        }
-        self.default.clone()
+        let i = select(&self.0.index, hello.server_name());
+        self.0.keys.get(i).cloned()
     }
 }
 
-/// Builds the server config of one HTTPS port. A certificate that fails to
-/// parse is logged and skipped (the controller reports it in the Gateway
-/// status); the port still serves with the others.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut resolver = SniResolver {
-        exact: HashMap::new(),
-        wildcards: Vec::new(),
-        default: None,
-    };
-    let mut first = None;
-    for cert in &tls.certificates {
-        let key = match certified_key(&cert.source, &cert.cert_chain_pem, &cert.private_key_pem) {
-            Ok(k) => Arc::new(k),
-            Err(e) => {
-                tracing::error!(error = %e, "skipping certificate");
-                continue;
-            }
-        };
-        first.get_or_insert_with(|| key.clone());
-        match &cert.hostname {
-            HostMatch::Exact(h) => {
-                resolver.exact.entry(h.clone()).or_insert(key);
-            }
-            HostMatch::Wildcard(s) => resolver.wildcards.push((s.clone(), key)),
-            HostMatch::Any => {
-                resolver.default.get_or_insert(key);
+/// The entry for a ClientHello's SNI: the best match, else the default
+/// (the catch-all listener's, else the first).
+fn select(index: &SniIndex, sni: Option<&str>) -> usize {
+    sni.and_then(|name| index.matching(&name.to_ascii_lowercase()))
+        .or(index.any)
+        .unwrap_or(0)
+}
+
+impl PortTls {
+    /// Builds a port's TLS. A certificate that fails to parse is logged and
+    /// skipped (the controller reports it in the Gateway status); the port
+    /// still serves with the others. `default_alpn` is offered by listeners
+    /// that set no ALPN option.
+    pub fn new(tls: &TlsConfig, default_alpn: &[&[u8]]) -> Result<PortTls, TlsError> {
+        let mut index = SniIndex::default();
+        let mut keys = Vec::new();
+        let mut hosts = Vec::new();
+        let mut entry_config = Vec::new();
+        let mut options: Vec<&Arc<TlsOptions>> = Vec::new();
+        for cert in &tls.certificates {
+            let key = match certified_key(&cert.source, &cert.cert_chain_pem, &cert.private_key_pem)
+            {
+                Ok(k) => Arc::new(k),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping certificate");
+                    continue;
+                }
+            };
+            let config = match options.iter().position(|o| ***o == *cert.options) {
+                Some(i) => i,
+                None => {
+                    options.push(&cert.options);
+                    options.len() - 1
+                }
+            };
+            let i = keys.len();
+            keys.push(key);
+            hosts.push(cert.hostname.clone());
+            entry_config.push(config);
+            match &cert.hostname {
+                HostMatch::Exact(h) => {
+                    index.exact.entry(h.clone()).or_insert(i);
+                }
+                HostMatch::Wildcard(s) => index.wildcards.push((s.clone(), i)),
+                HostMatch::Any => {
+                    index.any.get_or_insert(i);
+                }
             }
         }
+        if keys.is_empty() {
+            return Err(TlsError::NoCertificate);
+        }
+        // Stable: among equal suffixes the first listed wins.
+        index
+            .wildcards
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        let certs = Arc::new(Certificates { index, keys, hosts });
+        let configs = options
+            .iter()
+            .map(|o| server_config(o, default_alpn, &certs))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PortTls {
+            certs,
+            entry_config,
+            configs,
+        })
     }
-    let first = first.ok_or(TlsError::NoCertificate)?;
-    resolver.default.get_or_insert(first);
-    resolver
-        .wildcards
-        .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::BadCertificate {
-            source_name: "protocol versions".into(),
-            message: e.to_string(),
-        })?
+
+    /// The certificate entry a ClientHello with this SNI gets.
+    pub fn choose(&self, sni: Option<&str>) -> CertChoice {
+        CertChoice(select(&self.certs.index, sni))
+    }
+
+    /// The handshake config for a chosen entry.
+    pub fn config(&self, choice: CertChoice) -> Arc<rustls::ServerConfig> {
+        let i = self.entry_config.get(choice.0).copied().unwrap_or(0);
+        match self.configs.get(i).or(self.configs.first()) {
+            Some(c) => c.clone(),
+            // `new` refuses a port without certificates, and makes one
+            // config per distinct options of its certificates.
+            None => unreachable!("a PortTls has at least one config"),
+        }
+    }
+
+    /// Misdirected request (RFC 9110 15.5.20): the request's host belongs
+    /// to another listener's certificate on this port than the one the
+    /// connection's handshake chose (`handshake`: that certificate's
+    /// listener hostname), so this connection is not the one the client
+    /// should use for it (HTTP/2 connection coalescing across listeners).
+    /// A host no certificate matches is left to routing. Compared by
+    /// hostname, so a table reload between handshake and request does not
+    /// make requests misdirected.
+    pub fn is_misdirected(&self, handshake: &HostMatch, host: &str) -> bool {
+        self.certs
+            .index
+            .matching(host)
+            .and_then(|i| self.certs.hosts.get(i))
+            .is_some_and(|h| h != handshake)
+    }
+
+    /// Reads the ClientHello, picks the certificate and config by its SNI
+    /// and completes the handshake. Returns the chosen certificate's
+    /// listener hostname when the client sent an SNI (only a client that
+    /// named a host can be misdirected).
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+    ) -> std::io::Result<(tokio_rustls::server::TlsStream<IO>, Option<HostMatch>)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+        let sni = start.client_hello().server_name().map(str::to_string);
+        let choice = self.choose(sni.as_deref());
+        let stream = start.into_stream(self.config(choice)).await?;
+        let host = sni.and_then(|_| self.certs.hosts.get(choice.0).cloned());
+        Ok((stream, host))
+    }
+}
+
+/// The rustls config of one listener's options over the port's
+/// certificates.
+fn server_config(
+    options: &TlsOptions,
+    default_alpn: &[&[u8]],
+    certs: &Arc<Certificates>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !options.cipher_suites.is_empty() {
+        let all = std::mem::take(&mut provider.cipher_suites);
+        provider.cipher_suites = options
+            .cipher_suites
+            .iter()
+            .filter_map(|name| {
+                all.iter()
+                    .find(|s| s.suite().as_str() == Some(name.as_str()))
+                    .copied()
+            })
+            .collect();
+        if provider.cipher_suites.is_empty() {
+            return Err(TlsError::BadOptions(format!(
+                "none of the cipher suites {:?} is available",
+                options.cipher_suites
+            )));
+        }
+    }
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match options.min_version {
+        Some(TlsVersion::Tls13) => &[&rustls::version::TLS13],
+        Some(TlsVersion::Tls12) | None => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| TlsError::BadOptions(e.to_string()))?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        .with_cert_resolver(Arc::new(Resolver(certs.clone())));
+    config.alpn_protocols = match &options.alpn {
+        Some(protocols) => protocols.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        None => default_alpn.iter().map(|p| p.to_vec()).collect(),
+    };
     Ok(Arc::new(config))
 }
+
+/// ALPN offered on HTTPS ports unless a listener says otherwise.
+pub const HTTP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::tlsroutes::TlsRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
@@ -179,6 +180,13 @@ impl KubeProvider {
             KubeObject::GrpcRoute,
             scope(Kind::GrpcRoute),
         ));
+        tasks.push(w.start::<TlsRoute>(
+            namespaced_api(&client),
+            all(),
+            Kind::TlsRoute,
+            KubeObject::TlsRoute,
+            scope(Kind::TlsRoute),
+        ));
         tasks.push(w.start::<ReferenceGrant>(
             namespaced_api(&client),
             all(),
@@ -314,8 +322,12 @@ impl Watch {
     {
         let changes = self.changes.clone();
         let wait_first = self.proxy && Role::of(kind) == Role::Dependent;
-        // Ours: their CRDs may be installed after the controller.
-        let optional = matches!(kind, Kind::GatewayParameters | Kind::Policy(_));
+        // Ours, and TLSRoute (standard only since Gateway API v1.5): their
+        // CRDs may be installed after the controller, or not at all.
+        let optional = matches!(
+            kind,
+            Kind::GatewayParameters | Kind::TlsRoute | Kind::Policy(_)
+        );
         let mut scope = scope.unwrap_or_else(|| fixed_scope(None));
         tokio::spawn(async move {
             if wait_first && scope.changed().await.is_err() {
@@ -657,7 +669,10 @@ async fn compile_loop(
             let mut compiled_statuses = compiled.statuses;
             add_supported_features(&mut compiled_statuses, &config.supported_features);
             statuses = Arc::new(compiled_statuses);
-            let routes = stores.snapshot().http_routes.len() + stores.snapshot().grpc_routes.len();
+            let snapshot = stores.snapshot();
+            let routes = snapshot.http_routes.len()
+                + snapshot.grpc_routes.len()
+                + snapshot.tls_routes.len();
             let generation = compiled.table.generation;
             let _ = publish.tables.send(Arc::new(compiled.table));
             publish.timings.send_replace(BatchTiming {

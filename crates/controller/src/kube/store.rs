@@ -32,6 +32,7 @@ pub enum Kind {
     Gateway,
     HttpRoute,
     GrpcRoute,
+    TlsRoute,
     ReferenceGrant,
     Service,
     EndpointSlice,
@@ -46,11 +47,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind `compile()` reads.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::GrpcRoute,
+        Kind::TlsRoute,
         Kind::ReferenceGrant,
         Kind::Service,
         Kind::EndpointSlice,
@@ -69,6 +71,7 @@ impl Kind {
             KubeObject::Gateway(_) => Kind::Gateway,
             KubeObject::HttpRoute(_) => Kind::HttpRoute,
             KubeObject::GrpcRoute(_) => Kind::GrpcRoute,
+            KubeObject::TlsRoute(_) => Kind::TlsRoute,
             KubeObject::ReferenceGrant(_) => Kind::ReferenceGrant,
             KubeObject::Service(_) => Kind::Service,
             KubeObject::EndpointSlice(_) => Kind::EndpointSlice,
@@ -86,6 +89,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::TlsRoute => "TLSRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
@@ -155,6 +159,7 @@ pub fn strip_status(object: &mut KubeObject) {
         KubeObject::Gateway(o) => o.status = None,
         KubeObject::HttpRoute(o) => o.status = None,
         KubeObject::GrpcRoute(o) => o.status = None,
+        KubeObject::TlsRoute(o) => o.status = None,
         KubeObject::Service(o) => o.status = None,
         KubeObject::Policy(_, o) => o.status = serde_json::Value::Null,
         _ => {}
@@ -304,6 +309,7 @@ impl Stores {
                     Kind::Gateway => s.gateways.len(),
                     Kind::HttpRoute => s.http_routes.len(),
                     Kind::GrpcRoute => s.grpc_routes.len(),
+                    Kind::TlsRoute => s.tls_routes.len(),
                     Kind::ReferenceGrant => s.reference_grants.len(),
                     Kind::Service => s.services.len(),
                     Kind::EndpointSlice => s.endpoint_slices.len(),
@@ -574,6 +580,12 @@ impl Stores {
                 sources.insert((Kind::GrpcRoute, key.clone()), needs);
             }
         }
+        for (key, route) in &s.tls_routes {
+            let needs = scope::needs_of_tls_route(route);
+            if !needs.is_empty() {
+                sources.insert((Kind::TlsRoute, key.clone()), needs);
+            }
+        }
         for (kind, policies) in &s.policies {
             for key in policies.keys() {
                 sources.insert(
@@ -733,6 +745,7 @@ fn swap_kind(a: &mut Snapshot, b: &mut Snapshot, kind: Kind) {
         Kind::Gateway => swap(&mut a.gateways, &mut b.gateways),
         Kind::HttpRoute => swap(&mut a.http_routes, &mut b.http_routes),
         Kind::GrpcRoute => swap(&mut a.grpc_routes, &mut b.grpc_routes),
+        Kind::TlsRoute => swap(&mut a.tls_routes, &mut b.tls_routes),
         Kind::ReferenceGrant => swap(&mut a.reference_grants, &mut b.reference_grants),
         Kind::Service => swap(&mut a.services, &mut b.services),
         Kind::EndpointSlice => swap(&mut a.endpoint_slices, &mut b.endpoint_slices),
@@ -757,6 +770,7 @@ fn remove(snapshot: &mut Snapshot, object: &KubeObject) -> bool {
         KubeObject::Gateway(_) => snapshot.gateways.remove(&key).is_some(),
         KubeObject::HttpRoute(_) => snapshot.http_routes.remove(&key).is_some(),
         KubeObject::GrpcRoute(_) => snapshot.grpc_routes.remove(&key).is_some(),
+        KubeObject::TlsRoute(_) => snapshot.tls_routes.remove(&key).is_some(),
         KubeObject::ReferenceGrant(_) => snapshot.reference_grants.remove(&key).is_some(),
         KubeObject::Service(_) => snapshot.services.remove(&key).is_some(),
         KubeObject::EndpointSlice(_) => snapshot.endpoint_slices.remove(&key).is_some(),
@@ -805,6 +819,14 @@ fn same_but_status(snapshot: &Snapshot, object: &KubeObject) -> bool {
         ),
         KubeObject::GrpcRoute(o) => same(
             snapshot.grpc_routes.get(&ObjectKey::of(&o.metadata)),
+            o,
+            |x| {
+                x.status = None;
+                x.metadata.resource_version = None;
+            },
+        ),
+        KubeObject::TlsRoute(o) => same(
+            snapshot.tls_routes.get(&ObjectKey::of(&o.metadata)),
             o,
             |x| {
                 x.status = None;

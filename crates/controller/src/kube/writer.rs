@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::tlsroutes::TlsRoute;
 use gateway_api::httproutes::HttpRoute;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Resource};
@@ -78,6 +79,10 @@ pub fn observe(snapshot: &Snapshot, statuses: &[StatusUpdate]) -> BTreeMap<Statu
                 .map(|o| of(&o.metadata.resource_version, &o.status)),
             StatusKind::GrpcRoute => snapshot
                 .grpc_routes
+                .get(&key())
+                .map(|o| of(&o.metadata.resource_version, &o.status)),
+            StatusKind::TlsRoute => snapshot
+                .tls_routes
                 .get(&key())
                 .map(|o| of(&o.metadata.resource_version, &o.status)),
             StatusKind::Policy(kind) => snapshot
@@ -267,6 +272,14 @@ async fn send(
         StatusKind::GrpcRoute => {
             patch_status(
                 Api::<GrpcRoute>::namespaced(client, namespace),
+                &target.name,
+                patch,
+            )
+            .await
+        }
+        StatusKind::TlsRoute => {
+            patch_status(
+                Api::<TlsRoute>::namespaced(client, namespace),
                 &target.name,
                 patch,
             )

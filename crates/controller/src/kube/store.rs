@@ -1245,12 +1245,15 @@ mod tests {
                 Kind::HttpRoute,
                 vec![route("x", "apps", "edge", "app")],
             );
-            assert_eq!(s.unsynced(), [Kind::GrpcRoute], "rescoped as well");
-            s.apply(Change::Rescoped(
-                Kind::GrpcRoute,
-                scopes[&Kind::GrpcRoute].epoch,
-            ));
-            list(&mut s, Kind::GrpcRoute, vec![]);
+            assert_eq!(
+                s.unsynced(),
+                [Kind::GrpcRoute, Kind::TlsRoute],
+                "rescoped as well"
+            );
+            for kind in [Kind::GrpcRoute, Kind::TlsRoute] {
+                s.apply(Change::Rescoped(kind, scopes[&kind].epoch));
+                list(&mut s, kind, vec![]);
+            }
             assert!(s.is_synced(), "{:?}", s.unsynced());
             assert_eq!(s.snapshot().http_routes.len(), 1);
         }

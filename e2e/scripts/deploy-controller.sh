@@ -13,7 +13,7 @@ SYS=portcullis-system
 "$BIN" crds | kubectl apply --server-side -f - >/dev/null
 kubectl create namespace "$SYS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl apply -k "$REPO_DIR/deploy/rbac" >/dev/null
-features="Gateway,GRPCRoute,HTTPRoute,ReferenceGrant,$(claimed_features)"
+features="Gateway,GRPCRoute,HTTPRoute,ReferenceGrant,TLSRoute,$(claimed_features)"
 kubectl apply -n "$SYS" -f - >/dev/null <<YAML
 apiVersion: apps/v1
 kind: Deployment

@@ -56,7 +56,7 @@ pub struct KubeProviderConfig {
 
 /// The conformance features claimed unless configured otherwise: the core
 /// ones.
-pub const CORE_FEATURES: [&str; 4] = ["Gateway", "GRPCRoute", "HTTPRoute", "ReferenceGrant"];
+pub const CORE_FEATURES: [&str; 5] = ["Gateway", "GRPCRoute", "HTTPRoute", "ReferenceGrant", "TLSRoute"];
 
 impl KubeProviderConfig {
     pub fn new(options: CompileOptions) -> KubeProviderConfig {

@@ -138,9 +138,13 @@ async fn sni_picks_each_listeners_certificate_and_the_catch_all_is_the_default()
     let gw = TestGateway::start(&yaml, &["HTTPS_PORT"]).await;
     let port = gw.port("HTTPS_PORT");
     let config = pki.client_config(&[b"http/1.1"]);
-    let tls = connect(config.clone(), port, "a.example.com").await.unwrap();
+    let tls = connect(config.clone(), port, "a.example.com")
+        .await
+        .unwrap();
     assert_eq!(presented(&tls), der(&cert_a), "exact name");
-    let tls = connect(config.clone(), port, "b.example.com").await.unwrap();
+    let tls = connect(config.clone(), port, "b.example.com")
+        .await
+        .unwrap();
     assert_eq!(presented(&tls), der(&cert_w), "wildcard");
     let tls = connect(config.clone(), port, "unknown.test").await;
     // The catch-all listener's certificate does not name it: the client
@@ -180,7 +184,9 @@ async fn a_rotated_certificate_serves_new_handshakes_and_open_connections_stay()
     let port = gw.port("HTTPS_PORT");
     let client = pki.client_config(&[b"http/1.1"]);
 
-    let tls = connect(client.clone(), port, "a.example.com").await.unwrap();
+    let tls = connect(client.clone(), port, "a.example.com")
+        .await
+        .unwrap();
     assert_eq!(presented(&tls), der(&old_cert));
     let mut open = H1::open(tls).await;
     assert_eq!(open.get("a.example.com", "/1").await.pod(), "e");
@@ -188,7 +194,11 @@ async fn a_rotated_certificate_serves_new_handshakes_and_open_connections_stay()
     gw.reconfigure(&config(&new_cert, &new_key)).await;
 
     let tls = connect(client, port, "a.example.com").await.unwrap();
-    assert_eq!(presented(&tls), der(&new_cert), "new handshakes: new certificate");
+    assert_eq!(
+        presented(&tls),
+        der(&new_cert),
+        "new handshakes: new certificate"
+    );
     let mut fresh = H1::open(tls).await;
     assert_eq!(fresh.get("a.example.com", "/2").await.pod(), "e");
     // The connection made with the old certificate is still served.
@@ -203,7 +213,12 @@ async fn a_rotated_certificate_serves_new_handshakes_and_open_connections_stay()
 async fn minimum_version_cipher_suites_and_alpn_are_per_listener() {
     let pki = TestPki::new();
     // rcgen makes ECDSA P-256 keys: ECDSA suites apply under TLS 1.2.
-    let (cert, key) = pki.server_cert(&["modern.example.com", "legacy.example.com", "suite.example.com", "h1.example.com"]);
+    let (cert, key) = pki.server_cert(&[
+        "modern.example.com",
+        "legacy.example.com",
+        "suite.example.com",
+        "h1.example.com",
+    ]);
     let echo = start_echo("e").await;
     let listeners = "  - name: modern
     protocol: HTTPS
@@ -259,10 +274,19 @@ async fn minimum_version_cipher_suites_and_alpn_are_per_listener() {
         tls.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
-    assert_eq!(H1::open(tls).await.get("modern.example.com", "/").await.pod(), "e");
+    assert_eq!(
+        H1::open(tls)
+            .await
+            .get("modern.example.com", "/")
+            .await
+            .pod(),
+        "e"
+    );
 
     // Same port, another listener without the option: TLS 1.2 is fine.
-    let tls = connect(tls12.clone(), port, "legacy.example.com").await.unwrap();
+    let tls = connect(tls12.clone(), port, "legacy.example.com")
+        .await
+        .unwrap();
     assert_eq!(
         tls.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
@@ -283,11 +307,16 @@ async fn minimum_version_cipher_suites_and_alpn_are_per_listener() {
 
     // ALPN: h2 is offered by default, not where the listener says http/1.1.
     let both = pki.client_config(&[b"h2", b"http/1.1"]);
-    let tls = connect(both.clone(), port, "legacy.example.com").await.unwrap();
+    let tls = connect(both.clone(), port, "legacy.example.com")
+        .await
+        .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let tls = connect(both, port, "h1.example.com").await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    assert_eq!(H1::open(tls).await.get("h1.example.com", "/").await.pod(), "e");
+    assert_eq!(
+        H1::open(tls).await.get("h1.example.com", "/").await.pod(),
+        "e"
+    );
 }
 
 #[tokio::test]
@@ -320,7 +349,10 @@ async fn invalid_tls_options_are_reported_and_the_other_listeners_serve() {
     let tls = connect(pki.client_config(&[b"http/1.1"]), port, "good.example.com")
         .await
         .unwrap();
-    assert_eq!(H1::open(tls).await.get("good.example.com", "/").await.pod(), "e");
+    assert_eq!(
+        H1::open(tls).await.get("good.example.com", "/").await.pod(),
+        "e"
+    );
 
     let status = get(&gw.admin_url("/status"), "admin", &[]).await;
     let statuses: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
@@ -461,7 +493,10 @@ async fn a_host_of_another_certificate_is_misdirected_over_http1() {
     let tls = connect(pki.client_config(&[b"http/1.1"]), port, "b.example.com")
         .await
         .unwrap();
-    assert_eq!(H1::open(tls).await.get("b.example.com", "/").await.pod(), "b");
+    assert_eq!(
+        H1::open(tls).await.get("b.example.com", "/").await.pod(),
+        "b"
+    );
     // The connection stays usable for its own host (and port suffixes do
     // not matter).
     assert_eq!(

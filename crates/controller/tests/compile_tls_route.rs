@@ -31,11 +31,41 @@ fn tls_route_statuses() {
     );
     let cases = [
         ("on-http", "gw", None, "Accepted", "NotAllowedByListeners"),
-        ("wrong-section", "tls-gw", Some("nope"), "Accepted", "NoMatchingParent"),
-        ("no-host", "tls-gw", Some("tls"), "Accepted", "NoMatchingListenerHostname"),
-        ("missing-backend", "tls-gw", Some("tls"), "ResolvedRefs", "BackendNotFound"),
-        ("cross-namespace", "tls-gw", Some("tls"), "ResolvedRefs", "RefNotPermitted"),
-        ("unknown-kind", "tls-gw", Some("tls"), "ResolvedRefs", "InvalidKind"),
+        (
+            "wrong-section",
+            "tls-gw",
+            Some("nope"),
+            "Accepted",
+            "NoMatchingParent",
+        ),
+        (
+            "no-host",
+            "tls-gw",
+            Some("tls"),
+            "Accepted",
+            "NoMatchingListenerHostname",
+        ),
+        (
+            "missing-backend",
+            "tls-gw",
+            Some("tls"),
+            "ResolvedRefs",
+            "BackendNotFound",
+        ),
+        (
+            "cross-namespace",
+            "tls-gw",
+            Some("tls"),
+            "ResolvedRefs",
+            "RefNotPermitted",
+        ),
+        (
+            "unknown-kind",
+            "tls-gw",
+            Some("tls"),
+            "ResolvedRefs",
+            "InvalidKind",
+        ),
     ];
     for (route, gateway, section, condition, reason) in cases {
         let s = tls_route(&c, route);
@@ -116,7 +146,10 @@ fn tls_ports_have_an_sni_table() {
         .iter()
         .map(|r| {
             assert_eq!(r.mode, TlsMode::Passthrough);
-            (r.hostname.to_string(), r.rule.as_ref().map(|r| r.id.name.clone()))
+            (
+                r.hostname.to_string(),
+                r.rule.as_ref().map(|r| r.id.name.clone()),
+            )
         })
         .collect();
     let entry = |h: &str, r: Option<&str>| (h.to_string(), r.map(str::to_string));
@@ -142,7 +175,10 @@ fn tls_ports_have_an_sni_table() {
         .collect();
     assert_eq!(
         weights,
-        vec![(3, "default/echo:80".to_string()), (1, "default/other:80".to_string())]
+        vec![
+            (3, "default/echo:80".to_string()),
+            (1, "default/other:80".to_string())
+        ]
     );
 
     let terminate = port(&c, 8443);
@@ -150,5 +186,8 @@ fn tls_ports_have_an_sni_table() {
     assert_eq!(terminate.tls.as_ref().unwrap().certificates.len(), 1);
     assert_eq!(terminate.tls_routes.len(), 1);
     assert_eq!(terminate.tls_routes[0].mode, TlsMode::Terminate);
-    assert_eq!(terminate.tls_routes[0].hostname.to_string(), "secure.example.com");
+    assert_eq!(
+        terminate.tls_routes[0].hostname.to_string(),
+        "secure.example.com"
+    );
 }

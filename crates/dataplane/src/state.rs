@@ -53,8 +53,8 @@ impl Prepared {
                     None
                 }
             });
-            let tls_routes = (port.protocol == Protocol::Tls)
-                .then(|| crate::tls_route::SniRoutes::new(port));
+            let tls_routes =
+                (port.protocol == Protocol::Tls).then(|| crate::tls_route::SniRoutes::new(port));
             ports.insert(
                 port.port,
                 Arc::new(PortState {
@@ -89,6 +89,8 @@ pub struct Shared {
     pub upstreams: Upstreams,
     /// Remote JWKS caches, kept across tables.
     pub auth: crate::auth::AuthState,
+    /// RouteFilter state kept across tables (response caches).
+    pub route_filters: crate::route_filter::RouteFilterState,
 }
 
 impl Shared {
@@ -98,6 +100,7 @@ impl Shared {
             current: ArcSwap::from_pointee(Prepared::new(table, None, &upstreams)),
             upstreams,
             auth: crate::auth::AuthState::new(),
+            route_filters: Default::default(),
         }
     }
 

@@ -337,8 +337,11 @@ mod tests {
         };
         let t = SniRoutes::new(&port);
         let name = |sni: &str| {
-            t.lookup(sni)
-                .map(|r| r.rule.as_ref().map_or("closed".to_string(), |r| r.id.name.clone()))
+            t.lookup(sni).map(|r| {
+                r.rule
+                    .as_ref()
+                    .map_or("closed".to_string(), |r| r.id.name.clone())
+            })
         };
         assert_eq!(name("a.example.com").as_deref(), Some("exact"));
         assert_eq!(name("z.example.com").as_deref(), Some("wild"));

@@ -256,8 +256,7 @@ fn listener_state(snapshot: &Snapshot, gateway: &ObjectKey, l: &GatewayListeners
         },
     };
     let mut certificates = Vec::new();
-    let terminates =
-        protocol == Some(Protocol::Https) || tls_mode == Some(TlsMode::Terminate);
+    let terminates = protocol == Some(Protocol::Https) || tls_mode == Some(TlsMode::Terminate);
     let options = tls_options::parse(l.tls.as_ref(), protocol);
     if terminates && accepted.is_ok() {
         let (mut certs, problems) =
@@ -309,12 +308,8 @@ fn route_kinds(l: &GatewayListeners, problems: &mut Vec<(&'static str, String)>)
     for k in kinds {
         let group = k.group.as_deref().unwrap_or(portcullis_api::GATEWAY_GROUP);
         let kind = match (group, k.kind.as_str()) {
-            (g, "HTTPRoute") if g == portcullis_api::GATEWAY_GROUP && !tls => {
-                Some(RouteKind::Http)
-            }
-            (g, "GRPCRoute") if g == portcullis_api::GATEWAY_GROUP && !tls => {
-                Some(RouteKind::Grpc)
-            }
+            (g, "HTTPRoute") if g == portcullis_api::GATEWAY_GROUP && !tls => Some(RouteKind::Http),
+            (g, "GRPCRoute") if g == portcullis_api::GATEWAY_GROUP && !tls => Some(RouteKind::Grpc),
             (g, "TLSRoute") if g == portcullis_api::GATEWAY_GROUP && tls => Some(RouteKind::Tls),
             _ => None,
         };
@@ -327,7 +322,11 @@ fn route_kinds(l: &GatewayListeners, problems: &mut Vec<(&'static str, String)>)
                     "allowedRoutes.kinds: {group}/{} is not supported on {} listeners; use {}",
                     k.kind,
                     l.protocol,
-                    if tls { "TLSRoute" } else { "HTTPRoute or GRPCRoute" }
+                    if tls {
+                        "TLSRoute"
+                    } else {
+                        "HTTPRoute or GRPCRoute"
+                    }
                 ),
             )),
         }
@@ -488,10 +487,7 @@ pub(crate) fn gateway_status(g: &GatewayState<'_>) -> StatusUpdate {
 
     let usable = g.listeners.iter().filter(|l| l.is_usable()).count();
     let programmed = g.listeners.iter().filter(|l| l.is_programmed()).count();
-    let all_valid = g
-        .listeners
-        .iter()
-        .all(|l| l.is_valid());
+    let all_valid = g.listeners.iter().all(|l| l.is_valid());
     let accepted = if let Some((reason, message)) = &g.rejected {
         problems.push(format!("{reason}: {message}"));
         Condition::new(reasons::ACCEPTED, false, reason, message.clone())

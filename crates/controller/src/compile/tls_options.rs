@@ -132,7 +132,9 @@ fn cipher_suite(name: &str) -> Option<&'static str> {
     let upper = name.to_ascii_uppercase();
     let tls13 = match upper.as_str() {
         "TLS_AES_256_GCM_SHA384" | "TLS_AES_128_GCM_SHA256" | "TLS_CHACHA20_POLY1305_SHA256" => {
-            upper.strip_prefix("TLS_").map(|rest| format!("TLS13_{rest}"))
+            upper
+                .strip_prefix("TLS_")
+                .map(|rest| format!("TLS13_{rest}"))
         }
         _ => None,
     };
@@ -163,7 +165,10 @@ mod tests {
             None,
             &[
                 (MIN_VERSION, "1.3"),
-                (CIPHER_SUITES_KEY, "TLS_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384"),
+                (
+                    CIPHER_SUITES_KEY,
+                    "TLS_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384",
+                ),
                 (ALPN, "http/1.1"),
                 ("example.com/other", "ignored"),
             ],
@@ -180,12 +185,27 @@ mod tests {
     #[test]
     fn invalid_options_say_what_is_wrong() {
         let cases: [(&[(&str, &str)], Protocol, &str); 6] = [
-            (&[(MIN_VERSION, "1.1")], Protocol::Https, "\"1.1\" is not supported"),
-            (&[(CIPHER_SUITES_KEY, "RC4")], Protocol::Https, "unknown or unsupported cipher suite \"RC4\""),
-            (&[(ALPN, "spdy/3")], Protocol::Https, "not served on HTTPS"),
-            (&[("portcullis.dev/min-version", "1.3")], Protocol::Https, "not a Portcullis option"),
             (
-                &[(MIN_VERSION, "1.3"), (CIPHER_SUITES_KEY, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256")],
+                &[(MIN_VERSION, "1.1")],
+                Protocol::Https,
+                "\"1.1\" is not supported",
+            ),
+            (
+                &[(CIPHER_SUITES_KEY, "RC4")],
+                Protocol::Https,
+                "unknown or unsupported cipher suite \"RC4\"",
+            ),
+            (&[(ALPN, "spdy/3")], Protocol::Https, "not served on HTTPS"),
+            (
+                &[("portcullis.dev/min-version", "1.3")],
+                Protocol::Https,
+                "not a Portcullis option",
+            ),
+            (
+                &[
+                    (MIN_VERSION, "1.3"),
+                    (CIPHER_SUITES_KEY, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+                ],
                 Protocol::Https,
                 "no TLS 1.3 suite",
             ),

@@ -11,9 +11,9 @@ use futures_util::StreamExt;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::tlsroutes::TlsRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
@@ -56,7 +56,13 @@ pub struct KubeProviderConfig {
 
 /// The conformance features claimed unless configured otherwise: the core
 /// ones.
-pub const CORE_FEATURES: [&str; 5] = ["Gateway", "GRPCRoute", "HTTPRoute", "ReferenceGrant", "TLSRoute"];
+pub const CORE_FEATURES: [&str; 5] = [
+    "Gateway",
+    "GRPCRoute",
+    "HTTPRoute",
+    "ReferenceGrant",
+    "TLSRoute",
+];
 
 impl KubeProviderConfig {
     pub fn new(options: CompileOptions) -> KubeProviderConfig {
@@ -259,6 +265,26 @@ impl KubeProvider {
                 None,
             ));
         }
+        {
+            let gvk = kube::api::GroupVersionKind::gvk(
+                portcullis_api::parameters::GROUP,
+                portcullis_api::PolicyKind::VERSION,
+                portcullis_api::route_filter::KIND,
+            );
+            let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "routefilters");
+            let client = client.clone();
+            let make_api: MakeApi<DynamicObject> = Box::new(move |namespace| match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            });
+            tasks.push(w.start::<DynamicObject>(
+                make_api,
+                all(),
+                Kind::RouteFilter,
+                |o| KubeObject::RouteFilter(policy_object(o)),
+                None,
+            ));
+        }
         handle
     }
 }
@@ -326,7 +352,7 @@ impl Watch {
         // CRDs may be installed after the controller, or not at all.
         let optional = matches!(
             kind,
-            Kind::GatewayParameters | Kind::TlsRoute | Kind::Policy(_)
+            Kind::GatewayParameters | Kind::TlsRoute | Kind::Policy(_) | Kind::RouteFilter
         );
         let mut scope = scope.unwrap_or_else(|| fixed_scope(None));
         tokio::spawn(async move {
@@ -670,9 +696,8 @@ async fn compile_loop(
             add_supported_features(&mut compiled_statuses, &config.supported_features);
             statuses = Arc::new(compiled_statuses);
             let snapshot = stores.snapshot();
-            let routes = snapshot.http_routes.len()
-                + snapshot.grpc_routes.len()
-                + snapshot.tls_routes.len();
+            let routes =
+                snapshot.http_routes.len() + snapshot.grpc_routes.len() + snapshot.tls_routes.len();
             let generation = compiled.table.generation;
             let _ = publish.tables.send(Arc::new(compiled.table));
             publish.timings.send_replace(BatchTiming {

@@ -14,9 +14,10 @@
 //!   its own namespace only, dependents when their needs are in one
 //!   namespace.
 //!
-//! Our policies are all kept (few; which ones apply is compile's question)
-//! and need every Secret and ConfigMap of their namespace ([`ANY`]): their
-//! compile hooks read them by name or by label selector.
+//! Our policies and RouteFilters are all kept (few; which ones apply is
+//! compile's question) and need every Secret and ConfigMap of their
+//! namespace ([`ANY`]): their compile hooks read them by name or by label
+//! selector.
 //! GatewayClasses, ReferenceGrants and Namespaces are few and small: kept.
 
 use std::collections::BTreeSet;
@@ -71,7 +72,8 @@ impl Role {
             | Kind::HttpRoute
             | Kind::GrpcRoute
             | Kind::TlsRoute
-            | Kind::Policy(_) => Role::Source,
+            | Kind::Policy(_)
+            | Kind::RouteFilter => Role::Source,
             Kind::Service
             | Kind::EndpointSlice
             | Kind::Secret
@@ -228,7 +230,9 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
                 }
             }
         }
-        KubeObject::Policy(_, p) => return needs_of_policy(&ObjectKey::of(&p.metadata)),
+        KubeObject::Policy(_, p) | KubeObject::RouteFilter(p) => {
+            return needs_of_policy(&ObjectKey::of(&p.metadata))
+        }
         KubeObject::HttpRoute(r) => return needs_of_http_route(r),
         KubeObject::GrpcRoute(r) => return needs_of_grpc_route(r),
         KubeObject::TlsRoute(r) => return needs_of_tls_route(r),
@@ -265,7 +269,11 @@ pub fn needs_of_tls_route(route: &TlsRoute) -> Vec<Need> {
         if b.group.as_deref().unwrap_or("").is_empty()
             && b.kind.as_deref().unwrap_or("Service") == "Service"
         {
-            let namespace = b.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(&ns);
+            let namespace = b
+                .namespace
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&ns);
             needs.push((Kind::Service, ObjectKey::new(namespace, b.name.as_str())));
         }
     }

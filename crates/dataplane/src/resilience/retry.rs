@@ -138,7 +138,9 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
                 Err(_) => Some(Outcome::GatewayError),
             };
             if let Some(outcome) = outcome {
-                outlier::record(config, &backend.endpoints, &endpoint, outcome);
+                if outlier::record(config, &backend.endpoints, &endpoint, outcome) {
+                    crate::metrics::global().record_outlier_ejection(&backend.label);
+                }
             }
         }
         let wants_retry = match (&result, retry) {
@@ -160,6 +162,7 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
                     .start_retry(&settings.circuit_breaker, &r.budget)
                 {
                     tracing::debug!(backend = %backend.name, endpoint = %endpoint.addr, attempt, "retrying");
+                    crate::metrics::global().record_retry(&backend.label);
                     drop(result);
                     drop(endpoint_guard);
                     // Only a retry needs to know (and allocates for) where

@@ -182,9 +182,12 @@ mod tests {
         assert_eq!(o.alpn.as_deref(), Some(&["http/1.1".to_string()][..]));
     }
 
+    /// Options, listener protocol, expected part of the message.
+    type Case<'a> = (&'a [(&'a str, &'a str)], Protocol, &'a str);
+
     #[test]
     fn invalid_options_say_what_is_wrong() {
-        let cases: [(&[(&str, &str)], Protocol, &str); 6] = [
+        let cases: [Case<'_>; 6] = [
             (
                 &[(MIN_VERSION, "1.1")],
                 Protocol::Https,

@@ -162,6 +162,41 @@ async fn sni_picks_each_listeners_certificate_and_the_catch_all_is_the_default()
 }
 
 #[tokio::test]
+async fn one_listener_with_several_certificates_presents_the_one_naming_the_sni() {
+    let pki = TestPki::new();
+    let (cert_a, key_a) = pki.server_cert(&["a.example.com"]);
+    let (cert_b, key_b) = pki.server_cert(&["b.example.com"]);
+    let echo = start_echo("e").await;
+    let listener = "  - name: https
+    protocol: HTTPS
+    port: ${HTTPS_PORT}
+    tls: {certificateRefs: [{name: cert-a}, {name: cert-b}]}";
+    let yaml = [
+        gateway(listener),
+        tls_secret_yaml("cert-a", &cert_a, &key_a),
+        tls_secret_yaml("cert-b", &cert_b, &key_b),
+        service_yaml("echo", &[echo], None),
+        route("r", "https", "[]", "echo"),
+    ]
+    .concat();
+    let gw = TestGateway::start(&yaml, &["HTTPS_PORT"]).await;
+    let port = gw.port("HTTPS_PORT");
+    let config = pki.client_config(&[b"http/1.1"]);
+    let tls = connect(config.clone(), port, "a.example.com")
+        .await
+        .unwrap();
+    assert_eq!(presented(&tls), der(&cert_a));
+    let tls = connect(config.clone(), port, "b.example.com")
+        .await
+        .unwrap();
+    assert_eq!(presented(&tls), der(&cert_b), "the second certificateRef");
+    let mut h1 = H1::open(tls).await;
+    assert_eq!(h1.get("b.example.com", "/").await.pod(), "e");
+    // A name neither certificate has: the first one (the client refuses it).
+    assert!(connect(config, port, "c.example.com").await.is_err());
+}
+
+#[tokio::test]
 async fn a_rotated_certificate_serves_new_handshakes_and_open_connections_stay() {
     let pki = TestPki::new();
     let (old_cert, old_key) = pki.server_cert(&["a.example.com"]);

@@ -50,8 +50,8 @@ pub fn certified_key(
     Ok(CertifiedKey::new(chain, signing_key))
 }
 
-/// Which certificate entry a name gets: exact name, then the longest
-/// matching wildcard, then the entry of a listener without hostname.
+/// Which listener a name belongs to: exact hostname, then the longest
+/// matching wildcard, then the listener without hostname.
 #[derive(Debug, Default)]
 struct SniIndex {
     exact: HashMap<String, usize>,
@@ -61,7 +61,7 @@ struct SniIndex {
 }
 
 impl SniIndex {
-    /// The entry whose hostname matches `name` best (lowercase).
+    /// The listener whose hostname matches `name` (lowercase) best.
     fn matching(&self, name: &str) -> Option<usize> {
         if let Some(i) = self.exact.get(name) {
             return Some(*i);
@@ -74,47 +74,73 @@ impl SniIndex {
     }
 }
 
+/// The certificates of one listener hostname, and its handshake config.
+#[derive(Debug)]
+struct Listener {
+    host: HostMatch,
+    /// In the order of `certificateRefs`.
+    keys: Vec<Arc<CertifiedKey>>,
+    config: usize,
+}
+
+/// The listeners of a port, shared with its configs' resolvers.
+#[derive(Debug)]
+struct Certificates {
+    index: SniIndex,
+    listeners: Vec<Listener>,
+}
+
+impl Certificates {
+    /// The listener for a ClientHello's SNI: the best match, else the
+    /// default (the hostname-less listener, else the first).
+    fn listener(&self, sni: Option<&str>) -> usize {
+        sni.and_then(|name| self.index.matching(&name.to_ascii_lowercase()))
+            .or(self.index.any)
+            .unwrap_or(0)
+    }
+}
+
 /// The certificates and handshake configs of one port.
 #[derive(Debug)]
 pub struct PortTls {
     certs: Arc<Certificates>,
-    /// Per certificate entry: its listener's config in `configs`.
-    entry_config: Vec<usize>,
     /// One per distinct listener options; never empty.
     configs: Vec<Arc<rustls::ServerConfig>>,
 }
 
-/// The certificate entries of a port, shared by its configs' resolvers.
-#[derive(Debug)]
-struct Certificates {
-    index: SniIndex,
-    keys: Vec<Arc<CertifiedKey>>,
-    /// The listener hostname of each entry.
-    hosts: Vec<HostMatch>,
-}
-
-/// A certificate entry of a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CertChoice(usize);
-
-/// Presents the entry for the SNI. The config was chosen from the same
-/// SNI just before, so this is the entry that choice was made for.
+/// Presents one of the listener's certificates. The config was chosen for
+/// that listener from the same SNI just before. With several
+/// certificates (several names, or RSA next to ECDSA), the first that
+/// names the SNI and has a key the client can verify wins.
 #[derive(Debug)]
 struct Resolver(Arc<Certificates>);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let i = select(&self.0.index, hello.server_name());
-        self.0.keys.get(i).cloned()
+        let listener = self.0.listeners.get(self.0.listener(hello.server_name()))?;
+        if let [only] = listener.keys.as_slice() {
+            return Some(only.clone());
+        }
+        let name = hello
+            .server_name()
+            .and_then(|n| rustls_pki_types::ServerName::try_from(n).ok());
+        let names_it = |key: &CertifiedKey| match &name {
+            None => true,
+            Some(name) => key
+                .end_entity_cert()
+                .ok()
+                .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+                .is_some_and(|cert| cert.verify_is_valid_for_subject_name(name).is_ok()),
+        };
+        let signs = |key: &CertifiedKey| key.key.choose_scheme(hello.signature_schemes()).is_some();
+        let keys = &listener.keys;
+        keys.iter()
+            .find(|k| names_it(k) && signs(k))
+            .or_else(|| keys.iter().find(|k| names_it(k)))
+            .or_else(|| keys.iter().find(|k| signs(k)))
+            .or(keys.first())
+            .cloned()
     }
-}
-
-/// The entry for a ClientHello's SNI: the best match, else the default
-/// (the catch-all listener's, else the first).
-fn select(index: &SniIndex, sni: Option<&str>) -> usize {
-    sni.and_then(|name| index.matching(&name.to_ascii_lowercase()))
-        .or(index.any)
-        .unwrap_or(0)
 }
 
 impl PortTls {
@@ -124,9 +150,7 @@ impl PortTls {
     /// that set no ALPN option.
     pub fn new(tls: &TlsConfig, default_alpn: &[&[u8]]) -> Result<PortTls, TlsError> {
         let mut index = SniIndex::default();
-        let mut keys = Vec::new();
-        let mut hosts = Vec::new();
-        let mut entry_config = Vec::new();
+        let mut listeners: Vec<Listener> = Vec::new();
         let mut options: Vec<&Arc<TlsOptions>> = Vec::new();
         for cert in &tls.certificates {
             let key = match certified_key(&cert.source, &cert.cert_chain_pem, &cert.private_key_pem)
@@ -137,6 +161,10 @@ impl PortTls {
                     continue;
                 }
             };
+            if let Some(l) = listeners.iter_mut().find(|l| l.host == cert.hostname) {
+                l.keys.push(key);
+                continue;
+            }
             let config = match options.iter().position(|o| ***o == *cert.options) {
                 Some(i) => i,
                 None => {
@@ -144,75 +172,66 @@ impl PortTls {
                     options.len() - 1
                 }
             };
-            let i = keys.len();
-            keys.push(key);
-            hosts.push(cert.hostname.clone());
-            entry_config.push(config);
+            let i = listeners.len();
+            listeners.push(Listener {
+                host: cert.hostname.clone(),
+                keys: vec![key],
+                config,
+            });
             match &cert.hostname {
                 HostMatch::Exact(h) => {
-                    index.exact.entry(h.clone()).or_insert(i);
+                    index.exact.insert(h.clone(), i);
                 }
                 HostMatch::Wildcard(s) => index.wildcards.push((s.clone(), i)),
-                HostMatch::Any => {
-                    index.any.get_or_insert(i);
-                }
+                HostMatch::Any => index.any = Some(i),
             }
         }
-        if keys.is_empty() {
+        if listeners.is_empty() {
             return Err(TlsError::NoCertificate);
         }
-        // Stable: among equal suffixes the first listed wins.
         index
             .wildcards
             .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        let certs = Arc::new(Certificates { index, keys, hosts });
+        let certs = Arc::new(Certificates { index, listeners });
         let configs = options
             .iter()
             .map(|o| server_config(o, default_alpn, &certs))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(PortTls {
-            certs,
-            entry_config,
-            configs,
-        })
+        Ok(PortTls { certs, configs })
     }
 
-    /// The certificate entry a ClientHello with this SNI gets.
-    pub fn choose(&self, sni: Option<&str>) -> CertChoice {
-        CertChoice(select(&self.certs.index, sni))
-    }
-
-    /// The handshake config for a chosen entry.
-    pub fn config(&self, choice: CertChoice) -> Arc<rustls::ServerConfig> {
-        let i = self.entry_config.get(choice.0).copied().unwrap_or(0);
+    /// The handshake config for a ClientHello with this SNI.
+    fn config(&self, sni: Option<&str>) -> Arc<rustls::ServerConfig> {
+        let listener = self.certs.listeners.get(self.certs.listener(sni));
+        let i = listener.map_or(0, |l| l.config);
         match self.configs.get(i).or(self.configs.first()) {
             Some(c) => c.clone(),
             // `new` refuses a port without certificates, and makes one
-            // config per distinct options of its certificates.
+            // config per distinct options of its listeners.
             None => unreachable!("a PortTls has at least one config"),
         }
     }
 
     /// Misdirected request (RFC 9110 15.5.20): the request's host belongs
-    /// to another listener's certificate on this port than the one the
-    /// connection's handshake chose (`handshake`: that certificate's
-    /// listener hostname), so this connection is not the one the client
-    /// should use for it (HTTP/2 connection coalescing across listeners).
-    /// A host no certificate matches is left to routing. Compared by
-    /// hostname, so a table reload between handshake and request does not
-    /// make requests misdirected.
+    /// to another listener of this port than the one whose certificate the
+    /// connection's handshake chose (`handshake`: that listener's
+    /// hostname), so this connection is not the one the client should use
+    /// for it (HTTP/2 connection coalescing across listeners). A host no
+    /// listener matches is left to routing. Compared by hostname, so a
+    /// table reload between handshake and request does not make requests
+    /// misdirected.
     pub fn is_misdirected(&self, handshake: &HostMatch, host: &str) -> bool {
         self.certs
             .index
             .matching(host)
-            .and_then(|i| self.certs.hosts.get(i))
-            .is_some_and(|h| h != handshake)
+            .and_then(|i| self.certs.listeners.get(i))
+            .is_some_and(|l| l.host != *handshake)
     }
 
-    /// Reads the ClientHello, picks the certificate and config by its SNI
-    /// and completes the handshake. Returns the chosen certificate's
-    /// listener hostname when the client sent an SNI (only a client that
-    /// named a host can be misdirected).
+    /// Reads the ClientHello, picks the listener (certificate and config)
+    /// by its SNI and completes the handshake. Returns that listener's
+    /// hostname when the client sent an SNI (only a client that named a
+    /// host can be misdirected).
     pub async fn accept<IO>(
         &self,
         io: IO,
@@ -223,9 +242,11 @@ impl PortTls {
         let start =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
         let sni = start.client_hello().server_name().map(str::to_string);
-        let choice = self.choose(sni.as_deref());
-        let stream = start.into_stream(self.config(choice)).await?;
-        let host = sni.and_then(|_| self.certs.hosts.get(choice.0).cloned());
+        let stream = start.into_stream(self.config(sni.as_deref())).await?;
+        let host = sni.and_then(|sni| {
+            let i = self.certs.listener(Some(&sni));
+            self.certs.listeners.get(i).map(|l| l.host.clone())
+        });
         Ok((stream, host))
     }
 }

@@ -128,7 +128,11 @@ async fn read_client_hello(stream: &mut TcpStream) -> Result<Hello, Refused> {
         }
         let mut fresh = &chunk[..n];
         while !fresh.is_empty() {
-            acceptor.read_tls(&mut fresh)?;
+            // Consumes at least one byte of a non-empty slice, or fails
+            // (its buffer full); a zero would mean neither: stop, not spin.
+            if acceptor.read_tls(&mut fresh)? == 0 {
+                return Err(Refused::TooLarge);
+            }
         }
         match acceptor.accept() {
             Ok(None) => continue,

@@ -114,8 +114,8 @@ pub(crate) fn resolve(
         settings: index
             .backend_settings
             .get(&(key.clone(), port))
-            .cloned()
-            .unwrap_or_default(),
+            .unwrap_or(&index.default_backend_settings)
+            .clone(),
     }))
 }
 

@@ -23,6 +23,9 @@ pub(crate) struct Index<'a> {
     /// BackendPolicy settings of Service ports, by Service and port number
     /// (filled by `backend_policy::service_settings`).
     pub backend_settings: HashMap<(ObjectKey, i32), Arc<BackendSettings>>,
+    /// The settings of every backend without a BackendPolicy: one shared
+    /// allocation rather than one per backend (thousands of routes).
+    pub default_backend_settings: Arc<BackendSettings>,
     /// RouteFilters compiled so far (many rules may share one).
     pub route_filters: RefCell<HashMap<ObjectKey, RouteFilterResult>>,
 }
@@ -51,6 +54,7 @@ impl<'a> Index<'a> {
             snapshot,
             slices,
             backend_settings: HashMap::new(),
+            default_backend_settings: Arc::default(),
             route_filters: RefCell::default(),
         }
     }

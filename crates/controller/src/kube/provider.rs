@@ -675,6 +675,12 @@ async fn compile_loop(
                 None => break,
             }
         }
+        // What is stored, published before the table compiled from it: a
+        // reader woken by `synced` or a new table sees matching counts.
+        let counts = stores.counts();
+        if **publish.stored.borrow() != counts {
+            let _ = publish.stored.send(Arc::new(counts));
+        }
         for (kind, scope) in stores.watch_scopes() {
             tracing::debug!(%kind, namespace = ?scope.namespace, epoch = scope.epoch, "rewatching {kind}");
             if let Some(tx) = publish.scopes.get(&kind) {
@@ -722,10 +728,6 @@ async fn compile_loop(
             );
         } else if effect == Effect::StatusOnly && config.observe_status {
             leader_inputs_stale = true;
-        }
-        let counts = stores.counts();
-        if **publish.stored.borrow() != counts {
-            let _ = publish.stored.send(Arc::new(counts));
         }
         if closed {
             return;

@@ -288,8 +288,8 @@ spec:
         "all.yaml",
         &format!("{GATEWAY}\n---\n{}\n---\n{broken}", route("fine", "/a")),
     );
-    let handle = FileProvider::spawn(dir.path().to_path_buf(), CompileOptions::default())
-        .expect("spawn");
+    let handle =
+        FileProvider::spawn(dir.path().to_path_buf(), CompileOptions::default()).expect("spawn");
     let statuses = handle.statuses.borrow().clone();
     let find = |kind: StatusKind, name: &str| {
         statuses
@@ -306,9 +306,13 @@ spec:
     let broken = find(StatusKind::HttpRoute, "broken");
     assert!(!broken.problems.is_empty());
     assert_eq!(
-        broken.parent_condition("gw", None, "ResolvedRefs").map(|c| c["reason"].clone()),
+        broken
+            .parent_condition("gw", None, "ResolvedRefs")
+            .map(|c| c["reason"].clone()),
         Some(serde_json::json!("BackendNotFound")),
         "{broken:?}"
     );
-    assert!(find(StatusKind::Gateway, "gw").condition("Programmed").is_some());
+    assert!(find(StatusKind::Gateway, "gw")
+        .condition("Programmed")
+        .is_some());
 }

@@ -5,14 +5,14 @@
 # and the controller deployed with its GatewayClass Accepted.
 #
 #   E2E_GATEWAY_CLASS        GatewayClass to test (default portcullis)
-#   E2E_CONFORMANCE_PROFILES default GATEWAY-HTTP,GATEWAY-GRPC
+#   E2E_CONFORMANCE_PROFILES default GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS
 #   E2E_SUPPORTED_FEATURES   comma-separated extended features to test (default: supported-features.txt)
 #   E2E_CONFORMANCE_ARGS     more suite flags, e.g. --run-test=HTTPRouteSimpleSameNamespace
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 : "${KUBECONFIG:?source the cluster env first}"
 CLASS=${E2E_GATEWAY_CLASS:-portcullis}
-PROFILES=${E2E_CONFORMANCE_PROFILES:-GATEWAY-HTTP,GATEWAY-GRPC}
+PROFILES=${E2E_CONFORMANCE_PROFILES:-GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS}
 FEATURES=${E2E_SUPPORTED_FEATURES:-$(claimed_features)}
 
 accepted() {

@@ -17,7 +17,7 @@ HELM=$(bash "$REPO_DIR/scripts/check-packaging.sh" --helm)
 # Helm installs a chart's crds/ only on first install and never upgrades
 # them: apply the current ones first, as the chart's README tells users.
 "$BIN" crds | kubectl apply --server-side --force-conflicts -f - >/dev/null
-features=$(printf '%s\n' Gateway GRPCRoute HTTPRoute ReferenceGrant $(claimed_features | tr ',' ' ') \
+features=$(printf '%s\n' Gateway GRPCRoute HTTPRoute ReferenceGrant TLSRoute $(claimed_features | tr ',' ' ') \
   | python3 -c 'import json,sys; print(json.dumps([l.strip() for l in sys.stdin if l.strip()]))')
 values=$(mktemp)
 trap 'rm -f "$values"' EXIT

@@ -229,7 +229,11 @@ pub const HEALTHY_ROUTE_STATUS: &str = "every condition True";
 /// largest thing in memory (~30 MB). Gateways, policies and routes with
 /// problems keep their whole status; `portcullis validate` prints all.
 fn slim_if_healthy(s: &mut StatusUpdate) {
-    if matches!(s.kind, StatusKind::HttpRoute | StatusKind::GrpcRoute) && s.problems.is_empty() {
+    let route = matches!(
+        s.kind,
+        StatusKind::HttpRoute | StatusKind::GrpcRoute | StatusKind::TlsRoute
+    );
+    if route && s.problems.is_empty() {
         s.status = serde_json::Value::String(HEALTHY_ROUTE_STATUS.to_string());
     }
 }

@@ -13,6 +13,7 @@ use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -62,6 +63,7 @@ pub struct Snapshot {
     pub gateways: BTreeMap<ObjectKey, Gateway>,
     pub http_routes: BTreeMap<ObjectKey, HttpRoute>,
     pub grpc_routes: BTreeMap<ObjectKey, GrpcRoute>,
+    pub tls_routes: BTreeMap<ObjectKey, TlsRoute>,
     pub reference_grants: BTreeMap<ObjectKey, ReferenceGrant>,
     pub backend_tls_policies: BTreeMap<ObjectKey, BackendTlsPolicy>,
     pub services: BTreeMap<ObjectKey, Service>,
@@ -104,6 +106,7 @@ pub enum KubeObject {
     Gateway(Gateway),
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
+    TlsRoute(TlsRoute),
     ReferenceGrant(ReferenceGrant),
     BackendTlsPolicy(BackendTlsPolicy),
     Service(Service),
@@ -134,6 +137,7 @@ impl KubeObject {
             KubeObject::Gateway(_) => "Gateway",
             KubeObject::HttpRoute(_) => "HTTPRoute",
             KubeObject::GrpcRoute(_) => "GRPCRoute",
+            KubeObject::TlsRoute(_) => "TLSRoute",
             KubeObject::ReferenceGrant(_) => "ReferenceGrant",
             KubeObject::BackendTlsPolicy(_) => "BackendTLSPolicy",
             KubeObject::Service(_) => "Service",
@@ -153,6 +157,7 @@ impl KubeObject {
             KubeObject::Gateway(o) => &o.metadata,
             KubeObject::HttpRoute(o) => &o.metadata,
             KubeObject::GrpcRoute(o) => &o.metadata,
+            KubeObject::TlsRoute(o) => &o.metadata,
             KubeObject::ReferenceGrant(o) => &o.metadata,
             KubeObject::BackendTlsPolicy(o) => &o.metadata,
             KubeObject::Service(o) => &o.metadata,
@@ -171,6 +176,7 @@ impl KubeObject {
             KubeObject::Gateway(o) => &mut o.metadata,
             KubeObject::HttpRoute(o) => &mut o.metadata,
             KubeObject::GrpcRoute(o) => &mut o.metadata,
+            KubeObject::TlsRoute(o) => &mut o.metadata,
             KubeObject::ReferenceGrant(o) => &mut o.metadata,
             KubeObject::BackendTlsPolicy(o) => &mut o.metadata,
             KubeObject::Service(o) => &mut o.metadata,
@@ -222,6 +228,7 @@ impl KubeObject {
             ("Gateway", _) if gateway_group => KubeObject::Gateway(decode(value)?),
             ("HTTPRoute", _) if gateway_group => KubeObject::HttpRoute(decode(value)?),
             ("GRPCRoute", _) if gateway_group => KubeObject::GrpcRoute(decode(value)?),
+            ("TLSRoute", _) if gateway_group => KubeObject::TlsRoute(decode(value)?),
             ("ReferenceGrant", _) if gateway_group => KubeObject::ReferenceGrant(decode(value)?),
             ("BackendTLSPolicy", _) if gateway_group => {
                 KubeObject::BackendTlsPolicy(decode(value)?)
@@ -260,6 +267,7 @@ impl KubeObject {
             KubeObject::Gateway(o) => default_ns(&mut o.metadata),
             KubeObject::HttpRoute(o) => default_ns(&mut o.metadata),
             KubeObject::GrpcRoute(o) => default_ns(&mut o.metadata),
+            KubeObject::TlsRoute(o) => default_ns(&mut o.metadata),
             KubeObject::ReferenceGrant(o) => default_ns(&mut o.metadata),
             KubeObject::BackendTlsPolicy(o) => default_ns(&mut o.metadata),
             KubeObject::Service(o) => default_ns(&mut o.metadata),
@@ -300,6 +308,7 @@ impl Snapshot {
             KubeObject::Gateway(o) => put(&mut self.gateways, key, o),
             KubeObject::HttpRoute(o) => put(&mut self.http_routes, key, o),
             KubeObject::GrpcRoute(o) => put(&mut self.grpc_routes, key, o),
+            KubeObject::TlsRoute(o) => put(&mut self.tls_routes, key, o),
             KubeObject::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
             KubeObject::BackendTlsPolicy(o) => put(&mut self.backend_tls_policies, key, o),
             KubeObject::Service(o) => put(&mut self.services, key, o),

@@ -13,6 +13,7 @@ pub enum StatusKind {
     GrpcRoute,
     /// Gateway API `BackendTLSPolicy`: `status.ancestors`, one per Gateway.
     BackendTlsPolicy,
+    TlsRoute,
     /// One of our policy CRDs: `status.ancestors`.
     Policy(portcullis_api::PolicyKind),
     /// Not a Kubernetes object: a file of the YAML directory provider that
@@ -29,6 +30,7 @@ impl StatusKind {
             StatusKind::HttpRoute => "HTTPRoute",
             StatusKind::GrpcRoute => "GRPCRoute",
             StatusKind::BackendTlsPolicy => "BackendTLSPolicy",
+            StatusKind::TlsRoute => "TLSRoute",
             StatusKind::Policy(kind) => kind.as_str(),
             StatusKind::ConfigFile => "File",
         }

@@ -603,6 +603,7 @@ fn parent_accepted(
     let kind = match r.kind {
         RouteKind::Http => StatusKind::HttpRoute,
         RouteKind::Grpc => StatusKind::GrpcRoute,
+        RouteKind::Tls => StatusKind::TlsRoute,
     };
     let status = c.status(kind, Some(&r.namespace), &r.name)?;
     let parents = status.status["parents"].as_array()?;

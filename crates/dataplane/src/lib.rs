@@ -26,6 +26,7 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod tls_route;
 pub mod upstream;
 
 pub use server::{DataPlane, DataPlaneConfig};

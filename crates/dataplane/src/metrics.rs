@@ -710,6 +710,7 @@ pub fn route_label(rule: &Rule) -> String {
             let kind = match rule.id.kind {
                 portcullis_model::RouteKind::Http => "httproute",
                 portcullis_model::RouteKind::Grpc => "grpcroute",
+                portcullis_model::RouteKind::Tls => "tlsroute",
             };
             format!("{kind}/{}/{}/{name}", rule.id.namespace, rule.id.name)
         }

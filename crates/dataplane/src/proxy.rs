@@ -32,6 +32,10 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client certificate the port verified (frontend mTLS).
     pub client_certificate: Option<Arc<crate::client_cert::VerifiedClientCertificate>>,
+    /// The listener hostname of the certificate the handshake chose by
+    /// SNI (when the client sent one): a request for a host of another
+    /// listener's certificate is misdirected.
+    pub cert: Option<portcullis_model::HostMatch>,
 }
 
 impl ConnInfo {
@@ -158,6 +162,15 @@ async fn route_and_forward(
             raw_host.clone(),
         )
     })?;
+    if let (Some(handshake), Some(tls)) = (&conn.cert, port.tls.as_ref()) {
+        if tls.is_misdirected(handshake, &host) {
+            return Err(ProxyError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected request: open a new connection for this host",
+                host,
+            ));
+        }
+    }
     let path = normalize_path(req.uri().path()).map_err(|e| {
         ProxyError::new(
             StatusCode::BAD_REQUEST,
@@ -483,7 +496,7 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 
 /// Weighted random choice among backends with weight > 0. `None` when the
 /// rule has no backend or all weights are zero (both answered 500).
-fn pick_weighted(backends: &[WeightedBackend]) -> Option<&WeightedBackend> {
+pub(crate) fn pick_weighted(backends: &[WeightedBackend]) -> Option<&WeightedBackend> {
     let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
     if total == 0 {
         return None;

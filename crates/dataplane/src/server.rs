@@ -261,22 +261,57 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
     let _open = metrics::global().connection_opened(port);
     let _ = stream.set_nodelay(true);
     let state = serving.shared.current();
-    let Some(port_state) = state.port(port) else {
+    let Some(port_state) = state.port(port).cloned() else {
         return;
     };
-    let https = port_state.routes.config().protocol == Protocol::Https;
-    let tls_config = port_state.tls.clone();
-    let client_auth = port_state.client_auth.clone();
+    match port_state.routes.config().protocol {
+        Protocol::Http => {}
+        Protocol::Tls => {
+            // A stream, not requests: it stays on the table it started
+            // with, and is cut when the drain deadline passes.
+            let mut closing = serving.phase.clone();
+            tokio::select! {
+                result = crate::tls_route::serve(stream, remote, state, port_state, TLS_HANDSHAKE_TIMEOUT) => {
+                    if let Err(e) = result {
+                        tracing::debug!(port, %remote, error = %e, "TLS connection closed");
+                    }
+                }
+                _ = reached(&mut closing, Phase::Closing) => {}
+            }
+            return;
+        }
+        Protocol::Https => {
+            drop(state);
+            serve_https(stream, remote, port, port_state, serving).await;
+            return;
+        }
+    }
     drop(state);
+    drop(port_state);
+    let conn = Arc::new(ConnInfo {
+        remote,
+        local_port: port,
+        tls: false,
+        cert: None,
+        client_certificate: None,
+    });
+    serve_http(TokioIo::new(stream), conn, serving).await;
+}
 
-    if https {
-        let Some(tls_config) = tls_config else {
+async fn serve_https(
+    stream: TcpStream,
+    remote: SocketAddr,
+    port: u16,
+    port_state: Arc<crate::state::PortState>,
+    serving: Serving,
+) {
+    {
+        let Some(tls) = port_state.tls.as_ref() else {
             tracing::debug!(port, %remote, "refusing TLS connection: no usable certificate");
             return;
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
-        let tls_stream =
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        let (tls_stream, cert) =
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(port, %remote, error = %e, "TLS handshake failed");
@@ -287,24 +322,21 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
                     return;
                 }
             };
-        let client_certificate = client_auth
+        let client_certificate = port_state
+            .client_auth
             .as_ref()
             .and_then(|a| a.identity(tls_stream.get_ref().1.peer_certificates()));
+        // The certificates of this handshake's table; requests read the
+        // table current when they arrive.
+        drop(port_state);
         let conn = Arc::new(ConnInfo {
             remote,
             local_port: port,
             tls: true,
+            cert,
             client_certificate,
         });
         serve_http(TokioIo::new(tls_stream), conn, serving).await;
-    } else {
-        let conn = Arc::new(ConnInfo {
-            remote,
-            local_port: port,
-            tls: false,
-            client_certificate: None,
-        });
-        serve_http(TokioIo::new(stream), conn, serving).await;
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use portcullis_model::RouteTable;
+use portcullis_model::{Protocol, RouteTable};
 
 use crate::metrics::TableSeries;
 use crate::resilience::Backends;
@@ -26,8 +26,10 @@ pub struct Prepared {
 
 pub struct PortState {
     pub routes: PortRoutes,
-    /// Present for HTTPS ports whose certificates parsed.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Present for ports that terminate TLS and whose certificates parsed.
+    pub tls: Option<crate::tls::PortTls>,
+    /// TLS ports: their SNI table.
+    pub tls_routes: Option<crate::tls_route::SniRoutes>,
     /// Client certificate validation (frontend mTLS), when the port has it:
     /// turns a connection's peer certificate into its identity.
     pub client_auth: Option<Arc<crate::client_cert::ClientAuth>>,
@@ -41,10 +43,16 @@ impl Prepared {
     ) -> Prepared {
         let mut ports = HashMap::new();
         for (i, port) in table.ports.iter().enumerate() {
-            let tls = port.tls.as_ref().and_then(|tls| match crate::tls::server_config(tls) {
+            let alpn = match port.protocol {
+                Protocol::Https => crate::tls::HTTP_ALPN,
+                // A TLS route's stream is whatever the client and backend
+                // speak: no ALPN unless a listener sets one.
+                Protocol::Tls | Protocol::Http => &[],
+            };
+            let tls = port.tls.as_ref().and_then(|tls| match crate::tls::PortTls::new(tls, alpn) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    tracing::error!(port = port.port, error = %e, "HTTPS port has no usable certificate; its connections will be refused");
+                    tracing::error!(port = port.port, error = %e, "port has no usable certificate; its TLS connections will be refused");
                     None
                 }
             });
@@ -56,12 +64,15 @@ impl Prepared {
                 .and_then(|t| t.client_validation.as_ref())
                 .and_then(|v| crate::client_cert::ClientAuth::new(v).ok())
                 .map(Arc::new);
+            let tls_routes =
+                (port.protocol == Protocol::Tls).then(|| crate::tls_route::SniRoutes::new(port));
             ports.insert(
                 port.port,
                 Arc::new(PortState {
                     routes: PortRoutes::new(table.clone(), i),
                     tls,
                     client_auth,
+                    tls_routes,
                 }),
             );
         }

@@ -46,17 +46,45 @@ impl RouteTable {
 pub struct PortConfig {
     pub port: u16,
     pub protocol: Protocol,
-    /// Present for HTTPS ports.
+    /// Present for HTTPS ports, and for TLS ports with listeners in
+    /// `Terminate` mode.
     pub tls: Option<TlsConfig>,
     /// Sorted most specific first: exact hostnames, then wildcards by
-    /// descending suffix length, then the catch-all.
+    /// descending suffix length, then the catch-all. Empty on TLS ports.
     pub virtual_hosts: Vec<VirtualHost>,
+    /// TLS ports: the TLSRoutes by SNI, sorted like `virtual_hosts`; the
+    /// first whose hostname matches the ClientHello's SNI takes the
+    /// connection. No SNI, or no match: the connection is closed.
+    pub tls_routes: Vec<TlsRoute>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Protocol {
     Http,
     Https,
+    /// Gateway API `TLS` listeners: TCP streams routed by SNI (TLSRoute).
+    Tls,
+}
+
+/// One SNI hostname of a TLS port and where its connections go.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsRoute {
+    pub hostname: HostMatch,
+    pub mode: TlsMode,
+    /// The TLSRoute rule: its weighted backends (no filters, no matches).
+    /// `None` for the hostname of a listener no route serves it on: the
+    /// connection is closed rather than handed to a less specific
+    /// listener's route (listener isolation).
+    pub rule: Option<Arc<Rule>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TlsMode {
+    /// The TLS bytes go to the backend untouched: the backend terminates.
+    Passthrough,
+    /// The gateway completes the handshake (with the port's certificate for
+    /// the SNI) and forwards the decrypted stream.
+    Terminate,
 }
 
 /// Server certificates of an HTTPS port, selected by SNI.
@@ -152,13 +180,52 @@ pub struct ServerCertificate {
     pub cert_chain_pem: Arc<str>,
     #[serde(serialize_with = "serde_helpers::redacted")]
     pub private_key_pem: Arc<str>,
+    /// Handshake settings of the listener this certificate belongs to
+    /// (`tls.options`); shared by the certificates of one listener.
+    pub options: Arc<TlsOptions>,
 }
+
+/// Per-listener handshake settings, from the listener's `tls.options`
+/// (`portcullis.dev/min-tls-version`, `portcullis.dev/cipher-suites`,
+/// `portcullis.dev/alpn`). Validated by the controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct TlsOptions {
+    /// `None`: TLS 1.2 and 1.3.
+    pub min_version: Option<TlsVersion>,
+    /// IANA names from [`CIPHER_SUITES`], in preference order; empty: the
+    /// defaults (all of them).
+    pub cipher_suites: Vec<String>,
+    /// ALPN protocols offered, in preference order. `None`: the protocol's
+    /// default (`h2`, `http/1.1` on HTTPS; none on TLS ports).
+    pub alpn: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// The cipher suites the data plane can offer (IANA names), TLS 1.3
+/// first.
+pub const CIPHER_SUITES: &[&str] = &[
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
 
 impl std::fmt::Debug for ServerCertificate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerCertificate")
             .field("hostname", &self.hostname)
             .field("source", &self.source)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -247,6 +314,7 @@ impl std::fmt::Display for RuleId {
         let kind = match self.kind {
             RouteKind::Http => "httproute",
             RouteKind::Grpc => "grpcroute",
+            RouteKind::Tls => "tlsroute",
         };
         write!(
             f,
@@ -260,6 +328,7 @@ impl std::fmt::Display for RuleId {
 pub enum RouteKind {
     Http,
     Grpc,
+    Tls,
 }
 
 /// All conditions must hold (AND).

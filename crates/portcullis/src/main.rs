@@ -81,7 +81,7 @@ enum Command {
         no_provisioning: bool,
         /// Gateway API conformance features written to our GatewayClasses'
         /// status.supportedFeatures, comma-separated (default: the core
-        /// ones: Gateway, GRPCRoute, HTTPRoute, ReferenceGrant).
+        /// ones: Gateway, GRPCRoute, HTTPRoute, ReferenceGrant, TLSRoute).
         #[arg(long, value_delimiter = ',')]
         supported_features: Option<Vec<String>>,
     },

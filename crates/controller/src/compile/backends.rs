@@ -58,6 +58,7 @@ pub(crate) fn resolve(
     let route_kind = match from.kind {
         RouteKind::Http => "HTTPRoute",
         RouteKind::Grpc => "GRPCRoute",
+        RouteKind::Tls => "TLSRoute",
     };
     let permitted = refs::permitted(
         index.snapshot,
@@ -103,7 +104,8 @@ pub(crate) fn resolve(
     let protocol = match from.kind {
         // gRPC needs HTTP/2: h2c, or h2 over TLS with a BackendTLSPolicy.
         RouteKind::Grpc => AppProtocol::H2c,
-        RouteKind::Http => app_protocol(service_port.app_protocol.as_deref()),
+        // TLS routes forward bytes: the protocol is only informative.
+        RouteKind::Http | RouteKind::Tls => app_protocol(service_port.app_protocol.as_deref()),
     };
     let tls = index.backend_tls.get(&(key.clone(), port)).cloned();
     Ok(Arc::new(Backend {

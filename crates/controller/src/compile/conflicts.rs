@@ -25,7 +25,9 @@ pub(crate) fn resolve_cross_kind(
     attachments: &mut [Vec<Attachment>],
 ) {
     // Only routes that will be served take part; oldest first.
+    // TLSRoutes never share a listener with the other two kinds.
     let mut order: Vec<usize> = (0..sources.len())
+        .filter(|&i| sources.get(i).is_some_and(|s| s.kind != RouteKind::Tls))
         .filter(|&i| compiled.get(i).is_some_and(|c| c.invalid.is_empty()))
         .collect();
     order.sort_by(|&a, &b| age(&sources[a]).cmp(&age(&sources[b])));
@@ -48,7 +50,7 @@ pub(crate) fn resolve_cross_kind(
                 let [http, grpc] = kept.entry((*gi, *li)).or_default();
                 let (mine, theirs) = match source.kind {
                     RouteKind::Http => (http, grpc),
-                    RouteKind::Grpc => (grpc, http),
+                    RouteKind::Grpc | RouteKind::Tls => (grpc, http),
                 };
                 // The rival kept first: the one a scan of the kept routes
                 // in order would find.

@@ -8,10 +8,12 @@ use gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From,
     GatewayListenersAllowedRoutesNamespacesSelector as Selector,
 };
-use portcullis_model::{ClientValidation, HostMatch, Protocol, RouteKind, ServerCertificate};
+use portcullis_model::{
+    ClientValidation, HostMatch, Protocol, RouteKind, ServerCertificate, TlsMode,
+};
 use serde_json::{json, Value};
 
-use super::{ca_bundle_frontend, hostname, parameters, tls, CompileOptions};
+use super::{ca_bundle_frontend, hostname, parameters, tls, tls_options, CompileOptions};
 use crate::snapshot::{ObjectKey, Snapshot};
 use crate::status::{conditions_json, reasons, Condition, StatusKind, StatusUpdate};
 
@@ -40,6 +42,12 @@ pub(crate) struct ListenerState {
     pub certificates: Vec<ServerCertificate>,
     /// Client certificate validation (Gateway `spec.tls.frontend`).
     pub client_validation: Option<ClientValidation>,
+    /// TLS listeners: whether the gateway terminates (HTTPS listeners
+    /// always do; `None` for them and for HTTP).
+    pub tls_mode: Option<TlsMode>,
+    /// Invalid `tls.options`: the listener is not served (serving it with
+    /// other handshake settings than asked for would weaken it).
+    pub tls_options_problem: Option<String>,
     /// Left out of the table because another Gateway of this process owns
     /// the port with another protocol.
     pub shadowed: bool,
@@ -54,10 +62,22 @@ impl ListenerState {
         self.accepted.is_ok() && self.conflict.is_none()
     }
 
-    /// Served by the data plane: usable and, for HTTPS, with a certificate.
+    /// Served by the data plane: usable, with valid TLS options and, where
+    /// the gateway terminates TLS, with a certificate.
     pub fn is_programmed(&self) -> bool {
         self.is_usable()
-            && (self.protocol != Some(Protocol::Https) || !self.certificates.is_empty())
+            && self.tls_options_problem.is_none()
+            && (!self.terminates_tls() || !self.certificates.is_empty())
+    }
+
+    /// Nothing about it needs the user's attention.
+    pub fn is_valid(&self) -> bool {
+        self.is_usable() && self.ref_problems.is_empty() && self.tls_options_problem.is_none()
+    }
+
+    /// HTTPS listeners, and TLS listeners in Terminate mode.
+    pub fn terminates_tls(&self) -> bool {
+        self.protocol == Some(Protocol::Https) || self.tls_mode == Some(TlsMode::Terminate)
     }
 }
 
@@ -193,14 +213,16 @@ fn listener_state(snapshot: &Snapshot, gateway: &ObjectKey, l: &GatewayListeners
     let protocol = match l.protocol.as_str() {
         "HTTP" => Some(Protocol::Http),
         "HTTPS" => Some(Protocol::Https),
+        "TLS" => Some(Protocol::Tls),
         _ => None,
     };
+    let tls_mode = (protocol == Some(Protocol::Tls)).then(|| tls_options::mode(l.tls.as_ref()));
     let port = u16::try_from(l.port).ok().filter(|p| *p != 0);
     let accepted = match (protocol, port) {
         (None, _) => Err((
             reasons::UNSUPPORTED_PROTOCOL,
             format!(
-                "protocol {:?} is not supported; use HTTP or HTTPS",
+                "protocol {:?} is not supported; use HTTP, HTTPS or TLS",
                 l.protocol
             ),
         )),
@@ -231,9 +253,16 @@ fn listener_state(snapshot: &Snapshot, gateway: &ObjectKey, l: &GatewayListeners
         },
     };
     let mut certificates = Vec::new();
-    if protocol == Some(Protocol::Https) && accepted.is_ok() {
-        let (certs, problems) =
+    let terminates = protocol == Some(Protocol::Https) || tls_mode == Some(TlsMode::Terminate);
+    let options = tls_options::parse(l.tls.as_ref(), protocol);
+    if terminates && accepted.is_ok() {
+        let (mut certs, problems) =
             tls::resolve_certificates(snapshot, gateway, &hostname, l.tls.as_ref());
+        if let Ok(options) = &options {
+            for cert in &mut certs {
+                cert.options = options.clone();
+            }
+        }
         certificates = certs;
         ref_problems.extend(problems.into_iter().map(|p| (p.reason, p.message)));
     }
@@ -249,6 +278,8 @@ fn listener_state(snapshot: &Snapshot, gateway: &ObjectKey, l: &GatewayListeners
         allowed_namespaces,
         certificates,
         client_validation: None,
+        tls_mode,
+        tls_options_problem: options.err(),
         shadowed: false,
         attached_routes: BTreeSet::new(),
     }
@@ -263,15 +294,21 @@ fn route_kinds(l: &GatewayListeners, problems: &mut Vec<(&'static str, String)>)
         .as_ref()
         .and_then(|a| a.kinds.as_ref())
         .filter(|k| !k.is_empty());
+    let tls = l.protocol == "TLS";
     let Some(kinds) = kinds else {
-        return vec![RouteKind::Http, RouteKind::Grpc];
+        return if tls {
+            vec![RouteKind::Tls]
+        } else {
+            vec![RouteKind::Http, RouteKind::Grpc]
+        };
     };
     let mut out = Vec::new();
     for k in kinds {
         let group = k.group.as_deref().unwrap_or(portcullis_api::GATEWAY_GROUP);
         let kind = match (group, k.kind.as_str()) {
-            (g, "HTTPRoute") if g == portcullis_api::GATEWAY_GROUP => Some(RouteKind::Http),
-            (g, "GRPCRoute") if g == portcullis_api::GATEWAY_GROUP => Some(RouteKind::Grpc),
+            (g, "HTTPRoute") if g == portcullis_api::GATEWAY_GROUP && !tls => Some(RouteKind::Http),
+            (g, "GRPCRoute") if g == portcullis_api::GATEWAY_GROUP && !tls => Some(RouteKind::Grpc),
+            (g, "TLSRoute") if g == portcullis_api::GATEWAY_GROUP && tls => Some(RouteKind::Tls),
             _ => None,
         };
         match kind {
@@ -279,7 +316,16 @@ fn route_kinds(l: &GatewayListeners, problems: &mut Vec<(&'static str, String)>)
             Some(_) => {}
             None => problems.push((
                 reasons::INVALID_ROUTE_KINDS,
-                format!("allowedRoutes.kinds: {group}/{} is not supported on {} listeners; use HTTPRoute or GRPCRoute", k.kind, l.protocol),
+                format!(
+                    "allowedRoutes.kinds: {group}/{} is not supported on {} listeners; use {}",
+                    k.kind,
+                    l.protocol,
+                    if tls {
+                        "TLSRoute"
+                    } else {
+                        "HTTPRoute or GRPCRoute"
+                    }
+                ),
             )),
         }
     }
@@ -423,6 +469,7 @@ pub(crate) fn gateway_status(g: &GatewayState<'_>) -> StatusUpdate {
                 let kind = match k {
                     RouteKind::Http => "HTTPRoute",
                     RouteKind::Grpc => "GRPCRoute",
+                    RouteKind::Tls => "TLSRoute",
                 };
                 json!({ "group": portcullis_api::GATEWAY_GROUP, "kind": kind })
             })
@@ -438,10 +485,7 @@ pub(crate) fn gateway_status(g: &GatewayState<'_>) -> StatusUpdate {
 
     let usable = g.listeners.iter().filter(|l| l.is_usable()).count();
     let programmed = g.listeners.iter().filter(|l| l.is_programmed()).count();
-    let all_valid = g
-        .listeners
-        .iter()
-        .all(|l| l.is_usable() && l.ref_problems.is_empty());
+    let all_valid = g.listeners.iter().all(|l| l.is_valid());
     let accepted = if let Some((reason, message)) = &g.rejected {
         problems.push(format!("{reason}: {message}"));
         Condition::new(reasons::ACCEPTED, false, reason, message.clone())
@@ -456,7 +500,7 @@ pub(crate) fn gateway_status(g: &GatewayState<'_>) -> StatusUpdate {
         let invalid: Vec<_> = g
             .listeners
             .iter()
-            .filter(|l| !(l.is_usable() && l.ref_problems.is_empty()))
+            .filter(|l| !l.is_valid())
             .map(|l| l.name.as_str())
             .collect();
         let message = format!("invalid listeners: {}", invalid.join(", "));
@@ -584,10 +628,12 @@ fn listener_conditions(l: &ListenerState) -> Vec<Condition> {
             "Listener is served",
         )
     } else {
-        let why = if l.is_usable() {
-            "no usable certificate"
-        } else {
+        let why = if !l.is_usable() {
             "listener is not accepted"
+        } else if let Some(problem) = &l.tls_options_problem {
+            problem.as_str()
+        } else {
+            "no usable certificate"
         };
         Condition::new(
             reasons::PROGRAMMED,

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use portcullis_model::{
-    HostMatch, PortConfig, Protocol, RequestMatch, Route, RouteTable, Rule, ServerCertificate,
-    TlsConfig, VirtualHost,
+    HostMatch, PortConfig, Protocol, RequestMatch, Route, RouteKind, RouteTable, Rule,
+    ServerCertificate, TlsConfig, TlsMode, VirtualHost,
 };
 use serde_json::{Map, Value};
 
@@ -36,6 +36,8 @@ mod refs;
 mod route;
 mod route_filter;
 mod tls;
+mod tls_options;
+mod tls_route;
 
 pub use tls::validate_pem;
 
@@ -109,6 +111,12 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
                 .grpc_routes
                 .iter()
                 .map(|(key, r)| route::from_grpc(key, r)),
+        )
+        .chain(
+            snapshot
+                .tls_routes
+                .iter()
+                .map(|(key, r)| tls_route::from_tls(key, r)),
         )
         .collect();
     let mut index = index::Index::new(snapshot);
@@ -244,8 +252,10 @@ fn attach_policies(
                 )
             })
             .collect(),
+        // Our policies act on HTTP requests: a TLSRoute is no target.
         routes: sources
             .iter()
+            .filter(|s| s.kind != RouteKind::Tls)
             .map(|s| {
                 let rules = s.rules.iter().map(|r| r.name).collect();
                 ((s.kind, s.key), rules)
@@ -265,6 +275,9 @@ fn attach_policies(
         let Some(listener) = g.listeners.get(p.listener) else {
             continue;
         };
+        if source.kind == RouteKind::Tls {
+            continue;
+        }
         for (ri, rule) in rules.rules.iter().enumerate() {
             served.push(policy::ServedRule {
                 placement: pi,
@@ -401,6 +414,7 @@ fn route_status(
     let kind = match source.kind {
         portcullis_model::RouteKind::Http => StatusKind::HttpRoute,
         portcullis_model::RouteKind::Grpc => StatusKind::GrpcRoute,
+        portcullis_model::RouteKind::Tls => StatusKind::TlsRoute,
     };
     Some(StatusUpdate {
         kind,
@@ -426,6 +440,10 @@ struct PortBuild<'a> {
     /// Routes placed on this port: each under the hostname of the listener
     /// it attached through and its effective hostname there.
     entries: Vec<Entry<'a>>,
+    /// TLS ports: the listeners' hostnames and modes, and the TLSRoutes
+    /// placed.
+    tls_listeners: Vec<(HostMatch, TlsMode)>,
+    tls_entries: Vec<tls_route::TlsEntry<'a>>,
     /// (route, listener hostname, effective hostname) already placed; keyed
     /// by the hostnames' text.
     placed: HashSet<(usize, HostKey<'a>, HostKey<'a>)>,
@@ -553,6 +571,8 @@ fn build_table<'a>(
                 client_validation: None,
                 listener_hosts: Vec::new(),
                 entries: Vec::new(),
+                tls_listeners: Vec::new(),
+                tls_entries: Vec::new(),
                 placed: HashSet::new(),
             });
             port.certificates.extend(l.certificates.iter().cloned());
@@ -561,6 +581,9 @@ fn build_table<'a>(
             }
             if !port.listener_hosts.contains(&l.hostname) {
                 port.listener_hosts.push(l.hostname.clone());
+                if let Some(mode) = l.tls_mode {
+                    port.tls_listeners.push((l.hostname.clone(), mode));
+                }
             }
         }
     }
@@ -594,6 +617,14 @@ fn build_table<'a>(
             });
             let placement = (p.route, host_key(&listener.hostname), host_key(host));
             if isolated || !port.placed.insert(placement) {
+                continue;
+            }
+            if source.kind == RouteKind::Tls {
+                let (Some(mode), Some(rule)) = (listener.tls_mode, rules.rules.first()) else {
+                    continue;
+                };
+                port.tls_entries
+                    .push(tls_route::TlsEntry::new(source, host, mode, &rule.rule));
                 continue;
             }
             for (ri, rule) in rules.rules.iter().enumerate() {
@@ -693,14 +724,26 @@ fn build_port(number: u16, build: PortBuild<'_>) -> PortConfig {
         .collect();
     let mut certificates = build.certificates;
     certificates.sort_by(|a, b| hostname::specificity_order(&a.hostname, &b.hostname));
-    let tls = (build.protocol == Protocol::Https).then_some(TlsConfig {
-        certificates,
-        client_validation: build.client_validation,
-    });
+    // TLS ports: certificates of their Terminate listeners, if any.
+    let tls =
+        (build.protocol == Protocol::Https || !certificates.is_empty()).then_some(TlsConfig {
+            certificates,
+            client_validation: build.client_validation,
+        });
+    let tls_routes = if build.protocol == Protocol::Tls {
+        tls_route::sni_table(build.tls_entries, &build.tls_listeners)
+    } else {
+        Vec::new()
+    };
     PortConfig {
         port: number,
         protocol: build.protocol,
         tls,
-        virtual_hosts,
+        virtual_hosts: if build.protocol == Protocol::Tls {
+            Vec::new()
+        } else {
+            virtual_hosts
+        },
+        tls_routes,
     }
 }

@@ -63,6 +63,7 @@ pub(crate) fn order_key<'a>(
         kind: match route.kind {
             RouteKind::Http => 0,
             RouteKind::Grpc => 1,
+            RouteKind::Tls => 2,
         },
         rule_index,
         match_index,

@@ -194,7 +194,10 @@ pub(crate) fn from_grpc<'a>(key: &'a ObjectKey, route: &'a GrpcRoute) -> RouteSo
 
 /// A parentRef with its defaults applied; borrowed from an HTTPRoute,
 /// owned when read from a GRPCRoute through the HTTPRoute shape.
-fn parent_ref<'a>(route: &'a ObjectKey, p: Cow<'a, HttpRouteParentRefs>) -> ParentRef<'a> {
+pub(crate) fn parent_ref<'a>(
+    route: &'a ObjectKey,
+    p: Cow<'a, HttpRouteParentRefs>,
+) -> ParentRef<'a> {
     // Each field either borrowed from `p` or moved out of it.
     let (group, kind, namespace, name, section_name, port, raw) = match p {
         Cow::Borrowed(p) => (
@@ -232,7 +235,7 @@ fn parent_ref<'a>(route: &'a ObjectKey, p: Cow<'a, HttpRouteParentRefs>) -> Pare
     }
 }
 
-fn build<'a>(
+pub(crate) fn build<'a>(
     kind: RouteKind,
     key: &'a ObjectKey,
     meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -595,5 +598,6 @@ pub(crate) fn kind_name(kind: RouteKind) -> &'static str {
     match kind {
         RouteKind::Http => "HTTPRoute",
         RouteKind::Grpc => "GRPCRoute",
+        RouteKind::Tls => "TLSRoute",
     }
 }

@@ -32,7 +32,7 @@ pub(crate) fn resolve_certificates(
     if refs.is_empty() {
         let problem = CertProblem {
             reason: reasons::INVALID_CERTIFICATE_REF,
-            message: "HTTPS listener has no tls.certificateRefs: add a reference to a kubernetes.io/tls Secret".into(),
+            message: "the listener terminates TLS but has no tls.certificateRefs: add a reference to a kubernetes.io/tls Secret".into(),
         };
         return (Vec::new(), vec![problem]);
     }
@@ -83,6 +83,8 @@ pub(crate) fn resolve_certificates(
                 source: key.to_string(),
                 cert_chain_pem,
                 private_key_pem,
+                // Set by the listener (`tls_options`).
+                options: Default::default(),
             }),
             Err(message) => problems.push(CertProblem {
                 reason: reasons::INVALID_CERTIFICATE_REF,

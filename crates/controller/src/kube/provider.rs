@@ -14,6 +14,7 @@ use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
+use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
@@ -56,7 +57,13 @@ pub struct KubeProviderConfig {
 
 /// The conformance features claimed unless configured otherwise: the core
 /// ones.
-pub const CORE_FEATURES: [&str; 4] = ["Gateway", "GRPCRoute", "HTTPRoute", "ReferenceGrant"];
+pub const CORE_FEATURES: [&str; 5] = [
+    "Gateway",
+    "GRPCRoute",
+    "HTTPRoute",
+    "ReferenceGrant",
+    "TLSRoute",
+];
 
 impl KubeProviderConfig {
     pub fn new(options: CompileOptions) -> KubeProviderConfig {
@@ -179,6 +186,13 @@ impl KubeProvider {
             Kind::GrpcRoute,
             KubeObject::GrpcRoute,
             scope(Kind::GrpcRoute),
+        ));
+        tasks.push(w.start::<TlsRoute>(
+            namespaced_api(&client),
+            all(),
+            Kind::TlsRoute,
+            KubeObject::TlsRoute,
+            scope(Kind::TlsRoute),
         ));
         tasks.push(w.start::<ReferenceGrant>(
             namespaced_api(&client),
@@ -344,12 +358,16 @@ impl Watch {
     {
         let changes = self.changes.clone();
         let wait_first = self.proxy && Role::of(kind) == Role::Dependent;
-        // Ours: their CRDs may be installed after the controller.
-        // BackendTLSPolicy: its CRD is in Gateway API's standard channel,
-        // but clusters with older Gateway API installs lack it.
+        // Ours, BackendTLSPolicy and TLSRoute (standard only since Gateway
+        // API v1.5): their CRDs may be installed after the controller, or
+        // not at all in clusters with older Gateway API installs.
         let optional = matches!(
             kind,
-            Kind::GatewayParameters | Kind::Policy(_) | Kind::RouteFilter | Kind::BackendTlsPolicy
+            Kind::GatewayParameters
+                | Kind::TlsRoute
+                | Kind::BackendTlsPolicy
+                | Kind::Policy(_)
+                | Kind::RouteFilter
         );
         let mut scope = scope.unwrap_or_else(|| fixed_scope(None));
         tokio::spawn(async move {
@@ -698,7 +716,9 @@ async fn compile_loop(
             let mut compiled_statuses = compiled.statuses;
             add_supported_features(&mut compiled_statuses, &config.supported_features);
             statuses = Arc::new(compiled_statuses);
-            let routes = stores.snapshot().http_routes.len() + stores.snapshot().grpc_routes.len();
+            let snapshot = stores.snapshot();
+            let routes =
+                snapshot.http_routes.len() + snapshot.grpc_routes.len() + snapshot.tls_routes.len();
             let generation = compiled.table.generation;
             let _ = publish.tables.send(Arc::new(compiled.table));
             publish.timings.send_replace(BatchTiming {

@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From};
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::tlsroutes::TlsRoute;
 
 use super::store::Kind;
 use crate::snapshot::{KubeObject, ObjectKey};
@@ -72,6 +73,7 @@ impl Role {
             | Kind::Gateway
             | Kind::HttpRoute
             | Kind::GrpcRoute
+            | Kind::TlsRoute
             | Kind::Policy(_)
             | Kind::RouteFilter
             | Kind::BackendTlsPolicy => Role::Source,
@@ -106,6 +108,18 @@ impl ProxyFilter {
                 })
             }
             KubeObject::GrpcRoute(r) => {
+                let ns = ObjectKey::of(&r.metadata).namespace;
+                r.spec.parent_refs.iter().flatten().any(|p| {
+                    self.is_our_gateway(
+                        &ns,
+                        p.group.as_deref(),
+                        p.kind.as_deref(),
+                        p.namespace.as_deref(),
+                        &p.name,
+                    )
+                })
+            }
+            KubeObject::TlsRoute(r) => {
                 let ns = ObjectKey::of(&r.metadata).namespace;
                 r.spec.parent_refs.iter().flatten().any(|p| {
                     self.is_our_gateway(
@@ -273,6 +287,7 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
         }
         KubeObject::HttpRoute(r) => return needs_of_http_route(r),
         KubeObject::GrpcRoute(r) => return needs_of_grpc_route(r),
+        KubeObject::TlsRoute(r) => return needs_of_tls_route(r),
         _ => {}
     }
     needs.sort();
@@ -311,6 +326,27 @@ pub fn needs_of_grpc_route(route: &GrpcRoute) -> Vec<Need> {
     let ns = ObjectKey::of(&route.metadata).namespace;
     let mut needs = Vec::new();
     backend_needs!(route.spec.rules, ns, needs);
+    needs.sort();
+    needs.dedup();
+    needs
+}
+
+/// Services named by a TLSRoute's backendRefs (it has no filters).
+pub fn needs_of_tls_route(route: &TlsRoute) -> Vec<Need> {
+    let ns = ObjectKey::of(&route.metadata).namespace;
+    let mut needs = Vec::new();
+    for b in route.spec.rules.iter().flat_map(|r| &r.backend_refs) {
+        if b.group.as_deref().unwrap_or("").is_empty()
+            && b.kind.as_deref().unwrap_or("Service") == "Service"
+        {
+            let namespace = b
+                .namespace
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&ns);
+            needs.push((Kind::Service, ObjectKey::new(namespace, b.name.as_str())));
+        }
+    }
     needs.sort();
     needs.dedup();
     needs
@@ -359,7 +395,7 @@ pub fn watch_namespace(
 ) -> Option<String> {
     let own = filter.gateway.namespace.clone();
     match Role::of(kind) {
-        Role::Source if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute) => {
+        Role::Source if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute) => {
             // Without the Gateway nothing is served: its own namespace is
             // the least to list; its arrival rescopes if needed.
             let same_only = gateway.is_none_or(|g| {

@@ -121,7 +121,10 @@ pub fn plan(
 }
 
 fn is_route(kind: StatusKind) -> bool {
-    matches!(kind, StatusKind::HttpRoute | StatusKind::GrpcRoute)
+    matches!(
+        kind,
+        StatusKind::HttpRoute | StatusKind::GrpcRoute | StatusKind::TlsRoute
+    )
 }
 
 fn has_our_parents(status: &Value, controller_name: &str) -> bool {
@@ -145,7 +148,7 @@ pub fn desired_status(
     };
     for (key, value) in ours {
         let merged = match (kind, key.as_str()) {
-            (StatusKind::HttpRoute | StatusKind::GrpcRoute, "parents") => {
+            (StatusKind::HttpRoute | StatusKind::GrpcRoute | StatusKind::TlsRoute, "parents") => {
                 merge_parents(out.get(key), value, "parentRef", controller_name, now)
             }
             (StatusKind::Policy(_) | StatusKind::BackendTlsPolicy, "ancestors") => {

@@ -32,6 +32,7 @@ pub enum Kind {
     Gateway,
     HttpRoute,
     GrpcRoute,
+    TlsRoute,
     ReferenceGrant,
     BackendTlsPolicy,
     Service,
@@ -49,11 +50,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind `compile()` reads.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::GrpcRoute,
+        Kind::TlsRoute,
         Kind::ReferenceGrant,
         Kind::BackendTlsPolicy,
         Kind::Service,
@@ -74,6 +76,7 @@ impl Kind {
             KubeObject::Gateway(_) => Kind::Gateway,
             KubeObject::HttpRoute(_) => Kind::HttpRoute,
             KubeObject::GrpcRoute(_) => Kind::GrpcRoute,
+            KubeObject::TlsRoute(_) => Kind::TlsRoute,
             KubeObject::ReferenceGrant(_) => Kind::ReferenceGrant,
             KubeObject::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
             KubeObject::Service(_) => Kind::Service,
@@ -93,6 +96,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::TlsRoute => "TLSRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::BackendTlsPolicy => "BackendTLSPolicy",
             Kind::Service => "Service",
@@ -164,6 +168,7 @@ pub fn strip_status(object: &mut KubeObject) {
         KubeObject::Gateway(o) => o.status = None,
         KubeObject::HttpRoute(o) => o.status = None,
         KubeObject::GrpcRoute(o) => o.status = None,
+        KubeObject::TlsRoute(o) => o.status = None,
         KubeObject::Service(o) => o.status = None,
         KubeObject::Policy(_, o) | KubeObject::RouteFilter(o) => o.status = serde_json::Value::Null,
         _ => {}
@@ -313,6 +318,7 @@ impl Stores {
                     Kind::Gateway => s.gateways.len(),
                     Kind::HttpRoute => s.http_routes.len(),
                     Kind::GrpcRoute => s.grpc_routes.len(),
+                    Kind::TlsRoute => s.tls_routes.len(),
                     Kind::ReferenceGrant => s.reference_grants.len(),
                     Kind::BackendTlsPolicy => s.backend_tls_policies.len(),
                     Kind::Service => s.services.len(),
@@ -585,6 +591,12 @@ impl Stores {
                 sources.insert((Kind::GrpcRoute, key.clone()), needs);
             }
         }
+        for (key, route) in &s.tls_routes {
+            let needs = scope::needs_of_tls_route(route);
+            if !needs.is_empty() {
+                sources.insert((Kind::TlsRoute, key.clone()), needs);
+            }
+        }
         for (kind, policies) in &s.policies {
             for key in policies.keys() {
                 sources.insert(
@@ -750,6 +762,7 @@ fn swap_kind(a: &mut Snapshot, b: &mut Snapshot, kind: Kind) {
         Kind::Gateway => swap(&mut a.gateways, &mut b.gateways),
         Kind::HttpRoute => swap(&mut a.http_routes, &mut b.http_routes),
         Kind::GrpcRoute => swap(&mut a.grpc_routes, &mut b.grpc_routes),
+        Kind::TlsRoute => swap(&mut a.tls_routes, &mut b.tls_routes),
         Kind::ReferenceGrant => swap(&mut a.reference_grants, &mut b.reference_grants),
         Kind::BackendTlsPolicy => swap(&mut a.backend_tls_policies, &mut b.backend_tls_policies),
         Kind::Service => swap(&mut a.services, &mut b.services),
@@ -776,6 +789,7 @@ fn remove(snapshot: &mut Snapshot, object: &KubeObject) -> bool {
         KubeObject::Gateway(_) => snapshot.gateways.remove(&key).is_some(),
         KubeObject::HttpRoute(_) => snapshot.http_routes.remove(&key).is_some(),
         KubeObject::GrpcRoute(_) => snapshot.grpc_routes.remove(&key).is_some(),
+        KubeObject::TlsRoute(_) => snapshot.tls_routes.remove(&key).is_some(),
         KubeObject::ReferenceGrant(_) => snapshot.reference_grants.remove(&key).is_some(),
         KubeObject::BackendTlsPolicy(_) => snapshot.backend_tls_policies.remove(&key).is_some(),
         KubeObject::Service(_) => snapshot.services.remove(&key).is_some(),
@@ -836,6 +850,14 @@ fn same_but_status(snapshot: &Snapshot, object: &KubeObject) -> bool {
             snapshot
                 .backend_tls_policies
                 .get(&ObjectKey::of(&o.metadata)),
+            o,
+            |x| {
+                x.status = None;
+                x.metadata.resource_version = None;
+            },
+        ),
+        KubeObject::TlsRoute(o) => same(
+            snapshot.tls_routes.get(&ObjectKey::of(&o.metadata)),
             o,
             |x| {
                 x.status = None;
@@ -1254,12 +1276,15 @@ mod tests {
                 Kind::HttpRoute,
                 vec![route("x", "apps", "edge", "app")],
             );
-            assert_eq!(s.unsynced(), [Kind::GrpcRoute], "rescoped as well");
-            s.apply(Change::Rescoped(
-                Kind::GrpcRoute,
-                scopes[&Kind::GrpcRoute].epoch,
-            ));
-            list(&mut s, Kind::GrpcRoute, vec![]);
+            assert_eq!(
+                s.unsynced(),
+                [Kind::GrpcRoute, Kind::TlsRoute],
+                "rescoped as well"
+            );
+            for kind in [Kind::GrpcRoute, Kind::TlsRoute] {
+                s.apply(Change::Rescoped(kind, scopes[&kind].epoch));
+                list(&mut s, kind, vec![]);
+            }
             assert!(s.is_synced(), "{:?}", s.unsynced());
             assert_eq!(s.snapshot().http_routes.len(), 1);
         }

@@ -12,6 +12,7 @@ use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::tlsroutes::TlsRoute;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -83,6 +84,10 @@ pub fn observe(snapshot: &Snapshot, statuses: &[StatusUpdate]) -> BTreeMap<Statu
                 .map(|o| of(&o.metadata.resource_version, &o.status)),
             StatusKind::BackendTlsPolicy => snapshot
                 .backend_tls_policies
+                .get(&key())
+                .map(|o| of(&o.metadata.resource_version, &o.status)),
+            StatusKind::TlsRoute => snapshot
+                .tls_routes
                 .get(&key())
                 .map(|o| of(&o.metadata.resource_version, &o.status)),
             StatusKind::Policy(kind) => snapshot
@@ -280,6 +285,14 @@ async fn send(
         StatusKind::BackendTlsPolicy => {
             patch_status(
                 Api::<BackendTlsPolicy>::namespaced(client, namespace),
+                &target.name,
+                patch,
+            )
+            .await
+        }
+        StatusKind::TlsRoute => {
+            patch_status(
+                Api::<TlsRoute>::namespaced(client, namespace),
                 &target.name,
                 patch,
             )

@@ -231,6 +231,7 @@ impl Limiters {
             let kind = match rule.id.kind {
                 portcullis_model::RouteKind::Http => "httproute",
                 portcullis_model::RouteKind::Grpc => "grpcroute",
+                portcullis_model::RouteKind::Tls => "tlsroute",
             };
             format!(
                 "{kind}/{}/{}/{}",

@@ -313,6 +313,13 @@ impl Backends {
                     }
                 }
             }
+            for rule in port.tls_routes.iter().filter_map(|r| r.rule.as_ref()) {
+                for b in &rule.backends {
+                    if let BackendTarget::Service(backend) = &b.target {
+                        visit(backend);
+                    }
+                }
+            }
         }
         // Health checks of backends that are gone, or were rebuilt with
         // other checks, stop now rather than when the last request still
@@ -395,6 +402,7 @@ mod tests {
                 port: 8080,
                 protocol: Protocol::Http,
                 tls: None,
+                tls_routes: vec![],
                 virtual_hosts: vec![VirtualHost {
                     hostname: HostMatch::Any,
                     routes: vec![Route {

@@ -11,6 +11,7 @@ pub mod body;
 pub mod filters;
 pub mod identity;
 pub mod lb;
+pub mod limits;
 pub mod metrics;
 pub mod mirror;
 pub mod normalize;
@@ -25,4 +26,5 @@ pub mod state;
 pub mod tls;
 pub mod upstream;
 
+pub use limits::Limits;
 pub use server::{DataPlane, DataPlaneConfig};

@@ -190,6 +190,53 @@ pub struct AuthLabels {
     pub reason: &'static str,
 }
 
+/// A request or connection limit of [`crate::limits::Limits`] that was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Limit {
+    /// Request head over the byte limit (431).
+    header_size,
+    /// Too many header fields (431).
+    header_count,
+    /// Request target over the byte limit (414).
+    uri_length,
+    /// Request body over the limit (413).
+    body_size,
+    /// HTTP/1 request head not complete within the header timeout.
+    header_timeout,
+    /// A connection closed for being idle.
+    idle_timeout,
+    /// A connection refused: the listener's connection limit was reached.
+    max_connections,
+    /// A connection closed after its last allowed request.
+    max_requests,
+    /// An HTTP/2 connection closed for abusive frames (rapid reset,
+    /// CONTINUATION flood, too many protocol errors): GOAWAY.
+    h2_abuse,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::header_size => "header_size",
+            Limit::header_count => "header_count",
+            Limit::uri_length => "uri_length",
+            Limit::body_size => "body_size",
+            Limit::header_timeout => "header_timeout",
+            Limit::idle_timeout => "idle_timeout",
+            Limit::max_connections => "max_connections",
+            Limit::max_requests => "max_requests",
+            Limit::h2_abuse => "h2_abuse",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub port: u16,
+    pub limit: Limit,
+}
+
 #[derive(Clone)]
 struct LatencyHistogram;
 
@@ -219,6 +266,7 @@ pub struct Metrics {
     outlier_ejections: Family<BackendLabels, Counter>,
     rate_limit_decisions: Family<RateLimitLabels, Counter>,
     auth_results: Family<AuthLabels, Counter>,
+    limits: Family<LimitLabels, Counter>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -248,6 +296,7 @@ impl Metrics {
             outlier_ejections: Family::default(),
             rate_limit_decisions: Family::default(),
             auth_results: Family::default(),
+            limits: Family::default(),
         };
         m.registered()
     }
@@ -337,6 +386,11 @@ impl Metrics {
             "Authentication and authorization outcomes, by policy, mechanism, result and reason",
             self.auth_results.clone(),
         );
+        p.register(
+            "limit_exceeded",
+            "Requests refused and connections closed or refused by a limit, by listener port and limit",
+            self.limits.clone(),
+        );
         self
     }
 
@@ -364,6 +418,11 @@ impl Metrics {
         let gauge = self.active_connections.get_or_create_owned(&labels);
         gauge.inc();
         ConnectionGuard { gauge }
+    }
+
+    /// A request or connection ran into `limit` on `port`.
+    pub fn record_limit(&self, port: u16, limit: Limit) {
+        self.limits.get_or_create(&LimitLabels { port, limit }).inc();
     }
 
     pub fn record_upstream_error(&self, backend: &Arc<str>, error: UpstreamError) {

@@ -234,13 +234,19 @@ pub fn render(
                 .clone()
                 .unwrap_or_else(|| settings.default_image.clone()),
         ),
-        args: Some(vec![
-            "proxy".to_string(),
-            "--gateway".to_string(),
-            format!("{namespace}/{gateway_name}"),
-            "--admin".to_string(),
-            format!("0.0.0.0:{ADMIN_PORT}"),
-        ]),
+        args: Some(
+            [
+                "proxy".to_string(),
+                "--gateway".to_string(),
+                format!("{namespace}/{gateway_name}"),
+                "--admin".to_string(),
+                format!("0.0.0.0:{ADMIN_PORT}"),
+            ]
+            .into_iter()
+            // A change of limits rolls the proxies (process settings).
+            .chain(params.limits.iter().flat_map(|l| l.to_args()))
+            .collect(),
+        ),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),

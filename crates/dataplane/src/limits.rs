@@ -286,6 +286,11 @@ impl ConnTracker {
         }
     }
 
+    /// No request is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
     /// Asks the connection to close gracefully.
     pub fn close_after_in_flight(&self) {
         if !self.closing.swap(true, Ordering::AcqRel) {

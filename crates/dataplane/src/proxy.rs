@@ -33,9 +33,9 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local_port: u16,
     pub tls: bool,
-    /// The gateway-wide request body limit (`None`: unlimited); a
-    /// BackendPolicy may change it per Service or route.
-    pub max_request_body_bytes: Option<u64>,
+    /// The listener's request limits (the body limit may be changed per
+    /// Service or route by a BackendPolicy).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl ConnInfo {
@@ -125,6 +125,10 @@ async fn route_and_forward(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
+    if let Err(refusal) = limits::check_request(&conn.limits, &req) {
+        limits::record(conn.local_port, refusal.limit, refusal.message);
+        return Err(ProxyError::new(refusal.status, refusal.message, ""));
+    }
     // In-flight requests keep the table they started with.
     let state = shared.current();
     let port = state.port(conn.local_port).ok_or_else(|| {
@@ -271,7 +275,7 @@ async fn route_and_forward(
     let body_limit = limits::body_limit(
         route_policy.and_then(|p| p.max_request_body_bytes),
         target.settings.max_request_body_bytes,
-        conn.max_request_body_bytes,
+        conn.limits.max_request_body_bytes,
     );
     let body_limit = match body_limit {
         Some(max) => {

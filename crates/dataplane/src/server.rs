@@ -333,7 +333,7 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
             remote,
             local_port: port,
             tls: true,
-            max_request_body_bytes: serving.limits.max_request_body_bytes,
+            limits: serving.limits.clone(),
         });
         serve_http(TokioIo::new(tls_stream), conn, serving).await;
     } else {
@@ -341,7 +341,7 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
             remote,
             local_port: port,
             tls: false,
-            max_request_body_bytes: serving.limits.max_request_body_bytes,
+            limits: serving.limits.clone(),
         });
         serve_http(TokioIo::new(stream), conn, serving).await;
     }
@@ -413,9 +413,19 @@ where
             // HTTP/1.1: finish the current response, then close; idle
             // connections close now. HTTP/2: GOAWAY, open streams finish.
             connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = reached(&mut closing, Phase::Closing) => Ok(()),
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = reached(&mut closing, Phase::Closing) => break Ok(()),
+                    // An HTTP/2 graceful close waits for the client's PING
+                    // answer; a client that never answers (or never reads)
+                    // must not keep the connection: once nothing is in
+                    // flight for another idle period, it is dropped.
+                    _ = tokio::time::sleep(limits.idle_timeout) => if tracker.is_idle() {
+                        tracing::debug!(port, "client did not finish the graceful close: closing");
+                        break Ok(());
+                    }
+                }
             }
         }
     };
@@ -442,8 +452,8 @@ async fn stop_serving(
     }
 }
 
-/// One request: the limits hyper does not enforce, the request cap, then
-/// the observed proxy.
+/// One request through the observed proxy (which checks the request
+/// limits hyper does not), counted against the connection's request cap.
 async fn serve_request(
     observer: Arc<Observer>,
     shared: Arc<Shared>,
@@ -454,22 +464,16 @@ async fn serve_request(
 ) -> Result<hyper::Response<crate::body::Body>, std::convert::Infallible> {
     let ticket = tracker.request_started(limits.max_requests_per_connection);
     let http1 = req.version() < http::Version::HTTP_2;
-    let mut resp = match limits::check_request(&limits, &req) {
-        Ok(()) => observe::handle(observer, shared, conn, req).await?,
-        Err(refusal) => {
-            limits::record(conn.local_port, refusal.limit, refusal.message);
-            let mut resp = crate::proxy::error_response(refusal.status, refusal.message);
-            if http1 {
-                // What is left of the request is not read.
-                resp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            resp
-        }
-    };
-    if ticket.last && http1 {
+    let mut resp = observe::handle(observer, shared, conn, req).await?;
+    // After a request refused by a limit, what is left of it (the body) is
+    // not worth reading: HTTP/1 closes (HTTP/2 resets just the stream).
+    let refused = matches!(
+        resp.status(),
+        http::StatusCode::PAYLOAD_TOO_LARGE
+            | http::StatusCode::URI_TOO_LONG
+            | http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    if (ticket.last || refused) && http1 {
         // HTTP/2 gets GOAWAY from the connection task instead.
         resp.headers_mut().insert(
             http::header::CONNECTION,

@@ -60,6 +60,7 @@ deps-bench:
 bench: deps-bench build
 	$(CARGO) bench -p portcullis-tests
 	bash bench/load.sh
+	bash bench/churn.sh
 	bash bench/ratelimit.sh
 	bash bench/auth.sh
 

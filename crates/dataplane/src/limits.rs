@@ -40,7 +40,8 @@ pub struct Limits {
     /// Request target (path and query), in bytes. Over it: 414.
     pub max_uri_bytes: usize,
     /// Request body, in bytes; `None`: unlimited. A BackendPolicy's
-    /// `maxRequestBodyBytes` wins. Over it: 413.
+    /// `maxRequestBodyBytes` wins. Over it: 413. Not applied to GRPCRoutes
+    /// (streams), which only a BackendPolicy limits.
     pub max_request_body_bytes: Option<u64>,
     /// HTTP/1: the request head must be complete this long after the
     /// gateway starts waiting for it (slowloris). The connection is closed

@@ -272,10 +272,16 @@ async fn route_and_forward(
     };
     crate::observe::backend_chosen(&target, req.extensions());
     let route_policy = rule.policies.backend.as_deref();
+    // gRPC streams are long-lived and carry their own message size limits:
+    // only a BackendPolicy bounds their total size.
+    let gateway_limit = match rule.id.kind {
+        RouteKind::Grpc => None,
+        _ => conn.limits.max_request_body_bytes,
+    };
     let body_limit = limits::body_limit(
         route_policy.and_then(|p| p.max_request_body_bytes),
         target.settings.max_request_body_bytes,
-        conn.limits.max_request_body_bytes,
+        gateway_limit,
     );
     let body_limit = match body_limit {
         Some(max) => {

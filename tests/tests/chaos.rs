@@ -219,7 +219,9 @@ fn open_fds() -> usize {
 }
 
 fn live_tasks() -> usize {
-    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
 }
 
 /// What the process holds before any traffic.
@@ -442,7 +444,10 @@ spec:
     assert!(wait_for_status(&gw, 429).await, "the limit is enforced");
     redis.kill();
     // Fail open: served while Redis is gone.
-    assert!(wait_for_status(&gw, 200).await, "fail open during the outage");
+    assert!(
+        wait_for_status(&gw, 200).await,
+        "fail open during the outage"
+    );
     let during = load.finish().await;
     assert!(only(&during, &[200, 429]), "{during:?}");
 

@@ -354,7 +354,10 @@ impl Merge for BackendPolicyRules {
         fill(&mut self.health_check, &lower.health_check);
         fill(&mut self.load_balancer, &lower.load_balancer);
         fill(&mut self.connection, &lower.connection);
-        fill(&mut self.max_request_body_bytes, &lower.max_request_body_bytes);
+        fill(
+            &mut self.max_request_body_bytes,
+            &lower.max_request_body_bytes,
+        );
     }
 }
 

@@ -104,10 +104,7 @@ pub struct Refusal {
 /// Checks what hyper did not already: URI length (both protocols), header
 /// count and size (HTTP/2; HTTP/1 heads were bounded while parsing).
 pub fn check_request<B>(limits: &Limits, req: &Request<B>) -> Result<(), Refusal> {
-    let uri_len = req
-        .uri()
-        .path_and_query()
-        .map_or(0, |pq| pq.as_str().len());
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > limits.max_uri_bytes {
         return Err(Refusal {
             status: StatusCode::URI_TOO_LONG,
@@ -309,9 +306,7 @@ impl ConnTracker {
     pub async fn idle_for(&self, timeout: Duration) {
         loop {
             let idle_since = self.idle_since_ms.load(Ordering::Acquire);
-            let deadline = self.started
-                + Duration::from_millis(idle_since)
-                + timeout;
+            let deadline = self.started + Duration::from_millis(idle_since) + timeout;
             tokio::time::sleep_until(deadline.into()).await;
             let busy = self.in_flight.load(Ordering::Acquire) > 0;
             if !busy && self.idle_since_ms.load(Ordering::Acquire) == idle_since {
@@ -327,7 +322,12 @@ impl ConnTracker {
 
 /// Logs and counts a limit violation.
 pub fn record(port: u16, limit: Limit, detail: &str) {
-    tracing::info!(port, limit = limit.as_str(), detail, "request limit exceeded");
+    tracing::info!(
+        port,
+        limit = limit.as_str(),
+        detail,
+        "request limit exceeded"
+    );
     metrics::global().record_limit(port, limit);
 }
 
@@ -361,7 +361,10 @@ mod tests {
             check_request(&limits, &many).unwrap_err().limit,
             Limit::header_count
         );
-        let big = Request::get("/").header("a", "x".repeat(80)).body(()).unwrap();
+        let big = Request::get("/")
+            .header("a", "x".repeat(80))
+            .body(())
+            .unwrap();
         assert_eq!(
             check_request(&limits, &big).unwrap_err().limit,
             Limit::header_size
@@ -393,7 +396,11 @@ mod tests {
         assert!(exceeded.load(Ordering::Relaxed));
 
         let exceeded = Arc::new(AtomicBool::new(false));
-        let body = LimitedBody::new(Full::new(Bytes::from_static(b"0123456789")), 10, exceeded.clone());
+        let body = LimitedBody::new(
+            Full::new(Bytes::from_static(b"0123456789")),
+            10,
+            exceeded.clone(),
+        );
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 10);
         assert!(!exceeded.load(Ordering::Relaxed));
     }
@@ -405,7 +412,10 @@ mod tests {
         let ticket = tracker.request_started(Some(2));
         assert!(!ticket.last);
         let waited = tokio::time::timeout(Duration::from_millis(300), tracker.idle_for(idle));
-        assert!(waited.await.is_err(), "not idle while a request is in flight");
+        assert!(
+            waited.await.is_err(),
+            "not idle while a request is in flight"
+        );
         drop(ticket);
         tokio::time::timeout(Duration::from_secs(10), tracker.idle_for(idle))
             .await

@@ -422,7 +422,9 @@ impl Metrics {
 
     /// A request or connection ran into `limit` on `port`.
     pub fn record_limit(&self, port: u16, limit: Limit) {
-        self.limits.get_or_create(&LimitLabels { port, limit }).inc();
+        self.limits
+            .get_or_create(&LimitLabels { port, limit })
+            .inc();
     }
 
     pub fn record_upstream_error(&self, backend: &Arc<str>, error: UpstreamError) {

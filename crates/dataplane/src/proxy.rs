@@ -17,9 +17,9 @@ use portcullis_model::{
 use tokio::io::copy_bidirectional;
 
 use crate::body::{self, Body};
+use crate::filters::{self, RedirectInput};
 use crate::limits::{self, LimitedBody};
 use crate::metrics::Limit;
-use crate::filters::{self, RedirectInput};
 use crate::mirror::TeeBody;
 use crate::normalize::normalize_path;
 use crate::resilience;
@@ -288,7 +288,11 @@ async fn route_and_forward(
             // A declared length (Content-Length) over the limit is refused
             // before anything reaches the backend.
             if http_body::Body::size_hint(req.body()).lower() > max {
-                limits::record(conn.local_port, Limit::body_size, "declared body length over the limit");
+                limits::record(
+                    conn.local_port,
+                    Limit::body_size,
+                    "declared body length over the limit",
+                );
                 return Err(body_too_large(&rule, max));
             }
             Some((max, Arc::new(AtomicBool::new(false))))

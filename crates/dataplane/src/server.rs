@@ -270,7 +270,9 @@ async fn accept_loop(listener: TcpListener, port: u16, serving: Serving) {
                         Ok(permit) => Some(permit),
                         Err(_) => {
                             metrics::global().record_limit(port, Limit::max_connections);
-                            if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                            if last_refusal_log
+                                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                            {
                                 last_refusal_log = Some(tokio::time::Instant::now());
                                 tracing::warn!(
                                     port,
@@ -493,7 +495,10 @@ fn connection_limit(error: &(dyn std::error::Error + 'static)) -> Option<(Limit,
                 return Some((Limit::header_size, "request head too large: 431"));
             }
             if h.is_timeout() {
-                return Some((Limit::header_timeout, "request headers not received in time"));
+                return Some((
+                    Limit::header_timeout,
+                    "request headers not received in time",
+                ));
             }
         }
         if let Some(h2) = e.downcast_ref::<h2::Error>() {

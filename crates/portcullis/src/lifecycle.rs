@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 use portcullis_dataplane::access_log::{AccessLog, AccessLogConfig, Destination, Field};
+use portcullis_dataplane::limits::{Limits, MIN_HTTP1_HEADER_BYTES};
 use portcullis_dataplane::otlp::{OtlpConfig, SpanExporter};
 use portcullis_dataplane::server::Drained;
-use portcullis_dataplane::limits::{Limits, MIN_HTTP1_HEADER_BYTES};
 use portcullis_dataplane::DataPlane;
 use tokio::sync::watch;
 

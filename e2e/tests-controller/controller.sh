@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # e2e of the Kubernetes controller (issue 3) on the harness's cluster:
-#   1. CRDs (portcullis crds), deploy/rbac, the controller (2 replicas, Lease
+#   1. CRDs (portcullis crds), the Helm chart: the controller (2 replicas, Lease
 #      leader election) as a Deployment of image portcullis:e2e (the node
 #      agent runs $CARGO_TARGET_DIR/release/portcullis for it);
-#   2. GatewayClass + Gateway + echo backend + HTTPRoute with kubectl: the
+#   2. Gateway + echo backend + HTTPRoute with kubectl: the
 #      statuses appear (Accepted / Programmed), the proxy Deployment and its
 #      LoadBalancer Service are provisioned, Gateway.status.addresses is the
 #      Service's address, and a request through it reaches the echo pods;
@@ -82,7 +82,7 @@ retry() {
   "$@"
 }
 
-step "CRDs, RBAC, controller: 2 replicas"
+step "CRDs, Helm chart (RBAC, controller: 2 replicas, GatewayClass)"
 bash "$E2E_DIR/scripts/deploy-controller.sh" || fail "deploy-controller.sh failed" \
   "kubectl -n $SYS get deploy,pods -o wide" "kubectl -n $SYS logs deployment/portcullis-controller --tail=40" \
   "kubectl get gatewayclass portcullis -o yaml"
@@ -90,11 +90,6 @@ bash "$E2E_DIR/scripts/deploy-controller.sh" || fail "deploy-controller.sh faile
 step "Gateway, echo backend, HTTPRoute"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 { echo_deployment_yaml 2; cat <<'YAML'; } | kubectl apply -n "$NS" -f - >/dev/null
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: portcullis}
-spec: {controllerName: portcullis.dev/gateway-controller}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway

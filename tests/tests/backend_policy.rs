@@ -896,3 +896,150 @@ spec:
     }
     assert_eq!(eps[0].hits(), 1);
 }
+
+/// An h2c gRPC backend whose first `failures` calls are answered
+/// trailers-only with `grpc-status: code`; later calls echo the request
+/// message with `grpc-status: 0` trailers. Counts calls.
+async fn flaky_grpc_backend(failures: usize, code: u8) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let calls = counter.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let n = calls.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let message = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let resp = if n < failures {
+                                Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .header("grpc-status", code.to_string())
+                                    .header("grpc-message", "try again")
+                                    .body(http_body_util::Either::Left(Full::new(Bytes::new())))
+                            } else {
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", "0".parse().expect("value"));
+                                let body =
+                                    http_body_util::StreamBody::new(futures_util::stream::iter([
+                                        Ok::<_, std::convert::Infallible>(
+                                            hyper::body::Frame::data(message),
+                                        ),
+                                        Ok(hyper::body::Frame::trailers(trailers)),
+                                    ]));
+                                Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(http_body_util::Either::Right(body))
+                            };
+                            Ok::<_, std::convert::Infallible>(resp.expect("response"))
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, calls)
+}
+
+/// Sends one unary gRPC call through the gateway: (grpc-status from the
+/// headers or trailers, response message).
+async fn grpc_call(gw: &TestGateway) -> (String, Bytes) {
+    let message = Bytes::from_static(b"\x00\x00\x00\x00\x05hello");
+    let req = Request::post(gw.url("HTTP_PORT", "/demo.Echo/Say"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(message))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), h2c_client().request(req))
+        .await
+        .expect("in time")
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    let header_status = resp.headers().get("grpc-status").cloned();
+    let collected = resp.into_body().collect().await.expect("body");
+    let status = header_status
+        .or_else(|| {
+            collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status").cloned())
+        })
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    (status, collected.to_bytes())
+}
+
+fn grpc_config(backend: SocketAddr, retry: &str) -> String {
+    format!(
+        "{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: grpc, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs: [{{name: svc, port: 80}}]
+{}",
+        gateway(PLAIN_LISTENER),
+        service_yaml("svc", &[backend], Some("kubernetes.io/h2c")),
+        service_policy(retry),
+    )
+}
+
+#[tokio::test]
+async fn grpc_calls_are_retried_on_listed_trailers_only_statuses() {
+    // UNAVAILABLE twice, then success: two retries, the client sees OK.
+    let (backend, calls) = flaky_grpc_backend(2, 14).await;
+    let gw = TestGateway::start(
+        &grpc_config(
+            backend,
+            "    retry: {grpcStatusCodes: [unavailable, resource-exhausted], attempts: 3, backoff: {base: 1ms}}",
+        ),
+        &["HTTP_PORT"],
+    )
+    .await;
+    let (status, message) = grpc_call(&gw).await;
+    assert_eq!(status, "0");
+    assert_eq!(
+        &message[..],
+        b"\x00\x00\x00\x00\x05hello",
+        "the request body was replayed"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn grpc_statuses_not_listed_are_relayed_at_once() {
+    // INVALID_ARGUMENT is the caller's fault: never retried.
+    let (backend, calls) = flaky_grpc_backend(1, 3).await;
+    let gw = TestGateway::start(
+        &grpc_config(
+            backend,
+            "    retry: {grpcStatusCodes: [unavailable], attempts: 3, backoff: {base: 1ms}}",
+        ),
+        &["HTTP_PORT"],
+    )
+    .await;
+    assert_eq!(grpc_call(&gw).await.0, "3");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Without grpcStatusCodes, a POST gRPC call is not retried either.
+    let (backend, calls) = flaky_grpc_backend(1, 14).await;
+    let gw = TestGateway::start(
+        &grpc_config(backend, "    retry: {attempts: 3, backoff: {base: 1ms}}"),
+        &["HTTP_PORT"],
+    )
+    .await;
+    assert_eq!(grpc_call(&gw).await.0, "14");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

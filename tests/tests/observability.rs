@@ -538,3 +538,112 @@ spec:
         "{metrics}"
     );
 }
+
+/// A backend that answers every request with `status`, or holds it
+/// unanswered (`None`) until the connection closes.
+async fn fixed_backend(status: Option<u16>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    // One read per request: the test requests have no body.
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let Some(status) = status else { continue };
+                    let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn retries_ejections_and_circuit_breaker_rejections_are_counted() {
+    let failing = fixed_backend(Some(503)).await;
+    let hanging = fixed_backend(None).await;
+    let yaml = format!(
+        "{}{}{}{}{}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: flaky-policy, namespace: default}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: flaky-svc}}]
+  retry: {{retryOn: [5xx], attempts: 2, backoff: {{base: 1ms}}}}
+  outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 30s, maxEjectionPercent: 100}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {{name: narrow-policy, namespace: default}}
+spec:
+  targetRefs: [{{group: \"\", kind: Service, name: narrow-svc}}]
+  timeouts: {{request: 3s}}
+  circuitBreaker: {{maxRequests: 1}}
+",
+        gateway(PLAIN_LISTENER),
+        service_yaml("flaky-svc", &[failing], None),
+        service_yaml("narrow-svc", &[hanging], None),
+        route_yaml("flaky", "flaky-svc"),
+        route_yaml("narrow", "narrow-svc"),
+    );
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    let url = gw.url("HTTP_PORT", "/");
+
+    // One request, three attempts (two retries), three consecutive 5xx:
+    // the only endpoint is ejected.
+    assert_eq!(get(&url, "flaky.example", &[]).await.status, 503);
+
+    // The first request holds the only slot; the second is refused.
+    let held = tokio::spawn({
+        let url = url.clone();
+        async move { get(&url, "narrow.example", &[]).await.status }
+    });
+    let mut refused = None;
+    for _ in 0..100 {
+        let answer = get(&url, "narrow.example", &[]).await;
+        if answer.headers.contains_key("x-portcullis-overloaded") {
+            refused = Some(answer.status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused, Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(
+        held.await.expect("held request"),
+        StatusCode::GATEWAY_TIMEOUT
+    );
+
+    let metrics = scrape(&gw).await;
+    let counter = |name: &str, backend: &str| {
+        value(
+            &metrics,
+            &format!("portcullis_{name}_total{{backend=\"{backend}\"}}"),
+        )
+    };
+    assert_eq!(
+        counter("upstream_retries", "default/flaky-svc:80"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        counter("outlier_ejections", "default/flaky-svc:80"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        counter("circuit_breaker_rejections", "default/narrow-svc:80").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+}

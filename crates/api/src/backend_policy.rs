@@ -118,6 +118,16 @@ pub struct RetrySpec {
     /// Further response status codes that are retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codes: Option<Vec<u16>>,
+    /// gRPC status codes that are retried when a backend answers a gRPC
+    /// request with them before sending any message (a "trailers-only"
+    /// response: `grpc-status` in the response headers), e.g.
+    /// `[unavailable, resource-exhausted]`. As in gRPC's own retry policy,
+    /// these apply whatever the HTTP method (gRPC always uses POST): list
+    /// only codes that mean the call was not processed. A status in the
+    /// trailers of a streamed response cannot be retried: the response has
+    /// already reached the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status_codes: Option<Vec<GrpcStatusCode>>,
     /// Retries after the first attempt (default 2; 0 disables retries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
@@ -139,6 +149,52 @@ pub struct RetrySpec {
     /// retried (default 65536).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u32>,
+}
+
+/// gRPC status codes (except `ok`), by their canonical names in kebab case.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrpcStatusCode {
+    Cancelled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+impl GrpcStatusCode {
+    /// The code's number on the wire (`grpc-status`).
+    pub fn number(self) -> u8 {
+        match self {
+            GrpcStatusCode::Cancelled => 1,
+            GrpcStatusCode::Unknown => 2,
+            GrpcStatusCode::InvalidArgument => 3,
+            GrpcStatusCode::DeadlineExceeded => 4,
+            GrpcStatusCode::NotFound => 5,
+            GrpcStatusCode::AlreadyExists => 6,
+            GrpcStatusCode::PermissionDenied => 7,
+            GrpcStatusCode::ResourceExhausted => 8,
+            GrpcStatusCode::FailedPrecondition => 9,
+            GrpcStatusCode::Aborted => 10,
+            GrpcStatusCode::OutOfRange => 11,
+            GrpcStatusCode::Unimplemented => 12,
+            GrpcStatusCode::Internal => 13,
+            GrpcStatusCode::Unavailable => 14,
+            GrpcStatusCode::DataLoss => 15,
+            GrpcStatusCode::Unauthenticated => 16,
+        }
+    }
 }
 
 /// Exponential backoff with jitter: the n-th retry waits a random time

@@ -9,6 +9,7 @@ pub mod backend_policy;
 pub mod parameters;
 pub mod policy;
 pub mod ratelimit;
+pub mod route_filter;
 
 pub use gateway_api;
 pub use k8s_openapi;
@@ -24,3 +25,4 @@ pub use backend_policy::{BackendPolicy, BackendPolicySpec};
 pub use parameters::{GatewayParameters, GatewayParametersSpec};
 pub use policy::PolicyKind;
 pub use ratelimit::{RateLimitPolicy, RateLimitPolicySpec};
+pub use route_filter::{RouteFilter, RouteFilterSpec};

@@ -87,6 +87,9 @@ pub fn parse_documents(text: &str) -> Result<Vec<KubeObject>, String> {
             }
         }
     }
+    // Kept for as long as the file is unchanged: without the growth slack
+    // (up to half of it with thousands of objects in one file).
+    objects.shrink_to_fit();
     Ok(objects)
 }
 

@@ -76,9 +76,14 @@ pub struct Snapshot {
     /// decodes its own spec, so a spec that does not decode becomes that
     /// policy's `Invalid` status instead of a lost object.
     pub policies: BTreeMap<PolicyKind, BTreeMap<ObjectKey, PolicyObject>>,
+    /// Our `RouteFilter`s (ExtensionRef targets), kept as JSON like the
+    /// policies: a spec that does not decode becomes the referring route's
+    /// condition.
+    pub route_filters: BTreeMap<ObjectKey, PolicyObject>,
 }
 
-/// A policy object of one of our kinds ([`PolicyKind`]).
+/// An object of one of our kinds ([`PolicyKind`], `RouteFilter`), kept as
+/// JSON.
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 pub struct PolicyObject {
     #[serde(default)]
@@ -105,6 +110,7 @@ pub enum KubeObject {
     Namespace(Namespace),
     GatewayParameters(GatewayParameters),
     Policy(PolicyKind, PolicyObject),
+    RouteFilter(PolicyObject),
 }
 
 /// Why a document could not become a [`KubeObject`].
@@ -133,6 +139,7 @@ impl KubeObject {
             KubeObject::Namespace(_) => "Namespace",
             KubeObject::GatewayParameters(_) => "GatewayParameters",
             KubeObject::Policy(kind, _) => kind.as_str(),
+            KubeObject::RouteFilter(_) => portcullis_api::route_filter::KIND,
         }
     }
 
@@ -149,7 +156,7 @@ impl KubeObject {
             KubeObject::ConfigMap(o) => &o.metadata,
             KubeObject::Namespace(o) => &o.metadata,
             KubeObject::GatewayParameters(o) => &o.metadata,
-            KubeObject::Policy(_, o) => &o.metadata,
+            KubeObject::Policy(_, o) | KubeObject::RouteFilter(o) => &o.metadata,
         }
     }
 
@@ -166,7 +173,7 @@ impl KubeObject {
             KubeObject::ConfigMap(o) => &mut o.metadata,
             KubeObject::Namespace(o) => &mut o.metadata,
             KubeObject::GatewayParameters(o) => &mut o.metadata,
-            KubeObject::Policy(_, o) => &mut o.metadata,
+            KubeObject::Policy(_, o) | KubeObject::RouteFilter(o) => &mut o.metadata,
         }
     }
 
@@ -218,6 +225,9 @@ impl KubeObject {
             ("GatewayParameters", portcullis_api::parameters::GROUP) => {
                 KubeObject::GatewayParameters(decode(value)?)
             }
+            (portcullis_api::route_filter::KIND, portcullis_api::parameters::GROUP) => {
+                KubeObject::RouteFilter(decode(value)?)
+            }
             (_, portcullis_api::parameters::GROUP) => match PolicyKind::from_kind(&kind) {
                 Some(policy_kind) => KubeObject::Policy(policy_kind, decode(value)?),
                 None => return Err(ObjectError::Ignored { api_version, kind }),
@@ -246,7 +256,7 @@ impl KubeObject {
             KubeObject::EndpointSlice(o) => default_ns(&mut o.metadata),
             KubeObject::ConfigMap(o) => default_ns(&mut o.metadata),
             KubeObject::GatewayParameters(o) => default_ns(&mut o.metadata),
-            KubeObject::Policy(_, o) => default_ns(&mut o.metadata),
+            KubeObject::Policy(_, o) | KubeObject::RouteFilter(o) => default_ns(&mut o.metadata),
             KubeObject::Secret(o) => {
                 default_ns(&mut o.metadata);
                 if let Some(string_data) = o.string_data.take() {
@@ -287,6 +297,7 @@ impl Snapshot {
             KubeObject::ConfigMap(o) => put(&mut self.config_maps, key, o),
             KubeObject::GatewayParameters(o) => put(&mut self.gateway_parameters, key, o),
             KubeObject::Policy(kind, o) => put(self.policies.entry(kind).or_default(), key, o),
+            KubeObject::RouteFilter(o) => put(&mut self.route_filters, key, o),
         };
         replaced.then_some(name)
     }

@@ -376,3 +376,44 @@ fn compile_is_deterministic() {
     );
     assert_eq!(a.statuses, b.statuses);
 }
+
+#[test]
+fn filter_route_filter_compiled_once_and_shared() {
+    let c = fixture("filter_route_filter");
+    let a = only_rule_filters(&c, "/a");
+    let b = only_rule_filters(&c, "/b");
+    let ([Filter::RouteFilter(a)], [Filter::RouteFilter(b)]) = (a.as_slice(), b.as_slice()) else {
+        panic!("{a:?} {b:?}")
+    };
+    assert_eq!(a.name, "default/shared");
+    assert!(a.cache.is_some() && a.transform.is_none());
+    assert!(std::sync::Arc::ptr_eq(a, b), "one compile per RouteFilter");
+    assert!(route_status(&c, "filtered").problems.is_empty());
+}
+
+#[test]
+fn filter_route_filter_missing_or_invalid_answers_500() {
+    let c = fixture("filter_route_filter");
+    for (route, path, reason, text) in [
+        (
+            "missing",
+            "/missing",
+            "RouteFilterNotFound",
+            "RouteFilter default/nope not found",
+        ),
+        (
+            "broken",
+            "/broken",
+            "InvalidRouteFilter",
+            "RouteFilter default/broken is invalid",
+        ),
+    ] {
+        let r = route_for(&c, 80, &get("h", path)).expect("routed");
+        assert!(r.rule.backends.is_empty(), "{route}: answered with 500");
+        let s = route_status(&c, route);
+        let condition = s.parent_condition("gw", None, "ResolvedRefs");
+        assert_eq!(sr(condition), is("False", reason), "{route}");
+        let message = condition.and_then(|c| c["message"].as_str()).unwrap_or("");
+        assert!(message.contains(text), "{route}: {message}");
+    }
+}

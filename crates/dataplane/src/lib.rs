@@ -20,6 +20,7 @@ pub mod otlp;
 pub mod proxy;
 pub mod ratelimit;
 pub mod resilience;
+pub mod route_filter;
 pub mod router;
 pub mod server;
 pub mod state;

@@ -71,14 +71,18 @@ pub async fn handle(
 
 /// A request that ends at the gateway with an error status.
 #[derive(Debug)]
-struct ProxyError {
+pub(crate) struct ProxyError {
     status: StatusCode,
     message: &'static str,
     detail: String,
 }
 
 impl ProxyError {
-    fn new(status: StatusCode, message: &'static str, detail: impl Into<String>) -> ProxyError {
+    pub(crate) fn new(
+        status: StatusCode,
+        message: &'static str,
+        detail: impl Into<String>,
+    ) -> ProxyError {
         ProxyError {
             status,
             message,
@@ -221,6 +225,10 @@ async fn route_and_forward(
     };
 
     let origin = req.headers().get(header::ORIGIN).cloned();
+    // RouteFilters see the path and query as the client sent them, before
+    // URL rewrites: captured only for rules that have some.
+    let route_filtered = has_route_filters(&rule);
+    let client_target = route_filtered.then(|| (path.clone(), query.clone()));
     let mut ctx = RequestContext {
         host: raw_host,
         path,
@@ -228,6 +236,7 @@ async fn route_and_forward(
         response_filters: Vec::new(),
         cors: None,
         mirrors: Vec::new(),
+        route_filters: Vec::new(),
     };
 
     if let Some(redirect) =
@@ -302,7 +311,23 @@ async fn route_and_forward(
     let protocol = upstream_protocol(&rule, &target);
     let upgrade = is_upgrade(&req) && protocol != AppProtocol::H2c;
     let body_exceeded = body_limit.as_ref().map(|(_, flag)| flag.clone());
-    let upstream_req = build_upstream_request(req, &ctx, conn, protocol, &state, body_limit)?;
+    let client = match client_target {
+        Some((path, query)) if !upgrade && !ctx.route_filters.is_empty() => {
+            Some(crate::route_filter::ClientRequest {
+                method: req.method().clone(),
+                host,
+                path,
+                query,
+                headers: req.headers().clone(),
+                identity: req.extensions().get::<crate::identity::Identity>().cloned(),
+            })
+        }
+        _ => None,
+    };
+    let UpstreamRequest {
+        req: upstream_req,
+        client_upgrade,
+    } = build_upstream_request(req, &ctx, conn, protocol, &state, body_limit)?;
     let retry = route_policy
         .and_then(|p| p.retry.as_ref())
         .or(target.settings.retry.as_ref());
@@ -322,21 +347,45 @@ async fn route_and_forward(
         exceeded: body_exceeded.as_deref(),
         port: conn.local_port,
     };
-    let forward = forward(attempts, upstream_req, &rule, body_check);
     let request_timeout = rule
         .timeouts
         .request
         .or(route_policy.and_then(|p| p.request_timeout))
         .or(target.settings.request_timeout);
-    let mut resp = match request_timeout {
-        Some(limit) => tokio::time::timeout(limit, forward).await.map_err(|_| {
-            ProxyError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream request timeout",
-                format!("{} after {limit:?}", rule.id),
+    let rule_ref: &Rule = &rule;
+    let send = |req: Request<Body>| async move {
+        let forward = forward(
+            attempts,
+            UpstreamRequest {
+                req,
+                client_upgrade,
+            },
+            rule_ref,
+            body_check,
+        );
+        match request_timeout {
+            Some(limit) => tokio::time::timeout(limit, forward).await.map_err(|_| {
+                ProxyError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream request timeout",
+                    format!("{} after {limit:?}", rule_ref.id),
+                )
+            })?,
+            None => forward.await,
+        }
+    };
+    let mut resp = match &client {
+        Some(client) => {
+            crate::route_filter::serve(
+                &shared.route_filters,
+                &ctx.route_filters,
+                client,
+                upstream_req,
+                send,
             )
-        })??,
-        None => forward.await?,
+            .await?
+        }
+        None => send(upstream_req).await?,
     };
 
     for m in &ctx.response_filters {
@@ -363,6 +412,13 @@ struct RequestContext {
     response_filters: Vec<portcullis_model::HeaderModifier>,
     cors: Option<portcullis_model::Cors>,
     mirrors: Vec<Mirror>,
+    route_filters: Vec<Arc<portcullis_model::route_filter::RouteFilterConfig>>,
+}
+
+/// Does the rule, or one of its backends, have RouteFilters?
+fn has_route_filters(rule: &Rule) -> bool {
+    let any = |filters: &[Filter]| filters.iter().any(|f| matches!(f, Filter::RouteFilter(_)));
+    any(&rule.filters) || rule.backends.iter().any(|b| any(&b.filters))
 }
 
 /// Applies request-side filters; returns a response when one of them ends
@@ -417,6 +473,7 @@ fn apply_request_filters(
             }
             Filter::RequestMirror(m) => ctx.mirrors.push(m.clone()),
             Filter::Cors(c) => ctx.cors = Some(c.clone()),
+            Filter::RouteFilter(f) => ctx.route_filters.push(f.clone()),
         }
     }
     None
@@ -715,6 +772,7 @@ fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, host: &str) {
 
 /// Whether the request body was cut off at its limit (a [`LimitedBody`]
 /// sets the flag), and the listener to count it on.
+#[derive(Clone, Copy)]
 struct BodyCheck<'a> {
     exceeded: Option<&'a AtomicBool>,
     port: u16,
@@ -734,6 +792,7 @@ async fn forward(
         client_upgrade,
     } = upstream;
     let name = attempts.backend.name.as_str();
+    let label = &attempts.backend.label;
     let mut resp = match resilience::retry::send(attempts, req).await {
         Ok(resp) => resp,
         // The body was cut off at the limit: whatever the failure looks
@@ -747,6 +806,7 @@ async fn forward(
             ));
         }
         Err(Failure::Overloaded(o)) => {
+            crate::metrics::global().record_circuit_rejection(label);
             tracing::warn!(backend = %name, rule = %rule.id, limit = o.as_str(), "circuit breaker open: 503");
             return Ok(overloaded_response(o));
         }

@@ -78,6 +78,8 @@ pub struct Shared {
     pub upstreams: Upstreams,
     /// Remote JWKS caches, kept across tables.
     pub auth: crate::auth::AuthState,
+    /// RouteFilter state kept across tables (response caches).
+    pub route_filters: crate::route_filter::RouteFilterState,
 }
 
 impl Shared {
@@ -87,6 +89,7 @@ impl Shared {
             current: ArcSwap::from_pointee(Prepared::new(table, None, &upstreams)),
             upstreams,
             auth: crate::auth::AuthState::new(),
+            route_filters: Default::default(),
         }
     }
 

@@ -86,6 +86,9 @@ pub struct RetryPolicy {
     pub on: RetryOn,
     /// Extra retriable statuses.
     pub codes: Vec<u16>,
+    /// Retriable gRPC status codes of trailers-only answers to gRPC
+    /// requests: bit `n` set retries `grpc-status: n`.
+    pub grpc_status_mask: u32,
     /// Retries after the first attempt.
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
@@ -127,6 +130,7 @@ impl RetryPolicy {
                 gateway_error: true,
             },
             codes: Vec::new(),
+            grpc_status_mask: 0,
             attempts: 2,
             per_try_timeout: None,
             backoff_base: Duration::from_millis(25),
@@ -142,6 +146,11 @@ impl RetryPolicy {
         (self.on.server_error && (500..600).contains(&status))
             || (self.on.gateway_error && matches!(status, 502..=504))
             || self.codes.contains(&status)
+    }
+
+    /// Is a gRPC answer with this `grpc-status` (in its headers) retried?
+    pub fn retries_grpc_status(&self, code: u8) -> bool {
+        code < 32 && self.grpc_status_mask & (1 << code) != 0
     }
 
     /// Is a per-attempt timeout retried?

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod backend_policy;
 mod pattern;
 pub mod ratelimit;
+pub mod route_filter;
 mod serde_helpers;
 
 pub use pattern::Pattern;
@@ -316,6 +317,8 @@ pub enum Filter {
     UrlRewrite(UrlRewrite),
     RequestMirror(Mirror),
     Cors(Cors),
+    /// An ExtensionRef to one of our `RouteFilter`s.
+    RouteFilter(Arc<route_filter::RouteFilterConfig>),
 }
 
 /// Order of application: set, add, remove (as the Gateway API specifies).

@@ -11,7 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition,
 };
 use kube::CustomResourceExt;
-use portcullis_api::{AuthPolicy, BackendPolicy, GatewayParameters, RateLimitPolicy};
+use portcullis_api::{AuthPolicy, BackendPolicy, GatewayParameters, RateLimitPolicy, RouteFilter};
 
 /// Every CRD Portcullis defines. Adding a kind is one line here.
 fn generated() -> Vec<CustomResourceDefinition> {
@@ -20,6 +20,7 @@ fn generated() -> Vec<CustomResourceDefinition> {
         AuthPolicy::crd(),
         RateLimitPolicy::crd(),
         BackendPolicy::crd(),
+        RouteFilter::crd(),
     ]
 }
 

@@ -314,6 +314,9 @@ fn retry(r: &RetrySpec) -> Result<RetryPolicy, String> {
         p.budget = budget;
     }
     p.retry_non_idempotent = r.retry_non_idempotent.unwrap_or(false);
+    for code in r.grpc_status_codes.iter().flatten() {
+        p.grpc_status_mask |= 1 << code.number();
+    }
     if let Some(n) = r.max_body_bytes {
         p.max_body_bytes = n as usize;
     }

@@ -13,6 +13,7 @@ use portcullis_model::{
 
 use super::backends::{self, BackendRefSpec, RefProblem, Referrer};
 use super::index::Index;
+use super::route_filter;
 use crate::status::reasons;
 
 /// What the filters of a rule (or of one backendRef) compile to.
@@ -21,8 +22,9 @@ pub(crate) struct CompiledFilters {
     pub filters: Vec<Filter>,
     /// Mirror backends or extension filters that cannot be resolved.
     pub ref_problems: Vec<RefProblem>,
-    /// An ExtensionRef we do not implement: the spec says requests must not
-    /// skip it, so the rule answers 500.
+    /// An ExtensionRef we do not implement, or a RouteFilter that is
+    /// missing or invalid: the spec says requests must not skip it, so the
+    /// rule answers 500.
     pub unresolved_extension: bool,
 }
 
@@ -175,13 +177,30 @@ pub(crate) fn compile_filters(
                     .as_ref()
                     .map(|e| (e.group.as_str(), e.kind.as_str(), e.name.as_str()))
                     .unwrap_or(("", "", ""));
-                out.unresolved_extension = true;
-                out.ref_problems.push(RefProblem {
-                    reason: reasons::INVALID_KIND,
-                    message: format!(
-                        "extensionRef {group}/{kind} {name} is not supported by Portcullis; requests to this rule get 500"
-                    ),
-                });
+                let ours = group == portcullis_api::parameters::GROUP
+                    && kind == portcullis_api::route_filter::KIND;
+                let resolved = if ours {
+                    route_filter::resolve(ctx.index, ctx.referrer.namespace, name).map_err(|u| {
+                        RefProblem {
+                            reason: u.reason,
+                            message: u.message,
+                        }
+                    })
+                } else {
+                    Err(RefProblem {
+                        reason: reasons::INVALID_KIND,
+                        message: format!(
+                            "extensionRef {group}/{kind} {name} is not supported by Portcullis; requests to this rule get 500"
+                        ),
+                    })
+                };
+                match resolved {
+                    Ok(config) => out.filters.push(Filter::RouteFilter(config)),
+                    Err(problem) => {
+                        out.unresolved_extension = true;
+                        out.ref_problems.push(problem);
+                    }
+                }
             }
         }
     }

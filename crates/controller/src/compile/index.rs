@@ -2,11 +2,13 @@
 //! not scan every object of its kind: with thousands of routes, each
 //! referring to its own Service, a scan per reference is quadratic.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use portcullis_model::backend_policy::BackendSettings;
+use portcullis_model::route_filter::RouteFilterConfig;
 
 use crate::snapshot::{ObjectKey, Snapshot};
 
@@ -21,7 +23,11 @@ pub(crate) struct Index<'a> {
     /// BackendPolicy settings of Service ports, by Service and port number
     /// (filled by `backend_policy::service_settings`).
     pub backend_settings: HashMap<(ObjectKey, i32), Arc<BackendSettings>>,
+    /// RouteFilters compiled so far (many rules may share one).
+    pub route_filters: RefCell<HashMap<ObjectKey, RouteFilterResult>>,
 }
+
+pub(crate) type RouteFilterResult = Result<Arc<RouteFilterConfig>, super::route_filter::Unusable>;
 
 impl<'a> Index<'a> {
     pub fn new(snapshot: &'a Snapshot) -> Index<'a> {
@@ -45,6 +51,7 @@ impl<'a> Index<'a> {
             snapshot,
             slices,
             backend_settings: HashMap::new(),
+            route_filters: RefCell::default(),
         }
     }
 

@@ -31,6 +31,7 @@ mod precedence;
 mod ratelimit;
 mod refs;
 mod route;
+mod route_filter;
 mod tls;
 
 pub use tls::validate_pem;

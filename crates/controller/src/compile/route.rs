@@ -289,7 +289,9 @@ pub(crate) fn compile_rules(lookup: &Index<'_>, route: &RouteSource<'_>) -> Comp
     let mut resolved: Vec<(BackendRefSpec<'_>, Result<Arc<Backend>, RefProblem>)> = Vec::new();
     for (index, source) in route.rules.iter().enumerate() {
         let at = |msg: String| format!("rules[{index}]: {msg}");
-        let mut matches = Vec::new();
+        // Sized exactly: the table keeps these for every route (a pushed
+        // Vec would reserve room for four).
+        let mut matches = Vec::with_capacity(source.matches.len());
         for (mi, m) in source.matches.iter().enumerate() {
             match compile_match(m) {
                 Ok(m) => matches.push(m),

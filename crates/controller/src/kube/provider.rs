@@ -251,6 +251,26 @@ impl KubeProvider {
                 None,
             ));
         }
+        {
+            let gvk = kube::api::GroupVersionKind::gvk(
+                portcullis_api::parameters::GROUP,
+                portcullis_api::PolicyKind::VERSION,
+                portcullis_api::route_filter::KIND,
+            );
+            let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "routefilters");
+            let client = client.clone();
+            let make_api: MakeApi<DynamicObject> = Box::new(move |namespace| match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            });
+            tasks.push(w.start::<DynamicObject>(
+                make_api,
+                all(),
+                Kind::RouteFilter,
+                |o| KubeObject::RouteFilter(policy_object(o)),
+                None,
+            ));
+        }
         handle
     }
 }
@@ -315,7 +335,10 @@ impl Watch {
         let changes = self.changes.clone();
         let wait_first = self.proxy && Role::of(kind) == Role::Dependent;
         // Ours: their CRDs may be installed after the controller.
-        let optional = matches!(kind, Kind::GatewayParameters | Kind::Policy(_));
+        let optional = matches!(
+            kind,
+            Kind::GatewayParameters | Kind::Policy(_) | Kind::RouteFilter
+        );
         let mut scope = scope.unwrap_or_else(|| fixed_scope(None));
         tokio::spawn(async move {
             if wait_first && scope.changed().await.is_err() {
@@ -637,6 +660,12 @@ async fn compile_loop(
                 None => break,
             }
         }
+        // What is stored, published before the table compiled from it: a
+        // reader woken by `synced` or a new table sees matching counts.
+        let counts = stores.counts();
+        if **publish.stored.borrow() != counts {
+            let _ = publish.stored.send(Arc::new(counts));
+        }
         for (kind, scope) in stores.watch_scopes() {
             tracing::debug!(%kind, namespace = ?scope.namespace, epoch = scope.epoch, "rewatching {kind}");
             if let Some(tx) = publish.scopes.get(&kind) {
@@ -682,10 +711,6 @@ async fn compile_loop(
             );
         } else if effect == Effect::StatusOnly && config.observe_status {
             leader_inputs_stale = true;
-        }
-        let counts = stores.counts();
-        if **publish.stored.borrow() != counts {
-            let _ = publish.stored.send(Arc::new(counts));
         }
         if closed {
             return;

@@ -14,9 +14,10 @@
 //!   its own namespace only, dependents when their needs are in one
 //!   namespace.
 //!
-//! Our policies are all kept (few; which ones apply is compile's question)
-//! and need every Secret and ConfigMap of their namespace ([`ANY`]): their
-//! compile hooks read them by name or by label selector.
+//! Our policies and RouteFilters are all kept (few; which ones apply is
+//! compile's question) and need every Secret and ConfigMap of their
+//! namespace ([`ANY`]): their compile hooks read them by name or by label
+//! selector.
 //! GatewayClasses, ReferenceGrants and Namespaces are few and small: kept.
 
 use std::collections::BTreeSet;
@@ -69,7 +70,8 @@ impl Role {
             | Kind::Gateway
             | Kind::HttpRoute
             | Kind::GrpcRoute
-            | Kind::Policy(_) => Role::Source,
+            | Kind::Policy(_)
+            | Kind::RouteFilter => Role::Source,
             Kind::Service
             | Kind::EndpointSlice
             | Kind::Secret
@@ -214,7 +216,9 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
                 }
             }
         }
-        KubeObject::Policy(_, p) => return needs_of_policy(&ObjectKey::of(&p.metadata)),
+        KubeObject::Policy(_, p) | KubeObject::RouteFilter(p) => {
+            return needs_of_policy(&ObjectKey::of(&p.metadata))
+        }
         KubeObject::HttpRoute(r) => return needs_of_http_route(r),
         KubeObject::GrpcRoute(r) => return needs_of_grpc_route(r),
         _ => {}

@@ -42,11 +42,13 @@ pub enum Kind {
     /// One of our policy CRDs. Optional: until its CRD is installed the
     /// kind counts as listed and empty (see the provider).
     Policy(PolicyKind),
+    /// Our `RouteFilter`s. Optional like the policies.
+    RouteFilter,
 }
 
 impl Kind {
     /// Every kind `compile()` reads.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
@@ -61,6 +63,7 @@ impl Kind {
         Kind::Policy(PolicyKind::AuthPolicy),
         Kind::Policy(PolicyKind::RateLimitPolicy),
         Kind::Policy(PolicyKind::BackendPolicy),
+        Kind::RouteFilter,
     ];
 
     pub fn of(object: &KubeObject) -> Kind {
@@ -77,6 +80,7 @@ impl Kind {
             KubeObject::Namespace(_) => Kind::Namespace,
             KubeObject::GatewayParameters(_) => Kind::GatewayParameters,
             KubeObject::Policy(kind, _) => Kind::Policy(*kind),
+            KubeObject::RouteFilter(_) => Kind::RouteFilter,
         }
     }
 
@@ -94,6 +98,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::GatewayParameters => "GatewayParameters",
             Kind::Policy(kind) => kind.as_str(),
+            Kind::RouteFilter => portcullis_api::route_filter::KIND,
         }
     }
 }
@@ -156,7 +161,7 @@ pub fn strip_status(object: &mut KubeObject) {
         KubeObject::HttpRoute(o) => o.status = None,
         KubeObject::GrpcRoute(o) => o.status = None,
         KubeObject::Service(o) => o.status = None,
-        KubeObject::Policy(_, o) => o.status = serde_json::Value::Null,
+        KubeObject::Policy(_, o) | KubeObject::RouteFilter(o) => o.status = serde_json::Value::Null,
         _ => {}
     }
 }
@@ -312,6 +317,7 @@ impl Stores {
                     Kind::Namespace => s.namespaces.len(),
                     Kind::GatewayParameters => s.gateway_parameters.len(),
                     Kind::Policy(kind) => s.policies.get(&kind).map_or(0, |m| m.len()),
+                    Kind::RouteFilter => s.route_filters.len(),
                 };
                 (kind, n)
             })
@@ -582,6 +588,12 @@ impl Stores {
                 );
             }
         }
+        for key in s.route_filters.keys() {
+            sources.insert(
+                (Kind::RouteFilter, key.clone()),
+                scope::needs_of_policy(key),
+            );
+        }
         let mut needed: BTreeMap<Need, usize> = BTreeMap::new();
         for need in sources.values().flatten() {
             *needed.entry(need.clone()).or_insert(0) += 1;
@@ -744,6 +756,7 @@ fn swap_kind(a: &mut Snapshot, b: &mut Snapshot, kind: Kind) {
             a.policies.entry(kind).or_default(),
             b.policies.entry(kind).or_default(),
         ),
+        Kind::RouteFilter => swap(&mut a.route_filters, &mut b.route_filters),
     }
 }
 
@@ -767,6 +780,7 @@ fn remove(snapshot: &mut Snapshot, object: &KubeObject) -> bool {
             .policies
             .get_mut(kind)
             .is_some_and(|m| m.remove(&key).is_some()),
+        KubeObject::RouteFilter(_) => snapshot.route_filters.remove(&key).is_some(),
     }
 }
 

@@ -124,6 +124,8 @@ impl Drop for EndpointGuard {
 /// Everything the data path needs for one backend.
 pub struct BackendState {
     pub name: String,
+    /// `name` as a metric label value, made once per table.
+    pub label: Arc<str>,
     pub settings: Arc<BackendSettings>,
     /// Same order as `Backend::endpoints`.
     pub endpoints: Vec<Arc<EndpointState>>,
@@ -227,6 +229,7 @@ impl BackendState {
             .unwrap_or_default();
         BackendState {
             name: backend.name.clone(),
+            label: Arc::from(backend.name.as_str()),
             settings,
             endpoints,
             balancer,

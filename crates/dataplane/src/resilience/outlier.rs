@@ -50,13 +50,13 @@ impl EndpointOutlier {
     }
 }
 
-/// Records an attempt's outcome; may eject `endpoint`.
+/// Records an attempt's outcome; may eject `endpoint` (then true).
 pub fn record(
     config: &OutlierDetection,
     endpoints: &[std::sync::Arc<EndpointState>],
     endpoint: &EndpointState,
     outcome: Outcome,
-) {
+) -> bool {
     let o = &endpoint.outlier;
     let now = now_ms();
     match outcome {
@@ -68,7 +68,7 @@ pub fn record(
             {
                 o.ejections.store(0, Ordering::Relaxed);
             }
-            return;
+            return false;
         }
         Outcome::ServerError => {
             o.consecutive_gateway.store(0, Ordering::Relaxed);
@@ -84,7 +84,7 @@ pub fn record(
     let tripped = (config.consecutive_5xx > 0 && fives >= config.consecutive_5xx)
         || (config.consecutive_gateway_errors > 0 && gateway >= config.consecutive_gateway_errors);
     if !tripped || o.is_ejected(now) {
-        return;
+        return false;
     }
     let ejected = endpoints
         .iter()
@@ -93,7 +93,7 @@ pub fn record(
     let allowed = (endpoints.len() * config.max_ejection_percent as usize / 100).max(1);
     if ejected >= allowed {
         tracing::debug!(endpoint = %endpoint.addr, ejected, allowed, "outlier not ejected: max ejection percent reached");
-        return;
+        return false;
     }
     let n = o.ejections.fetch_add(1, Ordering::Relaxed) + 1;
     let base = config.base_ejection_time.as_millis() as u64;
@@ -105,6 +105,7 @@ pub fn record(
     o.consecutive_5xx.store(0, Ordering::Relaxed);
     o.consecutive_gateway.store(0, Ordering::Relaxed);
     tracing::warn!(endpoint = %endpoint.addr, ejection = n, ms = length, "outlier detection ejected endpoint");
+    true
 }
 
 #[cfg(test)]

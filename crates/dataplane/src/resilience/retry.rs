@@ -138,19 +138,24 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
                 Err(_) => Some(Outcome::GatewayError),
             };
             if let Some(outcome) = outcome {
-                outlier::record(config, &backend.endpoints, &endpoint, outcome);
+                if outlier::record(config, &backend.endpoints, &endpoint, outcome) {
+                    crate::metrics::global().record_outlier_ejection(&backend.label);
+                }
             }
         }
         let wants_retry = match (&result, retry) {
             (_, None) => false,
             (Err(AttemptError::Overloaded(_) | AttemptError::ClientBody(_)), _) => false,
-            (Ok(resp), Some(r)) => r.retries_status(resp.status().as_u16()),
+            (Ok(resp), Some(r)) => r.retries_status(resp.status().as_u16()) || grpc_retry(resp, r),
             (Err(AttemptError::Connect(_)), Some(r)) => r.on.connect_failure,
             (Err(AttemptError::Reset(_)), Some(r)) => r.on.reset,
             (Err(AttemptError::Timeout(_)), Some(r)) => r.retries_timeout(),
         };
+        // gRPC calls are all POSTs: a listed gRPC status is the policy's
+        // word that the call was not processed (see `RetrySpec`).
         let method_allows = idempotent
             || retry.is_some_and(|r| r.retry_non_idempotent)
+            || matches!((&result, retry), (Ok(resp), Some(r)) if grpc_retry(resp, r))
             || matches!(result, Err(AttemptError::Connect(_)));
         let retriable = wants_retry && method_allows && !last;
         if retriable {
@@ -160,6 +165,7 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
                     .start_retry(&settings.circuit_breaker, &r.budget)
                 {
                     tracing::debug!(backend = %backend.name, endpoint = %endpoint.addr, attempt, "retrying");
+                    crate::metrics::global().record_retry(&backend.label);
                     drop(result);
                     drop(endpoint_guard);
                     // Only a retry needs to know (and allocates for) where
@@ -203,6 +209,18 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
             Err(AttemptError::Timeout(t)) => Err(Failure::Timeout(t)),
         };
     }
+}
+
+/// A trailers-only gRPC answer (`grpc-status` in the headers) with a status
+/// the policy retries.
+fn grpc_retry<B>(resp: &Response<B>, r: &RetryPolicy) -> bool {
+    r.grpc_status_mask != 0
+        && resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|v| v.parse::<u8>().ok())
+            .is_some_and(|code| r.retries_grpc_status(code))
 }
 
 enum AttemptError {

@@ -85,8 +85,11 @@ TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=warn "$BIN" run --config-dir "$work/confi
 pids+=($!)
 wait_port "$echo_port"; wait_port "$gw_port"; wait_port "$admin_port"
 
+# The generation being served ("" when the admin listener did not answer:
+# the caller just polls again).
 generation() {
-  curl -sf "http://127.0.0.1:$admin_port/metrics" | awk '/^portcullis_config_generation / {print $2}'
+  { curl -sf --max-time 2 "http://127.0.0.1:$admin_port/metrics" || true; } |
+    awk '/^portcullis_config_generation / {print $2}'
 }
 
 url="http://127.0.0.1:$gw_port/bench/churn"
@@ -111,9 +114,11 @@ for n in $(seq 1 "$CHANGES"); do
   write_change "$n"
   # Bounded wait for the reload (debounced in milliseconds).
   for _ in $(seq 1 500); do
-    [[ $(generation) != "$before" ]] && { applied=$((applied + 1)); break; }
+    now=$(generation)
+    if [[ -n $now && $now != "$before" ]]; then applied=$((applied + 1)); break; fi
     sleep 0.01
   done
+  (( n % 100 == 0 )) && echo "[churn] $n changes written, $applied served" >&2
 done
 elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}')
 kill -INT "$wrk_pid"

@@ -63,6 +63,7 @@ bench: deps-bench build
 	bash bench/churn.sh
 	bash bench/ratelimit.sh
 	bash bench/auth.sh
+	bash bench/cache.sh
 
 # Real kube-apiserver + etcd (built from Go modules, cached), pods as local
 # processes; runs e2e/tests/*.sh. Needs root. The proxy and controller pods

@@ -127,7 +127,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
-            Filter::RequestMirror(_) => {}
+            Filter::RequestMirror(_) | Filter::RouteFilter(_) => {}
         }
     }
     filters::remove_hop_by_hop(&mut req.headers);

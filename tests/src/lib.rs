@@ -438,6 +438,25 @@ impl TestPki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// (certificate PEM, key PEM) of a client certificate: subject
+    /// `CN=common_name`, URI SANs `uris`, signed by this CA.
+    pub fn client_cert(&self, common_name: &str, uris: &[&str]) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI((*u).try_into().expect("URI SAN")))
+            .collect();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A rustls client config trusting only this CA, with the given ALPN.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();

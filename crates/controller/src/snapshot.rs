@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
@@ -62,6 +63,7 @@ pub struct Snapshot {
     pub http_routes: BTreeMap<ObjectKey, HttpRoute>,
     pub grpc_routes: BTreeMap<ObjectKey, GrpcRoute>,
     pub reference_grants: BTreeMap<ObjectKey, ReferenceGrant>,
+    pub backend_tls_policies: BTreeMap<ObjectKey, BackendTlsPolicy>,
     pub services: BTreeMap<ObjectKey, Service>,
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     pub secrets: BTreeMap<ObjectKey, Secret>,
@@ -103,6 +105,7 @@ pub enum KubeObject {
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
     ReferenceGrant(ReferenceGrant),
+    BackendTlsPolicy(BackendTlsPolicy),
     Service(Service),
     EndpointSlice(EndpointSlice),
     Secret(Secret),
@@ -132,6 +135,7 @@ impl KubeObject {
             KubeObject::HttpRoute(_) => "HTTPRoute",
             KubeObject::GrpcRoute(_) => "GRPCRoute",
             KubeObject::ReferenceGrant(_) => "ReferenceGrant",
+            KubeObject::BackendTlsPolicy(_) => "BackendTLSPolicy",
             KubeObject::Service(_) => "Service",
             KubeObject::EndpointSlice(_) => "EndpointSlice",
             KubeObject::Secret(_) => "Secret",
@@ -150,6 +154,7 @@ impl KubeObject {
             KubeObject::HttpRoute(o) => &o.metadata,
             KubeObject::GrpcRoute(o) => &o.metadata,
             KubeObject::ReferenceGrant(o) => &o.metadata,
+            KubeObject::BackendTlsPolicy(o) => &o.metadata,
             KubeObject::Service(o) => &o.metadata,
             KubeObject::EndpointSlice(o) => &o.metadata,
             KubeObject::Secret(o) => &o.metadata,
@@ -167,6 +172,7 @@ impl KubeObject {
             KubeObject::HttpRoute(o) => &mut o.metadata,
             KubeObject::GrpcRoute(o) => &mut o.metadata,
             KubeObject::ReferenceGrant(o) => &mut o.metadata,
+            KubeObject::BackendTlsPolicy(o) => &mut o.metadata,
             KubeObject::Service(o) => &mut o.metadata,
             KubeObject::EndpointSlice(o) => &mut o.metadata,
             KubeObject::Secret(o) => &mut o.metadata,
@@ -217,6 +223,9 @@ impl KubeObject {
             ("HTTPRoute", _) if gateway_group => KubeObject::HttpRoute(decode(value)?),
             ("GRPCRoute", _) if gateway_group => KubeObject::GrpcRoute(decode(value)?),
             ("ReferenceGrant", _) if gateway_group => KubeObject::ReferenceGrant(decode(value)?),
+            ("BackendTLSPolicy", _) if gateway_group => {
+                KubeObject::BackendTlsPolicy(decode(value)?)
+            }
             ("Service", "") => KubeObject::Service(decode(value)?),
             ("Secret", "") => KubeObject::Secret(decode(value)?),
             ("ConfigMap", "") => KubeObject::ConfigMap(decode(value)?),
@@ -252,6 +261,7 @@ impl KubeObject {
             KubeObject::HttpRoute(o) => default_ns(&mut o.metadata),
             KubeObject::GrpcRoute(o) => default_ns(&mut o.metadata),
             KubeObject::ReferenceGrant(o) => default_ns(&mut o.metadata),
+            KubeObject::BackendTlsPolicy(o) => default_ns(&mut o.metadata),
             KubeObject::Service(o) => default_ns(&mut o.metadata),
             KubeObject::EndpointSlice(o) => default_ns(&mut o.metadata),
             KubeObject::ConfigMap(o) => default_ns(&mut o.metadata),
@@ -291,6 +301,7 @@ impl Snapshot {
             KubeObject::HttpRoute(o) => put(&mut self.http_routes, key, o),
             KubeObject::GrpcRoute(o) => put(&mut self.grpc_routes, key, o),
             KubeObject::ReferenceGrant(o) => put(&mut self.reference_grants, key, o),
+            KubeObject::BackendTlsPolicy(o) => put(&mut self.backend_tls_policies, key, o),
             KubeObject::Service(o) => put(&mut self.services, key, o),
             KubeObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
             KubeObject::Secret(o) => put(&mut self.secrets, key, o),

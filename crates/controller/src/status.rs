@@ -11,6 +11,8 @@ pub enum StatusKind {
     Gateway,
     HttpRoute,
     GrpcRoute,
+    /// Gateway API `BackendTLSPolicy`: `status.ancestors`, one per Gateway.
+    BackendTlsPolicy,
     /// One of our policy CRDs: `status.ancestors`.
     Policy(portcullis_api::PolicyKind),
     /// Not a Kubernetes object: a file of the YAML directory provider that
@@ -26,6 +28,7 @@ impl StatusKind {
             StatusKind::Gateway => "Gateway",
             StatusKind::HttpRoute => "HTTPRoute",
             StatusKind::GrpcRoute => "GRPCRoute",
+            StatusKind::BackendTlsPolicy => "BackendTLSPolicy",
             StatusKind::Policy(kind) => kind.as_str(),
             StatusKind::ConfigFile => "File",
         }
@@ -174,4 +177,15 @@ pub mod reasons {
 
     /// Policy attachment (GEP-713).
     pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+
+    /// Client certificate validation (Gateway `spec.tls.frontend`) and
+    /// BackendTLSPolicy.
+    pub const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
+    pub const INVALID_CA_CERTIFICATE_KIND: &str = "InvalidCACertificateKind";
+    pub const NO_VALID_CA_CERTIFICATE: &str = "NoValidCACertificate";
+    /// Gateway `spec.tls.backend.clientCertificateRef`.
+    pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
+    /// Gateway condition type: some port uses `AllowInsecureFallback`.
+    pub const INSECURE_FRONTEND_VALIDATION_MODE: &str = "InsecureFrontendValidationMode";
+    pub const CONFIGURATION_CHANGED: &str = "ConfigurationChanged";
 }

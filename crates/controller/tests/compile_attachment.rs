@@ -363,15 +363,15 @@ fn proxy_mode_single_gateway() {
 }
 
 #[test]
-fn gateway_frontend_tls_unsupported() {
-    let c = fixture("gateway_frontend_tls_unsupported");
+fn gateway_frontend_tls_leaves_http_listeners_alone() {
+    let c = fixture("gateway_frontend_tls_http_listener");
     let gw = gateway_status(&c, "mtls");
-    assert_eq!(sr(gw.condition("Accepted")), is("False", "Invalid"));
-    assert!(!gw.problems.is_empty());
-    assert!(
-        c.table.port(8080).is_none(),
-        "not served without the client validation it asks for"
+    assert_eq!(sr(gw.condition("Accepted")), is("True", "Accepted"));
+    assert_eq!(
+        sr(gw.listener_condition("http", "ResolvedRefs")),
+        is("True", "ResolvedRefs")
     );
+    assert!(c.table.port(8080).is_some(), "the HTTP listener is served");
 }
 
 #[test]

@@ -271,3 +271,48 @@ fn the_quickstart_compiles_without_problems() {
     let port = compiled.table.port(8080).expect("quickstart serves 8080");
     assert!(!port.virtual_hosts.is_empty());
 }
+
+#[test]
+fn healthy_routes_keep_a_one_line_status_and_routes_with_problems_keep_all() {
+    let dir = TempDir::new("slim");
+    let broken = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: broken }
+spec:
+  parentRefs: [{ name: gw }]
+  rules:
+    - backendRefs: [{ name: missing, port: 80 }]
+"#;
+    dir.write(
+        "all.yaml",
+        &format!("{GATEWAY}\n---\n{}\n---\n{broken}", route("fine", "/a")),
+    );
+    let handle =
+        FileProvider::spawn(dir.path().to_path_buf(), CompileOptions::default()).expect("spawn");
+    let statuses = handle.statuses.borrow().clone();
+    let find = |kind: StatusKind, name: &str| {
+        statuses
+            .iter()
+            .find(|s| s.kind == kind && s.name == name)
+            .unwrap_or_else(|| panic!("no status for {name}: {statuses:?}"))
+    };
+    let fine = find(StatusKind::HttpRoute, "fine");
+    assert!(fine.problems.is_empty());
+    assert_eq!(
+        fine.status,
+        portcullis_controller::file::HEALTHY_ROUTE_STATUS
+    );
+    let broken = find(StatusKind::HttpRoute, "broken");
+    assert!(!broken.problems.is_empty());
+    assert_eq!(
+        broken
+            .parent_condition("gw", None, "ResolvedRefs")
+            .map(|c| c["reason"].clone()),
+        Some(serde_json::json!("BackendNotFound")),
+        "{broken:?}"
+    );
+    assert!(find(StatusKind::Gateway, "gw")
+        .condition("Programmed")
+        .is_some());
+}

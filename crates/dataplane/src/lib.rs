@@ -7,7 +7,9 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod backend_tls;
 pub mod body;
+pub mod client_cert;
 pub mod filters;
 pub mod identity;
 pub mod lb;

@@ -237,6 +237,58 @@ pub struct LimitLabels {
     pub limit: Limit,
 }
 
+/// What the response cache of a RouteFilter did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CacheResult {
+    /// Served from a fresh entry (also after waiting for a coalesced
+    /// miss).
+    hit,
+    /// Fetched from the backend.
+    miss,
+    /// A stale entry confirmed by the backend (304).
+    revalidated,
+    /// A stale entry served because revalidation failed.
+    stale,
+    /// Not cacheable (method, anonymous request to an identity-keyed
+    /// cache).
+    bypass,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The RouteFilter, `namespace/name`.
+    pub filter: Arc<str>,
+    pub result: CacheResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CacheFilterLabels {
+    pub filter: Arc<str>,
+}
+
+/// What threat protection did about a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ThreatDecision {
+    /// The request was refused.
+    blocked,
+    /// Report mode: logged and counted, the request went on.
+    reported,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ThreatLabels {
+    /// The RouteFilter, `namespace/name`.
+    pub filter: Arc<str>,
+    /// `content_type`, `body`, `json`, `xml`, `openapi` or `injection`.
+    pub check: &'static str,
+    /// The rule id or limit name (from the configuration, never from
+    /// the request).
+    pub rule: Arc<str>,
+    pub decision: ThreatDecision,
+}
+
 #[derive(Clone)]
 struct LatencyHistogram;
 
@@ -267,6 +319,10 @@ pub struct Metrics {
     rate_limit_decisions: Family<RateLimitLabels, Counter>,
     auth_results: Family<AuthLabels, Counter>,
     limits: Family<LimitLabels, Counter>,
+    threat_decisions: Family<ThreatLabels, Counter>,
+    cache_requests: Family<CacheLabels, Counter>,
+    cache_evictions: Family<CacheFilterLabels, Counter>,
+    cache_bytes: Family<CacheFilterLabels, Gauge>,
 }
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -293,10 +349,14 @@ impl Metrics {
             spans_dropped: Counter::default(),
             retries: Family::default(),
             circuit_rejections: Family::default(),
+            threat_decisions: Family::default(),
             outlier_ejections: Family::default(),
             rate_limit_decisions: Family::default(),
             auth_results: Family::default(),
             limits: Family::default(),
+            cache_requests: Family::default(),
+            cache_evictions: Family::default(),
+            cache_bytes: Family::default(),
         };
         m.registered()
     }
@@ -390,6 +450,27 @@ impl Metrics {
             "limit_exceeded",
             "Requests refused and connections closed or refused by a limit, by listener port and limit",
             self.limits.clone(),
+        );
+        p.register(
+            "cache_requests",
+            "Requests seen by RouteFilter response caches, by filter and result (hit, miss, revalidated, stale, bypass)",
+            self.cache_requests.clone(),
+        );
+        p.register(
+            "cache_evictions",
+            "Entries evicted from RouteFilter response caches to stay within their memory bounds",
+            self.cache_evictions.clone(),
+        );
+        p.register_with_unit(
+            "cache",
+            "Memory held by RouteFilter response cache entries (keys, headers, bodies)",
+            Unit::Bytes,
+            self.cache_bytes.clone(),
+        );
+        p.register(
+            "threat_decisions",
+            "Threat-protection findings, by RouteFilter, check, rule and decision (blocked or reported)",
+            self.threat_decisions.clone(),
         );
         self
     }
@@ -492,6 +573,49 @@ impl Metrics {
             .inc();
     }
 
+    /// The per-filter cache series, resolved once per filter so that the
+    /// request path only increments.
+    pub fn cache_series(&self, filter: &Arc<str>) -> CacheSeries {
+        let result = |result| {
+            self.cache_requests.get_or_create_owned(&CacheLabels {
+                filter: filter.clone(),
+                result,
+            })
+        };
+        let labels = CacheFilterLabels {
+            filter: filter.clone(),
+        };
+        CacheSeries {
+            hit: result(CacheResult::hit),
+            miss: result(CacheResult::miss),
+            revalidated: result(CacheResult::revalidated),
+            stale: result(CacheResult::stale),
+            bypass: result(CacheResult::bypass),
+            evictions: self.cache_evictions.get_or_create_owned(&labels),
+            bytes: self.cache_bytes.get_or_create_owned(&labels),
+        }
+    }
+
+    /// A threat-protection finding. Called only for findings (never per
+    /// clean request), so building the labels here costs nothing on the
+    /// common path.
+    pub fn record_threat(
+        &self,
+        filter: &str,
+        check: &'static str,
+        rule: &str,
+        decision: ThreatDecision,
+    ) {
+        self.threat_decisions
+            .get_or_create(&ThreatLabels {
+                filter: filter.into(),
+                check,
+                rule: rule.into(),
+                decision,
+            })
+            .inc();
+    }
+
     fn backend_counter(&self, family: &Family<BackendLabels, Counter>, backend: &Arc<str>) {
         family
             .get_or_create(&BackendLabels {
@@ -555,9 +679,13 @@ pub struct RequestSeries {
     port: u16,
     route: Arc<str>,
     backend: Arc<str>,
-    slots: [[OnceLock<(Counter, Histogram)>; StatusClass::ALL]; MethodClass::ALL],
+    /// Allocated on the first request: with thousands of routes most
+    /// series of a table may never see one.
+    slots: OnceLock<Box<Slots>>,
     upstream: OnceLock<Histogram>,
 }
+
+type Slots = [[OnceLock<(Counter, Histogram)>; StatusClass::ALL]; MethodClass::ALL];
 
 impl RequestSeries {
     fn new(port: u16, route: Arc<str>, backend: Arc<str>) -> RequestSeries {
@@ -565,7 +693,7 @@ impl RequestSeries {
             port,
             route,
             backend,
-            slots: Default::default(),
+            slots: OnceLock::new(),
             upstream: OnceLock::new(),
         }
     }
@@ -594,7 +722,8 @@ impl RequestSeries {
 
     /// Counts one finished request and its duration.
     pub fn record(&self, method: MethodClass, status: StatusClass, elapsed: Duration) {
-        let (count, duration) = self.slots[method as usize][status.index()].get_or_init(|| {
+        let slots = self.slots.get_or_init(Box::default);
+        let (count, duration) = slots[method as usize][status.index()].get_or_init(|| {
             let labels = RequestLabels {
                 port: self.port,
                 route: self.route.clone(),
@@ -801,5 +930,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("portcullis_request_duration_seconds_bucket"));
+    }
+}
+
+/// Counters and gauge of one RouteFilter cache (see
+/// [`Metrics::cache_series`]).
+#[derive(Clone)]
+pub struct CacheSeries {
+    pub hit: Counter,
+    pub miss: Counter,
+    pub revalidated: Counter,
+    pub stale: Counter,
+    pub bypass: Counter,
+    pub evictions: Counter,
+    pub bytes: Gauge,
+}
+
+impl CacheSeries {
+    pub fn record(&self, result: CacheResult) {
+        match result {
+            CacheResult::hit => &self.hit,
+            CacheResult::miss => &self.miss,
+            CacheResult::revalidated => &self.revalidated,
+            CacheResult::stale => &self.stale,
+            CacheResult::bypass => &self.bypass,
+        }
+        .inc();
     }
 }

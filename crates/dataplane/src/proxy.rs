@@ -36,6 +36,8 @@ pub struct ConnInfo {
     /// The listener's request limits (the body limit may be changed per
     /// Service or route by a BackendPolicy).
     pub limits: Arc<crate::limits::Limits>,
+    /// The client certificate the port verified (frontend mTLS).
+    pub client_certificate: Option<Arc<crate::client_cert::VerifiedClientCertificate>>,
 }
 
 impl ConnInfo {
@@ -142,6 +144,15 @@ async fn route_and_forward(
             format!("port {} has no configuration", conn.local_port),
         )
     })?;
+
+    // Frontend mTLS: the verified identity for authorization, and the
+    // identity header (never taken from the client).
+    if let Some(auth) = &port.client_auth {
+        auth.forward(req.headers_mut(), conn.client_certificate.as_deref());
+    }
+    if let Some(cert) = &conn.client_certificate {
+        req.extensions_mut().insert(cert.clone());
+    }
 
     let raw_host = request_host(&req).ok_or_else(|| {
         ProxyError::new(
@@ -821,6 +832,13 @@ async fn forward(
             return Err(ProxyError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connect error",
+                format!("{}: {e}", rule.id),
+            ))
+        }
+        Err(Failure::Tls(e)) => {
+            return Err(ProxyError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream TLS error",
                 format!("{}: {e}", rule.id),
             ))
         }

@@ -311,6 +311,7 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
     };
     let https = port_state.routes.config().protocol == Protocol::Https;
     let tls_config = port_state.tls.clone();
+    let client_auth = port_state.client_auth.clone();
     drop(state);
 
     if https {
@@ -331,11 +332,15 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
                     return;
                 }
             };
+        let client_certificate = client_auth
+            .as_ref()
+            .and_then(|a| a.identity(tls_stream.get_ref().1.peer_certificates()));
         let conn = Arc::new(ConnInfo {
             remote,
             local_port: port,
             tls: true,
             limits: serving.limits.clone(),
+            client_certificate,
         });
         serve_http(TokioIo::new(tls_stream), conn, serving).await;
     } else {
@@ -344,6 +349,7 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
             local_port: port,
             tls: false,
             limits: serving.limits.clone(),
+            client_certificate: None,
         });
         serve_http(TokioIo::new(stream), conn, serving).await;
     }

@@ -28,6 +28,9 @@ pub struct PortState {
     pub routes: PortRoutes,
     /// Present for HTTPS ports whose certificates parsed.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Client certificate validation (frontend mTLS), when the port has it:
+    /// turns a connection's peer certificate into its identity.
+    pub client_auth: Option<Arc<crate::client_cert::ClientAuth>>,
 }
 
 impl Prepared {
@@ -45,11 +48,20 @@ impl Prepared {
                     None
                 }
             });
+            // Built a second time here (the server config holds its own):
+            // once per table, and it keeps `tls.rs` free of identity logic.
+            let client_auth = port
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_validation.as_ref())
+                .and_then(|v| crate::client_cert::ClientAuth::new(v).ok())
+                .map(Arc::new);
             ports.insert(
                 port.port,
                 Arc::new(PortState {
                     routes: PortRoutes::new(table.clone(), i),
                     tls,
+                    client_auth,
                 }),
             );
         }

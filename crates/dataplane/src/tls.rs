@@ -72,6 +72,18 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// Frontend mTLS of the port (`crate::client_cert`), or no client
+/// authentication. A CA bundle that does not parse fails the port (its
+/// connections are refused) rather than serving it unverified.
+fn client_verifier(
+    tls: &TlsConfig,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    match &tls.client_validation {
+        Some(v) => Ok(crate::client_cert::ClientAuth::new(v)?.handshake_verifier()),
+        None => Ok(Arc::new(rustls::server::NoClientAuth)),
+    }
+}
+
 /// Builds the server config of one HTTPS port. A certificate that fails to
 /// parse is logged and skipped (the controller reports it in the Gateway
 /// status); the port still serves with the others.
@@ -113,7 +125,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
             source_name: "protocol versions".into(),
             message: e.to_string(),
         })?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier(tls)?)
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))

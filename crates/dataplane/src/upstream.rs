@@ -8,6 +8,10 @@
 //!
 //! The URI authority is the endpoint address (so pools are per endpoint)
 //! and the `Host` header carries what the client sent.
+//!
+//! A backend with a BackendTLSPolicy gets its own pair whose connector
+//! runs a TLS handshake after connecting ([`crate::backend_tls`]); the URI
+//! stays `http://endpoint` (pool key), the bytes on the wire are TLS.
 
 use std::future::Future;
 use std::io;
@@ -24,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_model::backend_policy::{
     BackendSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
 };
-use portcullis_model::AppProtocol;
+use portcullis_model::{AppProtocol, BackendTls};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -97,6 +101,8 @@ impl ConnectionSettings {
 #[derive(Clone)]
 pub struct ClientPair {
     pub settings: ConnectionSettings,
+    /// The BackendTLSPolicy the connections speak, if any.
+    pub tls: Option<Arc<BackendTls>>,
     http1: UpstreamClient,
     h2c: UpstreamClient,
     pub limit: Arc<ConnectionLimit>,
@@ -104,6 +110,11 @@ pub struct ClientPair {
 
 impl ClientPair {
     pub fn new(settings: &ConnectionSettings) -> ClientPair {
+        ClientPair::with_tls(settings, None)
+    }
+
+    /// A pair whose connections speak TLS (`tls`) or plain TCP (`None`).
+    pub fn with_tls(settings: &ConnectionSettings, tls: Option<Arc<BackendTls>>) -> ClientPair {
         let limit = Arc::new(ConnectionLimit::new(
             settings.max_connections,
             settings.max_pending,
@@ -116,6 +127,14 @@ impl ClientPair {
             inner: http,
             limit: limit.clone(),
             wait: settings.connect_timeout,
+            tls: None,
+        };
+        let with_tls = |protocol: AppProtocol| {
+            let mut c = connector.clone();
+            c.tls = tls
+                .as_ref()
+                .map(|t| Arc::new(crate::backend_tls::TlsConnect::new(t, protocol)));
+            c
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -128,13 +147,14 @@ impl ClientPair {
         if let Some(n) = settings.max_idle_per_endpoint {
             builder.pool_max_idle_per_host(n);
         }
-        let http1 = builder.build(connector.clone());
+        let http1 = builder.build(with_tls(AppProtocol::Http1));
         builder
             .http2_only(true)
             .http2_keep_alive_interval(Duration::from_secs(30));
-        let h2c = builder.build(connector);
+        let h2c = builder.build(with_tls(AppProtocol::H2c));
         ClientPair {
             settings: *settings,
+            tls,
             http1,
             h2c,
             limit,
@@ -240,6 +260,8 @@ pub struct LimitedConnector {
     inner: HttpConnector,
     limit: Arc<ConnectionLimit>,
     wait: Duration,
+    /// Set for backends with a BackendTLSPolicy.
+    tls: Option<Arc<crate::backend_tls::TlsConnect>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -257,9 +279,18 @@ impl tower_service::Service<Uri> for LimitedConnector {
         let mut inner = self.inner.clone();
         let limit = self.limit.clone();
         let wait = self.wait;
+        let tls = self.tls.clone();
         Box::pin(async move {
             let permit = limit.acquire(wait).await?;
-            let io = tower_service::Service::call(&mut inner, uri).await?;
+            let tcp = tower_service::Service::call(&mut inner, uri).await?;
+            let io = match tls {
+                None => Stream::Plain(tcp),
+                Some(tls) => {
+                    let tls_stream = tls.handshake(tcp.into_inner()).await?;
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    Stream::Tls(Box::new(TokioIo::new(tls_stream)), h2)
+                }
+            };
             Ok(LimitedIo {
                 io,
                 _permit: permit,
@@ -270,14 +301,48 @@ impl tower_service::Service<Uri> for LimitedConnector {
 
 /// A connection holding its permit.
 pub struct LimitedIo {
-    io: TokioIo<TcpStream>,
+    io: Stream,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Plain TCP, or TLS over it (and whether ALPN chose h2).
+enum Stream {
+    Plain(TokioIo<TcpStream>),
+    /// Boxed: a TLS session is a kilobyte, a TCP stream a few words.
+    Tls(
+        Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>,
+        bool,
+    ),
 }
 
 impl Connection for LimitedIo {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        match &self.io {
+            Stream::Plain(io) => io.connected(),
+            Stream::Tls(_, h2) => {
+                let c = Connected::new();
+                if *h2 {
+                    // hyper-util then speaks HTTP/2 on this connection.
+                    c.negotiated_h2()
+                } else {
+                    c
+                }
+            }
+        }
     }
+}
+
+/// Forwards an I/O call to whichever stream is inside.
+macro_rules! io_call {
+    ($self:ident, $io:ident => $call:expr) => {
+        match &mut $self.io {
+            Stream::Plain($io) => $call,
+            Stream::Tls(boxed, _) => {
+                let $io = &mut **boxed;
+                $call
+            }
+        }
+    };
 }
 
 impl hyper::rt::Read for LimitedIo {
@@ -286,7 +351,7 @@ impl hyper::rt::Read for LimitedIo {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        io_call!(self, io => Pin::new(io).poll_read(cx, buf))
     }
 }
 
@@ -296,19 +361,22 @@ impl hyper::rt::Write for LimitedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        io_call!(self, io => Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        io_call!(self, io => Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        io_call!(self, io => Pin::new(io).poll_shutdown(cx))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Stream::Plain(io) => io.is_write_vectored(),
+            Stream::Tls(io, _) => io.is_write_vectored(),
+        }
     }
 
     fn poll_write_vectored(
@@ -316,6 +384,6 @@ impl hyper::rt::Write for LimitedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        io_call!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
 }

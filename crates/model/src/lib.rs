@@ -66,6 +66,81 @@ pub struct TlsConfig {
     /// longest wildcard); an entry with `HostMatch::Any` is the default for
     /// clients that send no SNI or an unknown name.
     pub certificates: Vec<ServerCertificate>,
+    /// Client certificate validation (the Gateway's
+    /// `spec.tls.frontend`, per port); `None` asks for no certificate.
+    pub client_validation: Option<ClientValidation>,
+}
+
+/// How an HTTPS port validates client certificates (frontend mTLS).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientValidation {
+    /// Trust anchors: PEM bundle of one or more CA certificates.
+    pub ca_pem: Arc<str>,
+    /// `AllowValidOnly`: a handshake without a valid certificate fails.
+    /// `AllowInsecureFallback` (false): the connection is accepted without
+    /// a certificate (or with one that does not verify), and the request
+    /// carries no client identity.
+    pub required: bool,
+    /// `Kind namespace/name` of the CA references, for logs.
+    pub sources: Vec<String>,
+    /// When set, the verified client identity is sent to backends in this
+    /// header; a header of that name from the client is always removed.
+    pub forward_header: Option<HeaderNameSer>,
+}
+
+/// A certificate and private key the gateway presents as a TLS client
+/// (the Gateway's `spec.tls.backend.clientCertificateRef`).
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct ClientCertificate {
+    /// `namespace/name` of the Secret, for logs.
+    pub source: String,
+    pub cert_chain_pem: Arc<str>,
+    #[serde(serialize_with = "serde_helpers::redacted")]
+    pub private_key_pem: Arc<str>,
+}
+
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS from the gateway to a backend (a `BackendTLSPolicy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendTls {
+    /// `namespace/name` of the policy, for logs.
+    pub policy: String,
+    pub roots: TrustRoots,
+    /// Sent as SNI; also the name the certificate must carry when
+    /// `subject_alt_names` is empty.
+    pub server_name: String,
+    /// When not empty, the certificate must carry one of these instead of
+    /// `server_name`.
+    pub subject_alt_names: Vec<SubjectAltName>,
+    /// Presented to the backend when it asks (mTLS).
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TrustRoots {
+    /// PEM bundle of the CA certificates to trust.
+    Pem(Arc<str>),
+    /// The operating system's trust store.
+    System,
+    /// The policy cannot be honoured (no valid CA certificate, invalid
+    /// hostname): connections fail with this reason rather than going out
+    /// unverified.
+    Unusable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum SubjectAltName {
+    /// A DNS name (wildcards in the certificate match as usual).
+    Hostname(String),
+    /// A URI, compared exactly (e.g. a SPIFFE ID).
+    Uri(String),
 }
 
 #[derive(Clone, Serialize)]
@@ -404,6 +479,9 @@ pub struct Backend {
     /// one. Backends with equal names and settings share data-plane state
     /// (load balancer, breakers, health) across tables.
     pub settings: Arc<backend_policy::BackendSettings>,
+    /// Set when a BackendTLSPolicy targets this Service port: the gateway
+    /// speaks TLS to its endpoints.
+    pub tls: Option<Arc<BackendTls>>,
 }
 
 /// How the gateway talks to a backend (from the Service port `appProtocol`).

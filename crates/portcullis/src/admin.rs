@@ -1,6 +1,7 @@
 //! The admin listener (a separate port, never the data path): health,
 //! readiness, Prometheus metrics, the compiled table being served and the
-//! computed statuses.
+//! computed statuses; and one action: purging RouteFilter response caches
+//! (`POST /cache/purge?prefix=...`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,6 +44,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn answer(req: Request<Incoming>, state: AdminState) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/cache/purge" {
+        return Ok(purge(&req, &state));
+    }
     if req.method() != Method::GET {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"));
     }
@@ -60,9 +64,58 @@ async fn answer(req: Request<Incoming>, state: AdminState) -> Result<Response<Bo
         "/status" => json(&*state.statuses.borrow().clone()),
         _ => text(
             StatusCode::NOT_FOUND,
-            "endpoints: /healthz /readyz /metrics /config_dump /status\n",
+            "endpoints: /healthz /readyz /metrics /config_dump /status, POST /cache/purge?prefix=\n",
         ),
     })
+}
+
+/// `POST /cache/purge?prefix=P`: removes the RouteFilter cache entries
+/// whose key starts with P (form-encoded: `+` or `%20` for the space
+/// after the filter name). Keys read `<namespace>/<filter> <host><path>?<query>`;
+/// `prefix=` (empty) empties every cache.
+fn purge(req: &Request<Incoming>, state: &AdminState) -> Response<Body> {
+    if req.method() != Method::POST {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST /cache/purge?prefix=...\n",
+        );
+    }
+    let prefix = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(name, _)| *name == "prefix")
+            .map(|(_, value)| form_decode(value))
+    });
+    let Some(Some(prefix)) = prefix else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing or malformed prefix: POST /cache/purge?prefix=<namespace>/<filter>+<host><path>\n",
+        );
+    };
+    let purged = state.shared.route_filters.cache.purge(&prefix);
+    tracing::info!(prefix, purged, "cache purge");
+    json(&serde_json::json!({ "prefix": prefix, "purged": purged }))
+}
+
+/// `application/x-www-form-urlencoded` value decoding; `None` when the
+/// escapes are invalid or the result is not UTF-8.
+fn form_decode(v: &str) -> Option<String> {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Prometheus / OpenMetrics text: the data plane's and the controller's

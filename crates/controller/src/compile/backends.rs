@@ -101,10 +101,11 @@ pub(crate) fn resolve(
         });
     };
     let protocol = match from.kind {
-        // gRPC needs HTTP/2; a gateway speaks it in cleartext to backends.
+        // gRPC needs HTTP/2: h2c, or h2 over TLS with a BackendTLSPolicy.
         RouteKind::Grpc => AppProtocol::H2c,
         RouteKind::Http => app_protocol(service_port.app_protocol.as_deref()),
     };
+    let tls = index.backend_tls.get(&(key.clone(), port)).cloned();
     Ok(Arc::new(Backend {
         name: format!("{key}:{port}"),
         protocol,
@@ -112,8 +113,9 @@ pub(crate) fn resolve(
         settings: index
             .backend_settings
             .get(&(key.clone(), port))
-            .cloned()
-            .unwrap_or_default(),
+            .unwrap_or(&index.default_backend_settings)
+            .clone(),
+        tls,
     }))
 }
 

@@ -8,10 +8,10 @@ use gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From,
     GatewayListenersAllowedRoutesNamespacesSelector as Selector,
 };
-use portcullis_model::{HostMatch, Protocol, RouteKind, ServerCertificate};
+use portcullis_model::{ClientValidation, HostMatch, Protocol, RouteKind, ServerCertificate};
 use serde_json::{json, Value};
 
-use super::{hostname, parameters, tls, CompileOptions};
+use super::{ca_bundle_frontend, hostname, parameters, tls, CompileOptions};
 use crate::snapshot::{ObjectKey, Snapshot};
 use crate::status::{conditions_json, reasons, Condition, StatusKind, StatusUpdate};
 
@@ -38,6 +38,8 @@ pub(crate) struct ListenerState {
     pub supported_kinds: Vec<RouteKind>,
     pub allowed_namespaces: AllowedNamespaces,
     pub certificates: Vec<ServerCertificate>,
+    /// Client certificate validation (Gateway `spec.tls.frontend`).
+    pub client_validation: Option<ClientValidation>,
     /// Left out of the table because another Gateway of this process owns
     /// the port with another protocol.
     pub shadowed: bool,
@@ -70,6 +72,9 @@ pub(crate) struct GatewayState<'a> {
     /// Problems that are not listener conditions (e.g. a port clash with
     /// another Gateway served by the same process).
     pub extra_problems: Vec<String>,
+    /// Gateway-level `ResolvedRefs` problems (the backend client
+    /// certificate).
+    pub ref_problems: Vec<(&'static str, String)>,
 }
 
 /// Names of the GatewayClasses we own, plus their statuses.
@@ -150,6 +155,7 @@ fn gateway_state<'a>(
         .iter()
         .map(|l| listener_state(snapshot, key, l))
         .collect();
+    ca_bundle_frontend::apply(snapshot, key, gateway, &mut listeners);
     mark_conflicts(&mut listeners);
     let class = snapshot
         .gateway_classes
@@ -169,18 +175,6 @@ fn gateway_state<'a>(
             reasons::UNSUPPORTED_ADDRESS,
             "spec.addresses is not supported: Portcullis assigns addresses itself; remove spec.addresses".to_string(),
         ))
-    } else if gateway
-        .spec
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.frontend.is_some())
-    {
-        // Serving without the client certificate validation the user asked
-        // for would let unauthenticated clients in: refuse instead.
-        Some((
-            reasons::INVALID,
-            "spec.tls.frontend (client certificate validation) is not supported yet; the Gateway is not served rather than served without it".to_string(),
-        ))
     } else {
         None
     };
@@ -190,6 +184,7 @@ fn gateway_state<'a>(
         rejected,
         listeners,
         extra_problems: Vec::new(),
+        ref_problems: Vec::new(),
     }
 }
 
@@ -253,6 +248,7 @@ fn listener_state(snapshot: &Snapshot, gateway: &ObjectKey, l: &GatewayListeners
         supported_kinds,
         allowed_namespaces,
         certificates,
+        client_validation: None,
         shadowed: false,
         attached_routes: BTreeSet::new(),
     }
@@ -486,12 +482,48 @@ pub(crate) fn gateway_status(g: &GatewayState<'_>) -> StatusUpdate {
             "No listener can be served",
         )
     };
+    let mut conditions = vec![accepted, programmed];
+    // Gateway-level references (spec.tls): reported when there are any.
+    if g.gateway.spec.tls.is_some() || !g.ref_problems.is_empty() {
+        conditions.push(match g.ref_problems.first() {
+            Some((reason, _)) => {
+                let messages: Vec<_> = g.ref_problems.iter().map(|(_, m)| m.as_str()).collect();
+                problems.extend(g.ref_problems.iter().map(|(r, m)| format!("{r}: {m}")));
+                Condition::new(reasons::RESOLVED_REFS, false, reason, messages.join("; "))
+            }
+            None => Condition::new(
+                reasons::RESOLVED_REFS,
+                true,
+                reasons::RESOLVED_REFS,
+                "All references resolved",
+            ),
+        });
+    }
+    // Gateway API asks for this warning whenever a port accepts clients
+    // whose certificates do not verify.
+    let insecure: Vec<_> = g
+        .listeners
+        .iter()
+        .filter(|l| l.client_validation.as_ref().is_some_and(|v| !v.required))
+        .map(|l| l.name.as_str())
+        .collect();
+    if !insecure.is_empty() {
+        conditions.push(Condition::new(
+            reasons::INSECURE_FRONTEND_VALIDATION_MODE,
+            true,
+            reasons::CONFIGURATION_CHANGED,
+            format!(
+                "listeners {} accept clients without a valid certificate (AllowInsecureFallback)",
+                insecure.join(", ")
+            ),
+        ));
+    }
     StatusUpdate {
         kind: StatusKind::Gateway,
         namespace: Some(g.key.namespace.clone()),
         name: g.key.name.clone(),
         status: json!({
-            "conditions": conditions_json(&[accepted, programmed], generation),
+            "conditions": conditions_json(&conditions, generation),
             "listeners": listener_statuses,
         }),
         problems,

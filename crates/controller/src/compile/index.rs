@@ -23,6 +23,12 @@ pub(crate) struct Index<'a> {
     /// BackendPolicy settings of Service ports, by Service and port number
     /// (filled by `backend_policy::service_settings`).
     pub backend_settings: HashMap<(ObjectKey, i32), Arc<BackendSettings>>,
+    /// BackendTLSPolicy TLS of Service ports, by Service and port number
+    /// (filled from `backend_tls::compile_policies`).
+    pub backend_tls: HashMap<(ObjectKey, i32), Arc<portcullis_model::BackendTls>>,
+    /// The settings of every backend without a BackendPolicy: one shared
+    /// allocation rather than one per backend (thousands of routes).
+    pub default_backend_settings: Arc<BackendSettings>,
     /// RouteFilters compiled so far (many rules may share one).
     pub route_filters: RefCell<HashMap<ObjectKey, RouteFilterResult>>,
 }
@@ -51,6 +57,8 @@ impl<'a> Index<'a> {
             snapshot,
             slices,
             backend_settings: HashMap::new(),
+            backend_tls: HashMap::new(),
+            default_backend_settings: Arc::default(),
             route_filters: RefCell::default(),
         }
     }

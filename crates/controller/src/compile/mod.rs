@@ -18,7 +18,10 @@ use crate::status::{conditions_json, reasons, Condition, StatusKind, StatusUpdat
 
 mod auth;
 mod backend_policy;
+mod backend_tls;
 mod backends;
+mod ca_bundle;
+mod ca_bundle_frontend;
 mod conflicts;
 mod filters;
 mod gateway;
@@ -94,6 +97,8 @@ struct Placement {
 pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
     let (our_classes, mut statuses) = gateway::gateway_classes(snapshot, options);
     let mut gateways = gateway::gateways(snapshot, options, &our_classes);
+    let client_certificate = backend_tls::gateway_client_certificate(snapshot, &mut gateways);
+    let mut backend_tls = backend_tls::compile_policies(snapshot, client_certificate.as_ref());
 
     let sources: Vec<RouteSource> = snapshot
         .http_routes
@@ -108,6 +113,7 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
         .collect();
     let mut index = index::Index::new(snapshot);
     index.backend_settings = backend_policy::service_settings(&index);
+    index.backend_tls = std::mem::take(&mut backend_tls.by_port);
     let compiled: Vec<CompiledRules> = sources
         .iter()
         .map(|s| route::compile_rules(&index, s))
@@ -168,7 +174,52 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
     statuses.extend(gateways.iter().map(gateway::gateway_status));
     statuses.extend(route_statuses);
     statuses.extend(policies.statuses);
+    if !snapshot.backend_tls_policies.is_empty() {
+        let services = services_of_gateways(&gateways, &compiled, &placements);
+        statuses.extend(backend_tls::statuses(
+            &backend_tls,
+            &services,
+            &options.controller_name,
+        ));
+    }
     Compiled { table, statuses }
+}
+
+/// The Services each Gateway's placed routes send traffic to (backends and
+/// mirrors): the ancestors of a BackendTLSPolicy.
+fn services_of_gateways(
+    gateways: &[GatewayState<'_>],
+    compiled: &[CompiledRules],
+    placements: &[Placement],
+) -> BTreeMap<ObjectKey, std::collections::BTreeSet<ObjectKey>> {
+    let mut out: BTreeMap<ObjectKey, std::collections::BTreeSet<ObjectKey>> = BTreeMap::new();
+    for p in placements {
+        let (Some(g), Some(rules)) = (gateways.get(p.gateway), compiled.get(p.route)) else {
+            continue;
+        };
+        let services = out.entry(g.key.clone()).or_default();
+        for rule in &rules.rules {
+            let rule = &rule.rule;
+            let filters = rule
+                .filters
+                .iter()
+                .chain(rule.backends.iter().flat_map(|b| b.filters.iter()));
+            let mirrors = filters.filter_map(|f| match f {
+                portcullis_model::Filter::RequestMirror(m) => Some(&m.backend),
+                _ => None,
+            });
+            let backends = rule.backends.iter().filter_map(|b| match &b.target {
+                portcullis_model::BackendTarget::Service(b) => Some(b),
+                portcullis_model::BackendTarget::Invalid { .. } => None,
+            });
+            for b in backends.chain(mirrors) {
+                if let Some(service) = backend_tls::service_of(&b.name) {
+                    services.insert(service);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Our policies (GEP-713) applied to every placed route rule.
@@ -367,6 +418,9 @@ fn route_status(
 struct PortBuild<'a> {
     protocol: Protocol,
     certificates: Vec<ServerCertificate>,
+    /// Of the first listener on the port that has one (listeners of one
+    /// Gateway on one port share it; see `ca_bundle_frontend`).
+    client_validation: Option<portcullis_model::ClientValidation>,
     /// Hostnames of the listeners served on this port.
     listener_hosts: Vec<HostMatch>,
     /// Routes placed on this port: each under the hostname of the listener
@@ -496,11 +550,15 @@ fn build_table<'a>(
             let port = ports.entry(l.port).or_insert_with(|| PortBuild {
                 protocol,
                 certificates: Vec::new(),
+                client_validation: None,
                 listener_hosts: Vec::new(),
                 entries: Vec::new(),
                 placed: HashSet::new(),
             });
             port.certificates.extend(l.certificates.iter().cloned());
+            if port.client_validation.is_none() {
+                port.client_validation.clone_from(&l.client_validation);
+            }
             if !port.listener_hosts.contains(&l.hostname) {
                 port.listener_hosts.push(l.hostname.clone());
             }
@@ -635,7 +693,10 @@ fn build_port(number: u16, build: PortBuild<'_>) -> PortConfig {
         .collect();
     let mut certificates = build.certificates;
     certificates.sort_by(|a, b| hostname::specificity_order(&a.hostname, &b.hostname));
-    let tls = (build.protocol == Protocol::Https).then_some(TlsConfig { certificates });
+    let tls = (build.protocol == Protocol::Https).then_some(TlsConfig {
+        certificates,
+        client_validation: build.client_validation,
+    });
     PortConfig {
         port: number,
         protocol: build.protocol,

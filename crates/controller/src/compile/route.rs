@@ -321,7 +321,7 @@ pub(crate) fn compile_rules(lookup: &Index<'_>, route: &RouteSource<'_>) -> Comp
                 .iter()
                 .map(|p| with_prefix(&at, p)),
         );
-        let mut backends = Vec::new();
+        let mut backends = Vec::with_capacity(source.backend_refs.len());
         let force_500 = rule_filters.unresolved_extension;
         for (bi, b) in source.backend_refs.iter().enumerate() {
             let bf = b

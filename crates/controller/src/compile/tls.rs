@@ -93,7 +93,10 @@ pub(crate) fn resolve_certificates(
     (certs, problems)
 }
 
-fn load_secret(snapshot: &Snapshot, key: &ObjectKey) -> Result<(Arc<str>, Arc<str>), String> {
+pub(crate) fn load_secret(
+    snapshot: &Snapshot,
+    key: &ObjectKey,
+) -> Result<(Arc<str>, Arc<str>), String> {
     let secret = snapshot
         .secrets
         .get(key)
@@ -145,7 +148,7 @@ pub fn validate_pem(cert: &str, key: &str) -> Result<(), String> {
 
 /// A DER SEQUENCE whose length field matches the data: catches truncated
 /// or garbage base64 without a full X.509 parser.
-fn is_der_sequence(der: &[u8]) -> bool {
+pub(crate) fn is_der_sequence(der: &[u8]) -> bool {
     let (Some(&0x30), Some(&first_len)) = (der.first(), der.get(1)) else {
         return false;
     };

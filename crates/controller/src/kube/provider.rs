@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
@@ -186,6 +187,15 @@ impl KubeProvider {
             KubeObject::ReferenceGrant,
             None,
         ));
+        // Few and small: kept whole, like policies; in proxy mode they keep
+        // the ConfigMaps and Secrets their caCertificateRefs name.
+        tasks.push(w.start::<BackendTlsPolicy>(
+            namespaced_api(&client),
+            all(),
+            Kind::BackendTlsPolicy,
+            KubeObject::BackendTlsPolicy,
+            None,
+        ));
         tasks.push(w.start::<Service>(
             namespaced_api(&client),
             all(),
@@ -335,9 +345,11 @@ impl Watch {
         let changes = self.changes.clone();
         let wait_first = self.proxy && Role::of(kind) == Role::Dependent;
         // Ours: their CRDs may be installed after the controller.
+        // BackendTLSPolicy: its CRD is in Gateway API's standard channel,
+        // but clusters with older Gateway API installs lack it.
         let optional = matches!(
             kind,
-            Kind::GatewayParameters | Kind::Policy(_) | Kind::RouteFilter
+            Kind::GatewayParameters | Kind::Policy(_) | Kind::RouteFilter | Kind::BackendTlsPolicy
         );
         let mut scope = scope.unwrap_or_else(|| fixed_scope(None));
         tokio::spawn(async move {

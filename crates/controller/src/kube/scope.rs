@@ -7,8 +7,9 @@
 //! - *Dependent* objects are kept only while a kept source references
 //!   them ([`Need`]s, reference-counted by the store): Services and their
 //!   EndpointSlices (backendRefs, mirror backendRefs), Secrets (listener
-//!   certificateRefs), GatewayParameters (parametersRefs), ConfigMaps (none
-//!   referenced by compile yet).
+//!   certificateRefs, the backend client certificate), GatewayParameters
+//!   (parametersRefs), ConfigMaps and Secrets named by `caCertificateRefs`
+//!   (the Gateway's client certificate validation, BackendTLSPolicies).
 //! - Watches are namespaced where everything needed lives in one namespace
 //!   ([`watch_namespace`]): routes when every listener admits routes from
 //!   its own namespace only, dependents when their needs are in one
@@ -18,7 +19,8 @@
 //! compile's question) and need every Secret and ConfigMap of their
 //! namespace ([`ANY`]): their compile hooks read them by name or by label
 //! selector.
-//! GatewayClasses, ReferenceGrants and Namespaces are few and small: kept.
+//! BackendTLSPolicies are kept whole too (which Services they target is
+//! compile's question). GatewayClasses, ReferenceGrants and Namespaces are few and small: kept.
 
 use std::collections::BTreeSet;
 
@@ -71,7 +73,8 @@ impl Role {
             | Kind::HttpRoute
             | Kind::GrpcRoute
             | Kind::Policy(_)
-            | Kind::RouteFilter => Role::Source,
+            | Kind::RouteFilter
+            | Kind::BackendTlsPolicy => Role::Source,
             Kind::Service
             | Kind::EndpointSlice
             | Kind::Secret
@@ -200,6 +203,48 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
                     }
                 }
             }
+            if let Some(tls) = &g.spec.tls {
+                let frontend = tls.frontend.as_ref();
+                let default = frontend
+                    .and_then(|f| f.default.validation.as_ref())
+                    .map(|v| &v.ca_certificate_refs);
+                for r in default.into_iter().flatten() {
+                    ca_need(
+                        &mut needs,
+                        &ns,
+                        &r.group,
+                        &r.kind,
+                        r.namespace.as_deref(),
+                        &r.name,
+                    );
+                }
+                let per_port = frontend.and_then(|f| f.per_port.as_ref());
+                for p in per_port.into_iter().flatten() {
+                    let refs = p.tls.validation.as_ref().map(|v| &v.ca_certificate_refs);
+                    for r in refs.into_iter().flatten() {
+                        ca_need(
+                            &mut needs,
+                            &ns,
+                            &r.group,
+                            &r.kind,
+                            r.namespace.as_deref(),
+                            &r.name,
+                        );
+                    }
+                }
+                let client = tls
+                    .backend
+                    .as_ref()
+                    .and_then(|b| b.client_certificate_ref.as_ref());
+                if let Some(r) = client {
+                    if r.group.as_deref().unwrap_or("").is_empty()
+                        && r.kind.as_deref().unwrap_or("Secret") == "Secret"
+                    {
+                        let namespace = r.namespace.clone().unwrap_or_else(|| ns.clone());
+                        needs.push((Kind::Secret, ObjectKey::new(namespace, r.name.clone())));
+                    }
+                }
+            }
             if let Some(r) = g
                 .spec
                 .infrastructure
@@ -219,6 +264,13 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
         KubeObject::Policy(_, p) | KubeObject::RouteFilter(p) => {
             return needs_of_policy(&ObjectKey::of(&p.metadata))
         }
+        KubeObject::BackendTlsPolicy(p) => {
+            let ns = ObjectKey::of(&p.metadata).namespace;
+            let refs = p.spec.validation.ca_certificate_refs.iter().flatten();
+            for r in refs {
+                ca_need(&mut needs, &ns, &r.group, &r.kind, None, &r.name);
+            }
+        }
         KubeObject::HttpRoute(r) => return needs_of_http_route(r),
         KubeObject::GrpcRoute(r) => return needs_of_grpc_route(r),
         _ => {}
@@ -226,6 +278,24 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
     needs.sort();
     needs.dedup();
     needs
+}
+
+/// A `caCertificateRefs` entry: a core ConfigMap or Secret.
+fn ca_need(
+    needs: &mut Vec<Need>,
+    own_namespace: &str,
+    group: &str,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+) {
+    let kind = match (group, kind) {
+        ("", "ConfigMap") => Kind::ConfigMap,
+        ("", "Secret") => Kind::Secret,
+        _ => return,
+    };
+    let namespace = namespace.filter(|n| !n.is_empty()).unwrap_or(own_namespace);
+    needs.push((kind, ObjectKey::new(namespace, name)));
 }
 
 pub fn needs_of_http_route(route: &HttpRoute) -> Vec<Need> {
@@ -396,6 +466,46 @@ mod tests {
                 (Kind::Secret, ObjectKey::new("infra", "own")),
                 (Kind::GatewayParameters, ObjectKey::new("infra", "big")),
             ]
+        );
+    }
+
+    #[test]
+    fn ca_bundles_and_the_backend_client_certificate_are_needed() {
+        let gateway = object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "infra"},
+            "spec": {"gatewayClassName": "c",
+                "tls": {
+                    "backend": {"clientCertificateRef": {"name": "client"}},
+                    "frontend": {
+                        "default": {"validation": {"caCertificateRefs": [
+                            {"group": "", "kind": "ConfigMap", "name": "ca"}]}},
+                        "perPort": [{"port": 8443, "tls": {"validation": {"caCertificateRefs": [
+                            {"group": "", "kind": "Secret", "name": "ca2", "namespace": "certs"},
+                            {"group": "", "kind": "Service", "name": "not-a-bundle"}]}}}]
+                    }
+                },
+                "listeners": [{"name": "a", "port": 443, "protocol": "HTTPS"}]}
+        }));
+        assert_eq!(
+            needs_of(&gateway),
+            [
+                (Kind::Secret, ObjectKey::new("certs", "ca2")),
+                (Kind::Secret, ObjectKey::new("infra", "client")),
+                (Kind::ConfigMap, ObjectKey::new("infra", "ca")),
+            ]
+        );
+        let policy = object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+            "metadata": {"name": "p", "namespace": "apps"},
+            "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                "validation": {"hostname": "web.internal", "caCertificateRefs": [
+                    {"group": "", "kind": "ConfigMap", "name": "web-ca"}]}}
+        }));
+        assert!(filter().keeps_source(&policy));
+        assert_eq!(
+            needs_of(&policy),
+            [(Kind::ConfigMap, ObjectKey::new("apps", "web-ca"))]
         );
     }
 

@@ -148,7 +148,7 @@ pub fn desired_status(
             (StatusKind::HttpRoute | StatusKind::GrpcRoute, "parents") => {
                 merge_parents(out.get(key), value, "parentRef", controller_name, now)
             }
-            (StatusKind::Policy(_), "ancestors") => {
+            (StatusKind::Policy(_) | StatusKind::BackendTlsPolicy, "ancestors") => {
                 merge_parents(out.get(key), value, "ancestorRef", controller_name, now)
             }
             (_, "conditions") => merge_conditions(out.get(key), value, true, now),

@@ -33,6 +33,7 @@ pub enum Kind {
     HttpRoute,
     GrpcRoute,
     ReferenceGrant,
+    BackendTlsPolicy,
     Service,
     EndpointSlice,
     Secret,
@@ -48,12 +49,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind `compile()` reads.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::GrpcRoute,
         Kind::ReferenceGrant,
+        Kind::BackendTlsPolicy,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Secret,
@@ -73,6 +75,7 @@ impl Kind {
             KubeObject::HttpRoute(_) => Kind::HttpRoute,
             KubeObject::GrpcRoute(_) => Kind::GrpcRoute,
             KubeObject::ReferenceGrant(_) => Kind::ReferenceGrant,
+            KubeObject::BackendTlsPolicy(_) => Kind::BackendTlsPolicy,
             KubeObject::Service(_) => Kind::Service,
             KubeObject::EndpointSlice(_) => Kind::EndpointSlice,
             KubeObject::Secret(_) => Kind::Secret,
@@ -91,6 +94,7 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::BackendTlsPolicy => "BackendTLSPolicy",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Secret => "Secret",
@@ -310,6 +314,7 @@ impl Stores {
                     Kind::HttpRoute => s.http_routes.len(),
                     Kind::GrpcRoute => s.grpc_routes.len(),
                     Kind::ReferenceGrant => s.reference_grants.len(),
+                    Kind::BackendTlsPolicy => s.backend_tls_policies.len(),
                     Kind::Service => s.services.len(),
                     Kind::EndpointSlice => s.endpoint_slices.len(),
                     Kind::Secret => s.secrets.len(),
@@ -746,6 +751,7 @@ fn swap_kind(a: &mut Snapshot, b: &mut Snapshot, kind: Kind) {
         Kind::HttpRoute => swap(&mut a.http_routes, &mut b.http_routes),
         Kind::GrpcRoute => swap(&mut a.grpc_routes, &mut b.grpc_routes),
         Kind::ReferenceGrant => swap(&mut a.reference_grants, &mut b.reference_grants),
+        Kind::BackendTlsPolicy => swap(&mut a.backend_tls_policies, &mut b.backend_tls_policies),
         Kind::Service => swap(&mut a.services, &mut b.services),
         Kind::EndpointSlice => swap(&mut a.endpoint_slices, &mut b.endpoint_slices),
         Kind::Secret => swap(&mut a.secrets, &mut b.secrets),
@@ -771,6 +777,7 @@ fn remove(snapshot: &mut Snapshot, object: &KubeObject) -> bool {
         KubeObject::HttpRoute(_) => snapshot.http_routes.remove(&key).is_some(),
         KubeObject::GrpcRoute(_) => snapshot.grpc_routes.remove(&key).is_some(),
         KubeObject::ReferenceGrant(_) => snapshot.reference_grants.remove(&key).is_some(),
+        KubeObject::BackendTlsPolicy(_) => snapshot.backend_tls_policies.remove(&key).is_some(),
         KubeObject::Service(_) => snapshot.services.remove(&key).is_some(),
         KubeObject::EndpointSlice(_) => snapshot.endpoint_slices.remove(&key).is_some(),
         KubeObject::Secret(_) => snapshot.secrets.remove(&key).is_some(),
@@ -819,6 +826,16 @@ fn same_but_status(snapshot: &Snapshot, object: &KubeObject) -> bool {
         ),
         KubeObject::GrpcRoute(o) => same(
             snapshot.grpc_routes.get(&ObjectKey::of(&o.metadata)),
+            o,
+            |x| {
+                x.status = None;
+                x.metadata.resource_version = None;
+            },
+        ),
+        KubeObject::BackendTlsPolicy(o) => same(
+            snapshot
+                .backend_tls_policies
+                .get(&ObjectKey::of(&o.metadata)),
             o,
             |x| {
                 x.status = None;

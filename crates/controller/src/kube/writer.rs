@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
@@ -78,6 +79,10 @@ pub fn observe(snapshot: &Snapshot, statuses: &[StatusUpdate]) -> BTreeMap<Statu
                 .map(|o| of(&o.metadata.resource_version, &o.status)),
             StatusKind::GrpcRoute => snapshot
                 .grpc_routes
+                .get(&key())
+                .map(|o| of(&o.metadata.resource_version, &o.status)),
+            StatusKind::BackendTlsPolicy => snapshot
+                .backend_tls_policies
                 .get(&key())
                 .map(|o| of(&o.metadata.resource_version, &o.status)),
             StatusKind::Policy(kind) => snapshot
@@ -267,6 +272,14 @@ async fn send(
         StatusKind::GrpcRoute => {
             patch_status(
                 Api::<GrpcRoute>::namespaced(client, namespace),
+                &target.name,
+                patch,
+            )
+            .await
+        }
+        StatusKind::BackendTlsPolicy => {
+            patch_status(
+                Api::<BackendTlsPolicy>::namespaced(client, namespace),
                 &target.name,
                 patch,
             )

@@ -23,6 +23,10 @@ pub struct VerifiedClientCertificate {
     pub sans: Vec<String>,
     /// SHA-256 of the DER certificate, lowercase hex.
     pub fingerprint_sha256: String,
+    /// The identity as sent to backends when a listener names a header
+    /// (`Hash=...;Subject="...";URI=...;DNS=...`), rendered once per
+    /// connection.
+    pub header_value: String,
 }
 
 pub(super) struct Context<'a> {
@@ -278,6 +282,7 @@ mod tests {
             subject: "CN=billing".into(),
             sans: vec!["spiffe://ns/sa/billing".into()],
             fingerprint_sha256: "ab".into(),
+            ..Default::default()
         };
         let mut with_cert = ctx(None, "GET", "/");
         with_cert.client_certificate = Some(&cert);

@@ -154,7 +154,11 @@ async fn run<B>(
     }
 
     if let Some(authorization) = &config.authorization {
-        let cert = req.extensions().get::<VerifiedClientCertificate>();
+        // Put there per connection by the TLS stage (`client_cert`).
+        let cert = req
+            .extensions()
+            .get::<std::sync::Arc<VerifiedClientCertificate>>()
+            .map(|c| &**c);
         let ctx = authz::Context {
             identity: identity.as_ref(),
             client,

@@ -1,5 +1,6 @@
 //! Active health checks: one task per endpoint probes it (TCP connect, or
-//! an HTTP/1.1 GET whose status must be in the expected ranges) every
+//! an HTTP/1.1 GET whose status must be in the expected ranges, over TLS
+//! when the backend has a BackendTLSPolicy) every
 //! interval plus random jitter. `unhealthy_threshold` failures in a row
 //! take the endpoint out of load balancing, `healthy_threshold` passes in a
 //! row bring it back. Endpoints start healthy, so a new table never turns
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::EndpointState;
+use crate::backend_tls::TlsConnect;
 
 /// Bytes of a health response read to find its status line.
 const MAX_STATUS_LINE: usize = 1024;
@@ -34,6 +36,7 @@ impl HealthChecker {
         backend: &str,
         check: &HealthCheck,
         endpoints: &[Arc<EndpointState>],
+        tls: Option<Arc<TlsConnect>>,
     ) -> Option<Arc<HealthChecker>> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::error!(backend, "no async runtime: active health checks disabled");
@@ -42,7 +45,7 @@ impl HealthChecker {
         let check = Arc::new(check.clone());
         let tasks = endpoints
             .iter()
-            .map(|e| runtime.spawn(probe_loop(e.clone(), check.clone())))
+            .map(|e| runtime.spawn(probe_loop(e.clone(), check.clone(), tls.clone())))
             .collect();
         Some(Arc::new(HealthChecker {
             tasks: Mutex::new(tasks),
@@ -67,12 +70,17 @@ impl Drop for HealthChecker {
     }
 }
 
-async fn probe_loop(endpoint: Arc<EndpointState>, check: Arc<HealthCheck>) {
+async fn probe_loop(
+    endpoint: Arc<EndpointState>,
+    check: Arc<HealthCheck>,
+    tls: Option<Arc<TlsConnect>>,
+) {
     // The first probe comes within the jitter, not a whole interval later.
     tokio::time::sleep(jitter(check.jitter)).await;
     let (mut passes, mut failures) = (0u32, 0u32);
     loop {
-        let ok = match tokio::time::timeout(check.timeout, probe(&endpoint, &check)).await {
+        let probe = probe(&endpoint, &check, tls.as_deref());
+        let ok = match tokio::time::timeout(check.timeout, probe).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %endpoint.addr, error = %e, "health check failed");
@@ -108,8 +116,12 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=ms))
 }
 
-async fn probe(endpoint: &EndpointState, check: &HealthCheck) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(endpoint.addr).await?;
+async fn probe(
+    endpoint: &EndpointState,
+    check: &HealthCheck,
+    tls: Option<&TlsConnect>,
+) -> std::io::Result<()> {
+    let stream = TcpStream::connect(endpoint.addr).await?;
     let HealthCheckKind::Http {
         path,
         host,
@@ -118,6 +130,25 @@ async fn probe(endpoint: &EndpointState, check: &HealthCheck) -> std::io::Result
     else {
         return Ok(());
     };
+    match tls {
+        None => http_probe(stream, endpoint, path, host, expected_statuses).await,
+        Some(tls) => {
+            let stream = tls.handshake(stream).await.map_err(std::io::Error::other)?;
+            http_probe(stream, endpoint, path, host, expected_statuses).await
+        }
+    }
+}
+
+async fn http_probe<S>(
+    mut stream: S,
+    endpoint: &EndpointState,
+    path: &str,
+    host: &Option<String>,
+    expected_statuses: &[(u16, u16)],
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let host = host.clone().unwrap_or_else(|| endpoint.addr.to_string());
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: portcullis-health-check\r\nConnection: close\r\n\r\n"

@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use portcullis_model::backend_policy::BackendSettings;
-use portcullis_model::{Backend, BackendTarget, Filter, RouteTable};
+use portcullis_model::{AppProtocol, Backend, BackendTarget, Filter, RouteTable};
 
 use crate::lb::{hash64, Balancer, PickInput};
 use crate::upstream::{ClientPair, ConnectionSettings, Upstreams};
@@ -195,11 +195,13 @@ impl BackendState {
         );
         let connection = ConnectionSettings::of(&settings);
         let clients = match previous {
-            Some(p) if p.clients.settings == connection => p.clients.clone(),
-            _ if connection == upstreams.default_pair().settings => {
+            Some(p) if p.clients.settings == connection && p.clients.tls == backend.tls => {
+                p.clients.clone()
+            }
+            _ if connection == upstreams.default_pair().settings && backend.tls.is_none() => {
                 upstreams.default_pair().clone()
             }
-            _ => ClientPair::new(&connection),
+            _ => ClientPair::with_tls(&connection, backend.tls.clone()),
         };
         let health = match (&settings.health_check, previous) {
             // Endpoints are marked healthy in `for_table`, once the
@@ -207,11 +209,19 @@ impl BackendState {
             (None, _) => None,
             (Some(check), Some(p))
                 if p.settings.health_check.as_ref() == Some(check)
+                    && p.clients.tls == backend.tls
                     && same_addrs(&p.endpoints, &endpoints) =>
             {
                 p.health.clone()
             }
-            (Some(check), _) => health::HealthChecker::start(&backend.name, check, &endpoints),
+            (Some(check), _) => {
+                // HTTP probes speak TLS to a backend with a BackendTLSPolicy.
+                let tls = backend
+                    .tls
+                    .as_ref()
+                    .map(|t| Arc::new(crate::backend_tls::TlsConnect::new(t, AppProtocol::Http1)));
+                health::HealthChecker::start(&backend.name, check, &endpoints, tls)
+            }
         };
         let session_tokens = endpoints
             .iter()
@@ -243,6 +253,7 @@ impl BackendState {
 
     fn unchanged(&self, backend: &Backend) -> bool {
         *self.settings == *backend.settings
+            && self.clients.tls == backend.tls
             && self.endpoints.len() == backend.endpoints.len()
             && self
                 .endpoints
@@ -359,6 +370,7 @@ mod tests {
             protocol: AppProtocol::Http1,
             endpoints: endpoints.to_vec(),
             settings: Arc::new(settings),
+            tls: None,
         });
         let rule = Arc::new(Rule {
             id: RuleId {

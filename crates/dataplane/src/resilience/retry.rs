@@ -50,6 +50,8 @@ pub enum Failure {
     Overloaded(Overloaded),
     NoEndpoint,
     Connect(String),
+    /// The TLS handshake with the endpoint failed (BackendTLSPolicy).
+    Tls(String),
     Upstream(String),
     /// Reading the client's request body failed (malformed, cut short).
     ClientBody(String),
@@ -147,7 +149,9 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
             (_, None) => false,
             (Err(AttemptError::Overloaded(_) | AttemptError::ClientBody(_)), _) => false,
             (Ok(resp), Some(r)) => r.retries_status(resp.status().as_u16()) || grpc_retry(resp, r),
-            (Err(AttemptError::Connect(_)), Some(r)) => r.on.connect_failure,
+            // Another endpoint may hold a good certificate: like a
+            // connect failure.
+            (Err(AttemptError::Connect(_) | AttemptError::Tls(_)), Some(r)) => r.on.connect_failure,
             (Err(AttemptError::Reset(_)), Some(r)) => r.on.reset,
             (Err(AttemptError::Timeout(_)), Some(r)) => r.retries_timeout(),
         };
@@ -156,7 +160,7 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
         let method_allows = idempotent
             || retry.is_some_and(|r| r.retry_non_idempotent)
             || matches!((&result, retry), (Ok(resp), Some(r)) if grpc_retry(resp, r))
-            || matches!(result, Err(AttemptError::Connect(_)));
+            || matches!(result, Err(AttemptError::Connect(_) | AttemptError::Tls(_)));
         let retriable = wants_retry && method_allows && !last;
         if retriable {
             if let Some(r) = retry {
@@ -205,6 +209,7 @@ pub async fn send(a: Attempts<'_>, req: Request<Body>) -> Result<Response<Body>,
             Err(AttemptError::Reset(e)) => {
                 Err(Failure::Upstream(format!("{}: {e}", endpoint.addr)))
             }
+            Err(AttemptError::Tls(e)) => Err(Failure::Tls(format!("{}: {e}", endpoint.addr))),
             Err(AttemptError::ClientBody(e)) => Err(Failure::ClientBody(e)),
             Err(AttemptError::Timeout(t)) => Err(Failure::Timeout(t)),
         };
@@ -227,6 +232,7 @@ enum AttemptError {
     Overloaded(Overloaded),
     ClientBody(String),
     Connect(String),
+    Tls(String),
     Reset(String),
     Timeout(Duration),
 }
@@ -234,6 +240,9 @@ enum AttemptError {
 fn classify(e: &hyper_util::client::legacy::Error) -> AttemptError {
     if let Some(o) = overloaded_cause(e) {
         return AttemptError::Overloaded(o);
+    }
+    if let Some(t) = crate::backend_tls::tls_cause(e) {
+        return AttemptError::Tls(t.to_string());
     }
     if crate::proxy::client_body_failed(e) {
         return AttemptError::ClientBody(format!("{e:?}"));

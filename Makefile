@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= /var/tmp/portcullis-target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release/portcullis
 
-.PHONY: run build test lint bench e2e deps-test deps-bench crds manifests packaging
+.PHONY: run build test lint bench e2e deps-test deps-bench crds manifests packaging fuzz
 
 build:
 	$(CARGO) build --release -p portcullis
@@ -27,6 +27,11 @@ deps-test:
 
 test: deps-test
 	$(CARGO) test --workspace --all-targets
+
+# Every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 30) each;
+# installs cargo-fuzz and a C++ compiler once. A crash fails the target.
+fuzz:
+	bash scripts/fuzz.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -55,6 +60,7 @@ deps-bench:
 bench: deps-bench build
 	$(CARGO) bench -p portcullis-tests
 	bash bench/load.sh
+	bash bench/churn.sh
 	bash bench/ratelimit.sh
 	bash bench/auth.sh
 	bash bench/cache.sh

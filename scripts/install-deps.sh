@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the system packages a make target needs, only when missing.
-# Usage: install-deps.sh bench|test
+# Usage: install-deps.sh bench|test|fuzz
 set -euo pipefail
 
 need=()
 case "${1:-}" in
   bench) cmds=(wrk:wrk nginx:nginx-light haproxy:haproxy h2load:nghttp2-client curl:curl redis-server:redis-server openssl:openssl python3:python3) ;;
   test) cmds=(curl:curl redis-server:redis-server) ;;
-  *) echo "usage: $0 bench|test" >&2; exit 2 ;;
+  # libFuzzer (built by libfuzzer-sys) is C++.
+  fuzz) cmds=(c++:g++) ;;
+  *) echo "usage: $0 bench|test|fuzz" >&2; exit 2 ;;
 esac
 for pair in "${cmds[@]}"; do
   cmd=${pair%%:*}; pkg=${pair#*:}

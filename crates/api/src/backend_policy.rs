@@ -7,7 +7,7 @@
 //! Endpoint-level settings (load balancing, circuit breaking, outlier
 //! detection, health checks, connections) belong to the Service: they act on
 //! the Service's endpoints, which every route shares. Request-level settings
-//! (timeouts, retries) may also come from routes; a route's win over the
+//! (timeouts, retries, the request body limit) may also come from routes; a route's win over the
 //! Service's.
 //!
 //! Durations use the Gateway API format (`500ms`, `10s`, `1m30s`).
@@ -63,6 +63,14 @@ pub struct BackendPolicyRules {
     pub load_balancer: Option<LoadBalancerSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<ConnectionSpec>,
+    /// Largest request body, in bytes, accepted for this Service or route
+    /// (over it: 413, and the backend never receives a complete request).
+    /// A route's policy wins over the Service's, which wins over the
+    /// gateway-wide limit (`--max-request-body-bytes`). `0` allows bodies
+    /// of any size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -402,6 +410,10 @@ impl Merge for BackendPolicyRules {
         fill(&mut self.health_check, &lower.health_check);
         fill(&mut self.load_balancer, &lower.load_balancer);
         fill(&mut self.connection, &lower.connection);
+        fill(
+            &mut self.max_request_body_bytes,
+            &lower.max_request_body_bytes,
+        );
     }
 }
 

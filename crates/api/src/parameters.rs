@@ -63,6 +63,147 @@ pub struct GatewayParametersSpec {
     /// Extra annotations on the proxy pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// Request and connection limits of the proxies (each unset field
+    /// keeps the proxy's default; see the README's "Limits").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ProxyLimits>,
+}
+
+/// Limits a proxy enforces on clients; each becomes the `portcullis proxy`
+/// flag of the same name ([`ProxyLimits::to_args`]). `0` disables the
+/// limits marked "0: unlimited".
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyLimits {
+    /// Request line plus headers, in bytes (default 65536; HTTP/1 at least
+    /// 8192). Over it: 431.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_header_bytes: Option<u32>,
+    /// Header fields per request (default 100). Over it: 431.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_headers: Option<u32>,
+    /// Path and query, in bytes (default 8192). Over it: 414.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uri_bytes: Option<u32>,
+    /// Request body, in bytes (default 64 MiB; 0: unlimited). Over it:
+    /// 413. A BackendPolicy's `maxRequestBodyBytes` wins per Service or
+    /// route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
+    /// HTTP/1 request heads must arrive within this many seconds (default
+    /// 30); slower connections are closed (slowloris).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub request_header_timeout_seconds: Option<u32>,
+    /// Connections with no request in flight are closed after this many
+    /// seconds (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub idle_timeout_seconds: Option<u32>,
+    /// Open connections per listener (default 10000; 0: unlimited); over
+    /// it new connections are closed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests per connection before it is closed gracefully (default 0:
+    /// unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u64>,
+    /// HTTP/2 concurrent streams per connection (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub http2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2 streams opened and reset by the client before they were
+    /// served, before GOAWAY (rapid reset; default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_pending_accept_reset_streams: Option<u32>,
+    /// HTTP/2 streams reset for protocol errors, before GOAWAY (default
+    /// 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_local_error_reset_streams: Option<u32>,
+}
+
+impl ProxyLimits {
+    /// `self` with unset fields taken from `fallback`.
+    pub fn or(&self, fallback: &ProxyLimits) -> ProxyLimits {
+        ProxyLimits {
+            max_request_header_bytes: self
+                .max_request_header_bytes
+                .or(fallback.max_request_header_bytes),
+            max_request_headers: self.max_request_headers.or(fallback.max_request_headers),
+            max_uri_bytes: self.max_uri_bytes.or(fallback.max_uri_bytes),
+            max_request_body_bytes: self
+                .max_request_body_bytes
+                .or(fallback.max_request_body_bytes),
+            request_header_timeout_seconds: self
+                .request_header_timeout_seconds
+                .or(fallback.request_header_timeout_seconds),
+            idle_timeout_seconds: self.idle_timeout_seconds.or(fallback.idle_timeout_seconds),
+            max_connections: self.max_connections.or(fallback.max_connections),
+            max_requests_per_connection: self
+                .max_requests_per_connection
+                .or(fallback.max_requests_per_connection),
+            http2_max_concurrent_streams: self
+                .http2_max_concurrent_streams
+                .or(fallback.http2_max_concurrent_streams),
+            http2_max_pending_accept_reset_streams: self
+                .http2_max_pending_accept_reset_streams
+                .or(fallback.http2_max_pending_accept_reset_streams),
+            http2_max_local_error_reset_streams: self
+                .http2_max_local_error_reset_streams
+                .or(fallback.http2_max_local_error_reset_streams),
+        }
+    }
+
+    /// The `portcullis proxy` flags (`--name=value`) of the set fields.
+    pub fn to_args(&self) -> Vec<String> {
+        let secs = |v: Option<u32>| v.map(|s| format!("{s}s"));
+        let fields: [(&str, Option<String>); 11] = [
+            (
+                "max-request-header-bytes",
+                self.max_request_header_bytes.map(|v| v.to_string()),
+            ),
+            (
+                "max-request-headers",
+                self.max_request_headers.map(|v| v.to_string()),
+            ),
+            ("max-uri-bytes", self.max_uri_bytes.map(|v| v.to_string())),
+            (
+                "max-request-body-bytes",
+                self.max_request_body_bytes.map(|v| v.to_string()),
+            ),
+            (
+                "request-header-timeout",
+                secs(self.request_header_timeout_seconds),
+            ),
+            ("idle-timeout", secs(self.idle_timeout_seconds)),
+            (
+                "max-connections",
+                self.max_connections.map(|v| v.to_string()),
+            ),
+            (
+                "max-requests-per-connection",
+                self.max_requests_per_connection.map(|v| v.to_string()),
+            ),
+            (
+                "http2-max-concurrent-streams",
+                self.http2_max_concurrent_streams.map(|v| v.to_string()),
+            ),
+            (
+                "http2-max-pending-accept-reset-streams",
+                self.http2_max_pending_accept_reset_streams
+                    .map(|v| v.to_string()),
+            ),
+            (
+                "http2-max-local-error-reset-streams",
+                self.http2_max_local_error_reset_streams
+                    .map(|v| v.to_string()),
+            ),
+        ];
+        fields
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| format!("--{name}={v}")))
+            .collect()
+    }
 }
 
 impl GatewayParametersSpec {
@@ -87,6 +228,10 @@ impl GatewayParametersSpec {
                 .pod_annotations
                 .clone()
                 .or_else(|| fallback.pod_annotations.clone()),
+            limits: match (&self.limits, &fallback.limits) {
+                (Some(mine), Some(class)) => Some(mine.or(class)),
+                (mine, class) => mine.clone().or_else(|| class.clone()),
+            },
         }
     }
 }
@@ -126,6 +271,32 @@ mod tests {
         assert_eq!(merged.replicas, Some(5));
         assert_eq!(merged.image.as_deref(), Some("class-image"));
         assert_eq!(merged.service_type.as_deref(), Some("ClusterIP"));
+    }
+
+    #[test]
+    fn limits_merge_field_by_field_and_become_proxy_flags() {
+        let class = GatewayParametersSpec {
+            limits: Some(ProxyLimits {
+                max_uri_bytes: Some(4096),
+                idle_timeout_seconds: Some(30),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let gateway: GatewayParametersSpec = serde_json::from_value(serde_json::json!({
+            "limits": {"maxUriBytes": 2048, "maxRequestBodyBytes": 0, "http2MaxConcurrentStreams": 64}
+        }))
+        .expect("valid spec");
+        let merged = gateway.or(&class).limits.expect("limits");
+        assert_eq!(
+            merged.to_args(),
+            [
+                "--max-uri-bytes=2048",
+                "--max-request-body-bytes=0",
+                "--idle-timeout=30s",
+                "--http2-max-concurrent-streams=64"
+            ]
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod client_cert;
 pub mod filters;
 pub mod identity;
 pub mod lb;
+pub mod limits;
 pub mod metrics;
 pub mod mirror;
 pub mod normalize;
@@ -29,4 +30,5 @@ pub mod tls;
 pub mod tls_route;
 pub mod upstream;
 
+pub use limits::Limits;
 pub use server::{DataPlane, DataPlaneConfig};

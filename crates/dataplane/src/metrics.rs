@@ -190,6 +190,53 @@ pub struct AuthLabels {
     pub reason: &'static str,
 }
 
+/// A request or connection limit of [`crate::limits::Limits`] that was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Limit {
+    /// Request head over the byte limit (431).
+    header_size,
+    /// Too many header fields (431).
+    header_count,
+    /// Request target over the byte limit (414).
+    uri_length,
+    /// Request body over the limit (413).
+    body_size,
+    /// HTTP/1 request head not complete within the header timeout.
+    header_timeout,
+    /// A connection closed for being idle.
+    idle_timeout,
+    /// A connection refused: the listener's connection limit was reached.
+    max_connections,
+    /// A connection closed after its last allowed request.
+    max_requests,
+    /// An HTTP/2 connection closed for abusive frames (rapid reset,
+    /// CONTINUATION flood, too many protocol errors): GOAWAY.
+    h2_abuse,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::header_size => "header_size",
+            Limit::header_count => "header_count",
+            Limit::uri_length => "uri_length",
+            Limit::body_size => "body_size",
+            Limit::header_timeout => "header_timeout",
+            Limit::idle_timeout => "idle_timeout",
+            Limit::max_connections => "max_connections",
+            Limit::max_requests => "max_requests",
+            Limit::h2_abuse => "h2_abuse",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub port: u16,
+    pub limit: Limit,
+}
+
 /// What the response cache of a RouteFilter did with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -271,6 +318,7 @@ pub struct Metrics {
     outlier_ejections: Family<BackendLabels, Counter>,
     rate_limit_decisions: Family<RateLimitLabels, Counter>,
     auth_results: Family<AuthLabels, Counter>,
+    limits: Family<LimitLabels, Counter>,
     threat_decisions: Family<ThreatLabels, Counter>,
     cache_requests: Family<CacheLabels, Counter>,
     cache_evictions: Family<CacheFilterLabels, Counter>,
@@ -305,6 +353,7 @@ impl Metrics {
             outlier_ejections: Family::default(),
             rate_limit_decisions: Family::default(),
             auth_results: Family::default(),
+            limits: Family::default(),
             cache_requests: Family::default(),
             cache_evictions: Family::default(),
             cache_bytes: Family::default(),
@@ -398,6 +447,11 @@ impl Metrics {
             self.auth_results.clone(),
         );
         p.register(
+            "limit_exceeded",
+            "Requests refused and connections closed or refused by a limit, by listener port and limit",
+            self.limits.clone(),
+        );
+        p.register(
             "cache_requests",
             "Requests seen by RouteFilter response caches, by filter and result (hit, miss, revalidated, stale, bypass)",
             self.cache_requests.clone(),
@@ -445,6 +499,13 @@ impl Metrics {
         let gauge = self.active_connections.get_or_create_owned(&labels);
         gauge.inc();
         ConnectionGuard { gauge }
+    }
+
+    /// A request or connection ran into `limit` on `port`.
+    pub fn record_limit(&self, port: u16, limit: Limit) {
+        self.limits
+            .get_or_create(&LimitLabels { port, limit })
+            .inc();
     }
 
     pub fn record_upstream_error(&self, backend: &Arc<str>, error: UpstreamError) {

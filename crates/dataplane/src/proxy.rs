@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use tokio::io::copy_bidirectional;
 
 use crate::body::{self, Body};
 use crate::filters::{self, RedirectInput};
+use crate::limits::{self, LimitedBody};
+use crate::metrics::Limit;
 use crate::mirror::TeeBody;
 use crate::normalize::normalize_path;
 use crate::resilience;
@@ -30,6 +33,9 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local_port: u16,
     pub tls: bool,
+    /// The listener's request limits (the body limit may be changed per
+    /// Service or route by a BackendPolicy).
+    pub limits: Arc<crate::limits::Limits>,
     /// The client certificate the port verified (frontend mTLS).
     pub client_certificate: Option<Arc<crate::client_cert::VerifiedClientCertificate>>,
     /// The listener hostname of the certificate the handshake chose by
@@ -129,6 +135,10 @@ async fn route_and_forward(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
+    if let Err(refusal) = limits::check_request(&conn.limits, &req) {
+        limits::record(conn.local_port, refusal.limit, refusal.message);
+        return Err(ProxyError::new(refusal.status, refusal.message, ""));
+    }
     // In-flight requests keep the table they started with.
     let state = shared.current();
     let port = state.port(conn.local_port).ok_or_else(|| {
@@ -294,8 +304,37 @@ async fn route_and_forward(
         return Err(no_endpoint(&target));
     };
     crate::observe::backend_chosen(&target, req.extensions());
+    let route_policy = rule.policies.backend.as_deref();
+    // gRPC streams are long-lived and carry their own message size limits:
+    // only a BackendPolicy bounds their total size.
+    let gateway_limit = match rule.id.kind {
+        RouteKind::Grpc => None,
+        _ => conn.limits.max_request_body_bytes,
+    };
+    let body_limit = limits::body_limit(
+        route_policy.and_then(|p| p.max_request_body_bytes),
+        target.settings.max_request_body_bytes,
+        gateway_limit,
+    );
+    let body_limit = match body_limit {
+        Some(max) => {
+            // A declared length (Content-Length) over the limit is refused
+            // before anything reaches the backend.
+            if http_body::Body::size_hint(req.body()).lower() > max {
+                limits::record(
+                    conn.local_port,
+                    Limit::body_size,
+                    "declared body length over the limit",
+                );
+                return Err(body_too_large(&rule, max));
+            }
+            Some((max, Arc::new(AtomicBool::new(false))))
+        }
+        None => None,
+    };
     let protocol = upstream_protocol(&rule, &target);
     let upgrade = is_upgrade(&req) && protocol != AppProtocol::H2c;
+    let body_exceeded = body_limit.as_ref().map(|(_, flag)| flag.clone());
     let client = match client_target {
         Some((path, query)) if !upgrade && !ctx.route_filters.is_empty() => {
             Some(crate::route_filter::ClientRequest {
@@ -314,8 +353,7 @@ async fn route_and_forward(
     let UpstreamRequest {
         req: upstream_req,
         client_upgrade,
-    } = build_upstream_request(req, &ctx, conn, protocol, &state)?;
-    let route_policy = rule.policies.backend.as_deref();
+    } = build_upstream_request(req, &ctx, conn, protocol, &state, body_limit)?;
     let retry = route_policy
         .and_then(|p| p.retry.as_ref())
         .or(target.settings.retry.as_ref());
@@ -331,6 +369,10 @@ async fn route_and_forward(
         query: ctx.query.as_deref(),
         upgrade,
     };
+    let body_check = BodyCheck {
+        exceeded: body_exceeded.as_deref(),
+        port: conn.local_port,
+    };
     let request_timeout = rule
         .timeouts
         .request
@@ -345,6 +387,7 @@ async fn route_and_forward(
                 client_upgrade,
             },
             rule_ref,
+            body_check,
         );
         match request_timeout {
             Some(limit) => tokio::time::timeout(limit, forward).await.map_err(|_| {
@@ -564,6 +607,7 @@ fn build_upstream_request(
     conn: &ConnInfo,
     protocol: AppProtocol,
     state: &crate::state::Prepared,
+    body_limit: Option<(u64, Arc<AtomicBool>)>,
 ) -> Result<UpstreamRequest, ProxyError> {
     let upgrade = is_upgrade(&req) && protocol != AppProtocol::H2c;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -614,8 +658,12 @@ fn build_upstream_request(
     append_forwarded(&mut parts.headers, conn, &ctx.host);
     parts.uri = uri;
 
+    let incoming = match body_limit {
+        Some((max, exceeded)) => body::boxed(LimitedBody::new(incoming, max, exceeded)),
+        None => body::boxed(incoming),
+    };
     let body = if ctx.mirrors.is_empty() {
-        body::boxed(incoming)
+        incoming
     } else {
         let mut tee = TeeBody::new(incoming);
         for mirror in &ctx.mirrors {
@@ -749,12 +797,21 @@ fn append_forwarded(headers: &mut HeaderMap, conn: &ConnInfo, host: &str) {
     }
 }
 
+/// Whether the request body was cut off at its limit (a [`LimitedBody`]
+/// sets the flag), and the listener to count it on.
+#[derive(Clone, Copy)]
+struct BodyCheck<'a> {
+    exceeded: Option<&'a AtomicBool>,
+    port: u16,
+}
+
 /// Sends through the backend's balancer, breakers and retries; maps what
 /// cannot be relayed to the gateway's own answer.
 async fn forward(
     attempts: resilience::retry::Attempts<'_>,
     upstream: UpstreamRequest,
     rule: &Rule,
+    body: BodyCheck<'_>,
 ) -> Result<Response<Body>, ProxyError> {
     use resilience::retry::Failure;
     let UpstreamRequest {
@@ -765,6 +822,16 @@ async fn forward(
     let label = &attempts.backend.label;
     let mut resp = match resilience::retry::send(attempts, req).await {
         Ok(resp) => resp,
+        // The body was cut off at the limit: whatever the failure looks
+        // like upstream, it is the client's 413.
+        Err(_) if body.exceeded.is_some_and(|e| e.load(Ordering::Relaxed)) => {
+            limits::record(body.port, Limit::body_size, "streamed body over the limit");
+            return Err(ProxyError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+                rule.id.to_string(),
+            ));
+        }
         Err(Failure::Overloaded(o)) => {
             crate::metrics::global().record_circuit_rejection(label);
             tracing::warn!(backend = %name, rule = %rule.id, limit = o.as_str(), "circuit breaker open: 503");
@@ -848,6 +915,14 @@ fn overloaded_response(o: Overloaded) -> Response<Body> {
         HeaderValue::from_static(o.as_str()),
     );
     resp
+}
+
+fn body_too_large(rule: &Rule, max: u64) -> ProxyError {
+    ProxyError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request body too large",
+        format!("{}: limit {max} bytes", rule.id),
+    )
 }
 
 fn no_endpoint(target: &Backend) -> ProxyError {

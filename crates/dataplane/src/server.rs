@@ -12,18 +12,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use portcullis_model::{Protocol, RouteTable};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::access_log::AccessLog;
-use crate::metrics;
+use crate::limits::{self, ConnTracker, Limits, MIN_HTTP1_HEADER_BYTES};
+use crate::metrics::{self, Limit};
 use crate::observe::{self, Observer};
 use crate::otlp::SpanExporter;
 use crate::proxy::ConnInfo;
 use crate::state::Shared;
 
-/// Slowloris guard: a client must finish sending request headers this fast.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct DataPlaneConfig {
@@ -36,6 +35,8 @@ pub struct DataPlaneConfig {
     pub access_log: Option<AccessLog>,
     /// Where spans are exported (none: trace context is only propagated).
     pub spans: Option<SpanExporter>,
+    /// Request and connection limits.
+    pub limits: Limits,
 }
 
 impl Default for DataPlaneConfig {
@@ -45,6 +46,7 @@ impl Default for DataPlaneConfig {
             preopened: HashMap::new(),
             access_log: None,
             spans: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -93,12 +95,14 @@ impl DataPlane {
             access_log: config.access_log.clone(),
             spans: config.spans.clone(),
         });
+        let limits = Arc::new(config.limits.clone());
         let task = tokio::spawn(async move {
             let mut listeners = Listeners {
                 config,
                 accepting: HashMap::new(),
                 shared: task_shared.clone(),
                 observer,
+                limits,
                 phase: phase.clone(),
             };
             listeners.reconcile(&first);
@@ -169,6 +173,7 @@ struct Listeners {
     accepting: HashMap<u16, JoinHandle<()>>,
     shared: Arc<Shared>,
     observer: Arc<Observer>,
+    limits: Arc<Limits>,
     phase: watch::Receiver<Phase>,
 }
 
@@ -199,6 +204,7 @@ impl Listeners {
                             Serving {
                                 shared: self.shared.clone(),
                                 observer: self.observer.clone(),
+                                limits: self.limits.clone(),
                                 phase: self.phase.clone(),
                             },
                         )),
@@ -239,14 +245,53 @@ impl Listeners {
 struct Serving {
     shared: Arc<Shared>,
     observer: Arc<Observer>,
+    limits: Arc<Limits>,
     phase: watch::Receiver<Phase>,
 }
 
+/// Over the connection limit a new connection is accepted and closed at
+/// once rather than left in the kernel's backlog: the client (or the load
+/// balancer in front) learns immediately and can go to another replica,
+/// instead of waiting in a queue whose timeouts it cannot see; and the
+/// backlog keeps draining, so the kernel never drops SYNs silently.
 async fn accept_loop(listener: TcpListener, port: u16, serving: Serving) {
+    let slots = serving
+        .limits
+        .max_connections_per_listener
+        .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))));
+    // At the limit every refused connection is counted; the log says so
+    // at most once a second.
+    let mut last_refusal_log: Option<tokio::time::Instant> = None;
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
-                tokio::spawn(serve_connection(stream, remote, port, serving.clone()));
+                let permit = match &slots {
+                    Some(slots) => match slots.clone().try_acquire_owned() {
+                        Ok(permit) => Some(permit),
+                        Err(_) => {
+                            metrics::global().record_limit(port, Limit::max_connections);
+                            if last_refusal_log
+                                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                            {
+                                last_refusal_log = Some(tokio::time::Instant::now());
+                                tracing::warn!(
+                                    port,
+                                    %remote,
+                                    max = serving.limits.max_connections_per_listener,
+                                    "connection limit reached: refusing new connections"
+                                );
+                            }
+                            drop(stream);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                let serving = serving.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, remote, port, serving).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning.
@@ -293,6 +338,7 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
         local_port: port,
         tls: false,
         cert: None,
+        limits: serving.limits.clone(),
         client_certificate: None,
     });
     serve_http(TokioIo::new(stream), conn, serving).await;
@@ -334,50 +380,173 @@ async fn serve_https(
             local_port: port,
             tls: true,
             cert,
+            limits: serving.limits.clone(),
             client_certificate,
         });
         serve_http(TokioIo::new(tls_stream), conn, serving).await;
     }
 }
 
+/// hyper's connection builder with every limit hyper enforces itself.
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1: the read buffer bounds the request head (over it: 431), and
+    // so does the header count (hyper answers 431 too). The header timer
+    // runs from the moment hyper waits for a head, so it also bounds how
+    // long a kept-alive connection may sit idle.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_header_timeout)
+        .max_buf_size(limits.max_request_header_bytes.max(MIN_HTTP1_HEADER_BYTES))
+        .max_headers(limits.max_request_headers);
+    // HTTP/2: the header list limit is also what bounds a CONTINUATION
+    // flood (h2 counts the frames of one header block against it and
+    // answers GOAWAY ENHANCE_YOUR_CALM); the reset limits answer rapid
+    // reset (CVE-2023-44487) and MadeYouReset (CVE-2025-8671) the same way.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams);
+    builder
+}
+
 async fn serve_http<I>(io: I, conn: Arc<ConnInfo>, serving: Serving)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
     let Serving {
         shared,
         observer,
+        limits,
         mut phase,
     } = serving;
-    let service =
-        service_fn(move |req| observe::handle(observer.clone(), shared.clone(), conn.clone(), req));
+    let builder = connection_builder(&limits);
+    let port = conn.local_port;
+    let tracker = Arc::new(ConnTracker::default());
+    let service = {
+        let (tracker, limits) = (tracker.clone(), limits.clone());
+        service_fn(move |req| {
+            serve_request(
+                observer.clone(),
+                shared.clone(),
+                conn.clone(),
+                limits.clone(),
+                tracker.clone(),
+                req,
+            )
+        })
+    };
     let mut closing = phase.clone();
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = reached(&mut phase, Phase::Draining) => {
+        why = stop_serving(&mut phase, &tracker, limits.idle_timeout) => {
+            if let Some(limit) = why {
+                tracing::debug!(port, limit = limit.as_str(), "closing connection");
+                metrics::global().record_limit(port, limit);
+            }
             // HTTP/1.1: finish the current response, then close; idle
             // connections close now. HTTP/2: GOAWAY, open streams finish.
             connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = reached(&mut closing, Phase::Closing) => Ok(()),
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => break result,
+                    _ = reached(&mut closing, Phase::Closing) => break Ok(()),
+                    // An HTTP/2 graceful close waits for the client's PING
+                    // answer; a client that never answers (or never reads)
+                    // must not keep the connection: once nothing is in
+                    // flight for another idle period, it is dropped.
+                    _ = tokio::time::sleep(limits.idle_timeout) => if tracker.is_idle() {
+                        tracing::debug!(port, "client did not finish the graceful close: closing");
+                        break Ok(());
+                    }
+                }
             }
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with error");
+        match connection_limit(&*e) {
+            Some((limit, detail)) => limits::record(port, limit, detail),
+            None => tracing::debug!(error = %e, "connection ended with error"),
+        }
     }
+}
+
+/// Resolves when the connection should close gracefully: the data plane
+/// drains (`None`), the connection was idle too long or served its last
+/// request (the limit).
+async fn stop_serving(
+    phase: &mut watch::Receiver<Phase>,
+    tracker: &ConnTracker,
+    idle_timeout: Duration,
+) -> Option<Limit> {
+    tokio::select! {
+        _ = reached(phase, Phase::Draining) => None,
+        _ = tracker.idle_for(idle_timeout) => Some(Limit::idle_timeout),
+        _ = tracker.close_requested() => Some(Limit::max_requests),
+    }
+}
+
+/// One request through the observed proxy (which checks the request
+/// limits hyper does not), counted against the connection's request cap.
+async fn serve_request(
+    observer: Arc<Observer>,
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    limits: Arc<Limits>,
+    tracker: Arc<ConnTracker>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<crate::body::Body>, std::convert::Infallible> {
+    let ticket = tracker.request_started(limits.max_requests_per_connection);
+    let http1 = req.version() < http::Version::HTTP_2;
+    let mut resp = observe::handle(observer, shared, conn, req).await?;
+    // After a request refused by a limit, what is left of it (the body) is
+    // not worth reading: HTTP/1 closes (HTTP/2 resets just the stream).
+    let refused = matches!(
+        resp.status(),
+        http::StatusCode::PAYLOAD_TOO_LARGE
+            | http::StatusCode::URI_TOO_LONG
+            | http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    if (ticket.last || refused) && http1 {
+        // HTTP/2 gets GOAWAY from the connection task instead.
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(resp)
+}
+
+/// Which limit ended a connection with an error, if one did.
+fn connection_limit(error: &(dyn std::error::Error + 'static)) -> Option<(Limit, &'static str)> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_parse_too_large() {
+                // hyper answered 431 or 414 (its own 64 KiB URI cap).
+                return Some((Limit::header_size, "request head too large: 431"));
+            }
+            if h.is_timeout() {
+                return Some((
+                    Limit::header_timeout,
+                    "request headers not received in time",
+                ));
+            }
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.is_go_away() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                return Some((Limit::h2_abuse, "abusive HTTP/2 client: GOAWAY"));
+            }
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// Resolves once the data plane has reached `phase` (or was dropped).

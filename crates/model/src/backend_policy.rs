@@ -31,6 +31,9 @@ pub struct BackendSettings {
     pub http_version: Option<AppProtocol>,
     /// `None`: unlimited.
     pub max_idle_per_endpoint: Option<usize>,
+    /// Request body limit used when the route sets none (`None`: the
+    /// gateway-wide limit; `Some(0)`: unlimited).
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// Connect timeout without a policy.
@@ -51,6 +54,7 @@ impl Default for BackendSettings {
             load_balancer: LoadBalancer::default(),
             http_version: None,
             max_idle_per_endpoint: None,
+            max_request_body_bytes: None,
         }
     }
 }
@@ -62,6 +66,8 @@ impl Default for BackendSettings {
 pub struct RouteBackendPolicy {
     pub request_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
+    /// Request body limit of the route (`Some(0)`: unlimited).
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// Which failures a retry answers.

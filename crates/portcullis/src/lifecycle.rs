@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use portcullis_dataplane::access_log::{AccessLog, AccessLogConfig, Destination, Field};
+use portcullis_dataplane::limits::{Limits, MIN_HTTP1_HEADER_BYTES};
 use portcullis_dataplane::otlp::{OtlpConfig, SpanExporter};
 use portcullis_dataplane::server::Drained;
 use portcullis_dataplane::DataPlane;
@@ -43,6 +44,83 @@ pub struct ServeOptions {
     /// close; connections still open then are closed.
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub limits: LimitOptions,
+}
+
+/// Request and connection limits (README "Limits"). In Kubernetes they come
+/// from GatewayParameters `spec.limits`, rendered into these flags.
+#[derive(Args, Debug, Clone)]
+pub struct LimitOptions {
+    /// Request line plus headers, in bytes (HTTP/1 at least 8192); over it: 431.
+    #[arg(long, default_value_t = Limits::default().max_request_header_bytes)]
+    pub max_request_header_bytes: usize,
+    /// Header fields per request; over it: 431.
+    #[arg(long, default_value_t = Limits::default().max_request_headers)]
+    pub max_request_headers: usize,
+    /// Request target (path and query), in bytes; over it: 414.
+    #[arg(long, default_value_t = Limits::default().max_uri_bytes)]
+    pub max_uri_bytes: usize,
+    /// Request body, in bytes (0: unlimited); over it: 413. A
+    /// BackendPolicy's maxRequestBodyBytes wins per Service or route.
+    #[arg(long, default_value_t = Limits::default().max_request_body_bytes.unwrap_or(0))]
+    pub max_request_body_bytes: u64,
+    /// HTTP/1 request heads must arrive within this long (slowloris).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub request_header_timeout: Duration,
+    /// Connections with no request in flight are closed after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+    /// Open connections per listener (0: unlimited); over it new
+    /// connections are closed at once.
+    #[arg(long, default_value_t = Limits::default().max_connections_per_listener.unwrap_or(0))]
+    pub max_connections: usize,
+    /// Requests per connection, then `Connection: close` / GOAWAY (0:
+    /// unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub max_requests_per_connection: u64,
+    /// HTTP/2 concurrent streams per connection.
+    #[arg(long, default_value_t = Limits::default().h2_max_concurrent_streams)]
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 streams the client resets before they are served, before
+    /// GOAWAY (rapid reset, CVE-2023-44487).
+    #[arg(long, default_value_t = Limits::default().h2_max_pending_accept_reset_streams)]
+    pub http2_max_pending_accept_reset_streams: usize,
+    /// HTTP/2 streams reset for client protocol errors, before GOAWAY.
+    #[arg(long, default_value_t = Limits::default().h2_max_local_error_reset_streams)]
+    pub http2_max_local_error_reset_streams: usize,
+}
+
+impl LimitOptions {
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        if self.max_request_header_bytes < MIN_HTTP1_HEADER_BYTES {
+            anyhow::bail!(
+                "--max-request-header-bytes must be at least {MIN_HTTP1_HEADER_BYTES}, got {}",
+                self.max_request_header_bytes
+            );
+        }
+        if self.request_header_timeout.is_zero() || self.idle_timeout.is_zero() {
+            anyhow::bail!("--request-header-timeout and --idle-timeout must be above zero");
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            anyhow::bail!("--http2-max-concurrent-streams must be at least 1");
+        }
+        let nonzero = |v: u64| (v > 0).then_some(v);
+        Ok(Limits {
+            max_request_header_bytes: self.max_request_header_bytes,
+            max_request_headers: self.max_request_headers,
+            max_uri_bytes: self.max_uri_bytes,
+            max_request_body_bytes: nonzero(self.max_request_body_bytes),
+            request_header_timeout: self.request_header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections_per_listener: (self.max_connections > 0)
+                .then_some(self.max_connections),
+            max_requests_per_connection: nonzero(self.max_requests_per_connection),
+            h2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            h2_max_pending_accept_reset_streams: self.http2_max_pending_accept_reset_streams,
+            h2_max_local_error_reset_streams: self.http2_max_local_error_reset_streams,
+        })
+    }
 }
 
 impl ServeOptions {

@@ -165,6 +165,7 @@ fn main() -> ExitCode {
                 bind_ip: bind,
                 access_log: serve.access_log()?,
                 spans: serve.spans()?,
+                limits: serve.limits.limits()?,
                 ..DataPlaneConfig::default()
             };
             let running =
@@ -220,6 +221,7 @@ fn main() -> ExitCode {
                 admin,
                 access_log: serve.access_log()?,
                 spans: serve.spans()?,
+                limits: serve.limits.limits()?,
             };
             let proxy = tokio::select! {
                 proxy = portcullis::proxy_cmd::start(args) => proxy?,
@@ -307,4 +309,61 @@ async fn shutdown_signal() {
         }
     }
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_api::parameters::ProxyLimits;
+
+    /// What the controller renders from GatewayParameters `spec.limits`
+    /// must be flags the proxy accepts, with the same meaning.
+    #[test]
+    fn gateway_parameters_limits_render_to_accepted_proxy_flags() {
+        let limits = ProxyLimits {
+            max_request_header_bytes: Some(16384),
+            max_request_headers: Some(50),
+            max_uri_bytes: Some(2048),
+            max_request_body_bytes: Some(0),
+            request_header_timeout_seconds: Some(5),
+            idle_timeout_seconds: Some(20),
+            max_connections: Some(100),
+            max_requests_per_connection: Some(1000),
+            http2_max_concurrent_streams: Some(64),
+            http2_max_pending_accept_reset_streams: Some(10),
+            http2_max_local_error_reset_streams: Some(100),
+        };
+        let args = ["portcullis", "proxy", "--gateway", "infra/edge"]
+            .map(String::from)
+            .into_iter()
+            .chain(limits.to_args());
+        let cli = Cli::try_parse_from(args).expect("the proxy accepts the rendered flags");
+        let Command::Proxy { serve, .. } = cli.command else {
+            panic!("not the proxy command");
+        };
+        let parsed = serve.limits.limits().expect("valid limits");
+        assert_eq!(parsed.max_request_header_bytes, 16384);
+        assert_eq!(parsed.max_request_headers, 50);
+        assert_eq!(parsed.max_uri_bytes, 2048);
+        assert_eq!(parsed.max_request_body_bytes, None, "0 is unlimited");
+        assert_eq!(parsed.request_header_timeout, Duration::from_secs(5));
+        assert_eq!(parsed.idle_timeout, Duration::from_secs(20));
+        assert_eq!(parsed.max_connections_per_listener, Some(100));
+        assert_eq!(parsed.max_requests_per_connection, Some(1000));
+        assert_eq!(parsed.h2_max_concurrent_streams, 64);
+        assert_eq!(parsed.h2_max_pending_accept_reset_streams, 10);
+        assert_eq!(parsed.h2_max_local_error_reset_streams, 100);
+    }
+
+    #[test]
+    fn default_flags_are_the_data_plane_defaults() {
+        let cli = Cli::try_parse_from(["portcullis", "run", "--config-dir", "x"]).expect("parse");
+        let Command::Run { serve, .. } = cli.command else {
+            panic!("not the run command");
+        };
+        assert_eq!(
+            serve.limits.limits().expect("valid"),
+            portcullis_dataplane::Limits::default()
+        );
+    }
 }

@@ -26,6 +26,7 @@ pub struct ProxyArgs {
     pub admin: SocketAddr,
     pub access_log: Option<AccessLog>,
     pub spans: Option<SpanExporter>,
+    pub limits: portcullis_dataplane::Limits,
 }
 
 /// Parses `namespace/name`.
@@ -72,6 +73,7 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
             bind_ip: args.bind,
             access_log: args.access_log,
             spans: args.spans,
+            limits: args.limits,
             ..DataPlaneConfig::default()
         },
     );

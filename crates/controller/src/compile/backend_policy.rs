@@ -69,6 +69,7 @@ impl PolicyCompiler for BackendPolicyCompiler {
                     .and_then(|t| t.request.as_deref()),
             )?,
             retry: effective.retry.as_ref().map(retry).transpose()?,
+            max_request_body_bytes: effective.max_request_body_bytes,
         })
     }
 
@@ -108,7 +109,7 @@ fn targets_a_route(ctx: &PolicyContext<'_>) -> bool {
         })
 }
 
-/// Routes may set `timeouts.request` and `retry` only.
+/// Routes may set `timeouts.request`, `retry` and `maxRequestBodyBytes` only.
 fn route_level_only(effective: &BackendPolicyRules) -> Result<(), String> {
     let endpoint_level = [
         ("circuitBreaker", effective.circuit_breaker.is_some()),
@@ -133,7 +134,7 @@ fn route_level_only(effective: &BackendPolicyRules) -> Result<(), String> {
     ];
     if let Some((name, _)) = endpoint_level.iter().find(|(_, set)| *set) {
         return Err(format!(
-                "{name} acts on a Service's endpoints: put it in a BackendPolicy that targets the Service (a policy that targets routes may set timeouts.request and retry only)"
+                "{name} acts on a Service's endpoints: put it in a BackendPolicy that targets the Service (a policy that targets routes may set timeouts.request, retry and maxRequestBodyBytes only)"
             ));
     }
     Ok(())
@@ -213,6 +214,7 @@ pub(crate) fn settings(rules: &BackendPolicyRules) -> Result<BackendSettings, St
         s.request_timeout = duration("timeouts.request", t.request.as_deref())?;
     }
     s.retry = rules.retry.as_ref().map(retry).transpose()?;
+    s.max_request_body_bytes = rules.max_request_body_bytes;
     if let Some(cb) = &rules.circuit_breaker {
         let limit = |name: &str, v: Option<u32>| match v {
             Some(0) => Err(format!(

@@ -234,13 +234,19 @@ pub fn render(
                 .clone()
                 .unwrap_or_else(|| settings.default_image.clone()),
         ),
-        args: Some(vec![
-            "proxy".to_string(),
-            "--gateway".to_string(),
-            format!("{namespace}/{gateway_name}"),
-            "--admin".to_string(),
-            format!("0.0.0.0:{ADMIN_PORT}"),
-        ]),
+        args: Some(
+            [
+                "proxy".to_string(),
+                "--gateway".to_string(),
+                format!("{namespace}/{gateway_name}"),
+                "--admin".to_string(),
+                format!("0.0.0.0:{ADMIN_PORT}"),
+            ]
+            .into_iter()
+            // A change of limits rolls the proxies (process settings).
+            .chain(params.limits.iter().flat_map(|l| l.to_args()))
+            .collect(),
+        ),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -526,6 +532,11 @@ mod tests {
             service_type: Some("ClusterIP".into()),
             service_annotations: Some(BTreeMap::from([("lb".to_string(), "internal".to_string())])),
             pod_annotations: Some(BTreeMap::from([("scrape".to_string(), "true".to_string())])),
+            limits: Some(portcullis_api::parameters::ProxyLimits {
+                max_uri_bytes: Some(2048),
+                idle_timeout_seconds: Some(20),
+                ..Default::default()
+            }),
         };
         let r = render(&gateway(), &params, &ProvisionSettings::default());
         let spec = r.deployment.spec.expect("spec");
@@ -539,6 +550,12 @@ mod tests {
         assert_eq!(pod_annotations["cost-center"], "42");
         let c = &spec.template.spec.expect("pod").containers[0];
         assert_eq!(c.image.as_deref(), Some("registry.local/portcullis:1.2"));
+        let args = c.args.clone().unwrap_or_default();
+        assert_eq!(
+            args[args.len() - 2..],
+            ["--max-uri-bytes=2048", "--idle-timeout=20s"],
+            "limits become proxy flags"
+        );
         assert_eq!(c.resources, params.resources);
         assert_eq!(
             r.service.spec.and_then(|s| s.type_).as_deref(),

@@ -6,6 +6,7 @@
 //! | `portcullis.dev/min-tls-version`| `1.2` (default) or `1.3`                   |
 //! | `portcullis.dev/cipher-suites`  | comma-separated IANA names, in preference order |
 //! | `portcullis.dev/alpn`           | comma-separated ALPN ids (`h2,http/1.1`)   |
+//! | `portcullis.dev/client-certificate-header` | header carrying the verified client certificate (frontend mTLS, `ca_bundle_frontend`) |
 //!
 //! Keys of other domains belong to other implementations and are ignored;
 //! an unknown key of ours is an error (a typo must not silently leave a
@@ -104,9 +105,12 @@ pub(crate) fn parse(
                 }
                 out.alpn = Some(protocols);
             }
+            // Read by the frontend mTLS compile (`ca_bundle_frontend`).
+            super::ca_bundle_frontend::HEADER_OPTION => {}
             other => {
                 return Err(format!(
-                    "tls.options {other:?} is not a Portcullis option; use {MIN_VERSION}, {CIPHER_SUITES_KEY} or {ALPN}"
+                    "tls.options {other:?} is not a Portcullis option; use {MIN_VERSION}, {CIPHER_SUITES_KEY}, {ALPN} or {}",
+                    super::ca_bundle_frontend::HEADER_OPTION
                 ))
             }
         }

@@ -214,8 +214,48 @@ fn only(statuses: &BTreeMap<u16, usize>, allowed: &[u16]) -> bool {
 
 // ---------------------------------------------------------------- leaks
 
+/// Open sockets of the process: what a leaked connection (client, gateway
+/// and backend ends are all in this process) or listener holds. Other
+/// descriptors are left out: a poller or eventfd that a library creates
+/// once, on its first use during the test, is not a per-request leak.
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| {
+        d.flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            })
+            .count()
+    })
+}
+
+/// Each open descriptor and, for sockets, its TCP endpoints (from
+/// /proc/net/tcp), for the failure message.
+fn describe_fds() -> String {
+    let tcp = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let target = std::fs::read_link(entry.path())
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        let inode = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'));
+        let endpoints = inode.and_then(|inode| {
+            tcp.lines()
+                .find(|l| l.split_whitespace().nth(9) == Some(inode))
+                .map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    format!(" {} -> {} st {}", f[1], f[2], f[3])
+                })
+        });
+        out.push(format!("{target}{}", endpoints.unwrap_or_default()));
+    }
+    out.join(", ")
 }
 
 fn live_tasks() -> usize {
@@ -254,8 +294,12 @@ impl Baseline {
             now = (open_fds(), live_tasks());
         }
         panic!(
-            "{what}: resources not released: {} fds (baseline {}), {} tasks (baseline {})",
-            now.0, self.fds, now.1, self.tasks
+            "{what}: resources not released: {} fds (baseline {}), {} tasks (baseline {}); open: {}",
+            now.0,
+            self.fds,
+            now.1,
+            self.tasks,
+            describe_fds()
         );
     }
 }

@@ -66,6 +66,10 @@ pub struct TlsConnect {
 
 impl TlsConnect {
     pub fn new(tls: &BackendTls, protocol: AppProtocol) -> TlsConnect {
+        // The controller only emits valid DNS names; the fallback is a
+        // reserved name no certificate can match (the connection fails
+        // verification rather than going out unchecked). The literal is a
+        // valid DNS name, so that `expect` cannot fail.
         let server_name = ServerName::try_from(tls.server_name.clone()).unwrap_or_else(|_| {
             ServerName::try_from("invalid.invalid").expect("a valid DNS name literal")
         });

@@ -261,40 +261,30 @@ impl KubeProvider {
         // Our policies, read as JSON (each kind's compile hook decodes its
         // spec). Their CRDs may not be installed: see `Watch::start`.
         for kind in portcullis_api::PolicyKind::ALL {
-            let resource = super::policy_resource(kind);
-            let client = client.clone();
-            let make_api: MakeApi<DynamicObject> = Box::new(move |namespace| match namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-                None => Api::all_with(client.clone(), &resource),
-            });
             tasks.push(w.start::<DynamicObject>(
-                make_api,
+                dynamic_api(&client, super::policy_resource(kind)),
                 all(),
                 Kind::Policy(kind),
                 move |o| KubeObject::Policy(kind, policy_object(o)),
                 None,
             ));
         }
-        {
-            let gvk = kube::api::GroupVersionKind::gvk(
+        // RouteFilters (ExtensionRef targets): JSON like the policies.
+        let route_filters = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk(
                 portcullis_api::parameters::GROUP,
                 portcullis_api::PolicyKind::VERSION,
                 portcullis_api::route_filter::KIND,
-            );
-            let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "routefilters");
-            let client = client.clone();
-            let make_api: MakeApi<DynamicObject> = Box::new(move |namespace| match namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-                None => Api::all_with(client.clone(), &resource),
-            });
-            tasks.push(w.start::<DynamicObject>(
-                make_api,
-                all(),
-                Kind::RouteFilter,
-                |o| KubeObject::RouteFilter(policy_object(o)),
-                None,
-            ));
-        }
+            ),
+            "routefilters",
+        );
+        tasks.push(w.start::<DynamicObject>(
+            dynamic_api(&client, route_filters),
+            all(),
+            Kind::RouteFilter,
+            |o| KubeObject::RouteFilter(policy_object(o)),
+            None,
+        ));
         handle
     }
 }
@@ -310,6 +300,15 @@ where
     Box::new(move |namespace| match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    })
+}
+
+/// The `Api` of one of our kinds read as JSON (`DynamicObject`).
+fn dynamic_api(client: &Client, resource: kube::api::ApiResource) -> MakeApi<DynamicObject> {
+    let client = client.clone();
+    Box::new(move |namespace| match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
     })
 }
 

@@ -16,6 +16,9 @@ CONNECTIONS=${CONNECTIONS:-64}
 WORKERS=${WORKERS:-$(nproc)}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
+# Like bench/load.sh: no access log unless asked (it would measure the
+# terminal, the same for every variant).
+export PORTCULLIS_ACCESS_LOG=${PORTCULLIS_ACCESS_LOG:-off}
 
 work=$(mktemp -d)
 pids=()

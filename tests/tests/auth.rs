@@ -1049,6 +1049,160 @@ spec:
     assert_eq!(get_without_key.status, StatusCode::UNAUTHORIZED);
 }
 
+/// CORS as a policy field: preflights answered before authentication, and
+/// the policy's own 401 readable by the allowed origin.
+#[tokio::test]
+async fn policy_cors_answers_preflights_and_makes_refusals_readable() {
+    let gw = gateway_with(&format!(
+        "{}{}",
+        api_key_secrets(),
+        policy(
+            "  apiKeys: {selector: {matchLabels: {portcullis.dev/api-key: \"true\"}}}
+  cors:
+    allowOrigins: [\"https://app.example.com\"]
+    allowMethods: [GET, POST]
+    allowHeaders: [x-api-key]
+    exposeHeaders: [x-request-id]
+    allowCredentials: true
+    maxAgeSeconds: 600
+"
+        )
+    ))
+    .await;
+    let preflight = Request::options(gw.url("HTTP_PORT", "/orders"))
+        .header("host", HOST)
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-api-key")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = send(&http1_client(), preflight).await;
+    assert_eq!(answer.status, StatusCode::OK, "no credentials needed");
+    assert_eq!(
+        answer.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(answer.headers["access-control-allow-methods"], "GET, POST");
+    assert_eq!(answer.headers["access-control-allow-headers"], "x-api-key");
+    assert_eq!(answer.headers["access-control-max-age"], "600");
+    assert_eq!(answer.headers["access-control-allow-credentials"], "true");
+
+    let refused = get_with(&gw, "/orders", &[("origin", "https://app.example.com")]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refused.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(
+        refused.headers["access-control-expose-headers"],
+        "x-request-id"
+    );
+
+    let served = get_with(
+        &gw,
+        "/orders",
+        &[("origin", "https://app.example.com"), ("x-api-key", KEY_A)],
+    )
+    .await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(
+        served.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+
+    let other = get_with(&gw, "/orders", &[("origin", "https://evil.example")]).await;
+    assert_eq!(other.status, StatusCode::UNAUTHORIZED);
+    assert!(!other.headers.contains_key("access-control-allow-origin"));
+}
+
+/// `OPTIONS` with `Access-Control-Request-Method` but no `Origin` is not a
+/// preflight: it must be authenticated like any request, never let through.
+#[tokio::test]
+async fn an_options_without_origin_is_not_a_preflight_and_needs_credentials() {
+    let gw = gateway_with(&format!(
+        "{}{}",
+        api_key_secrets(),
+        policy(
+            "  apiKeys: {selector: {matchLabels: {portcullis.dev/api-key: \"true\"}}}
+  cors: {allowOrigins: [\"*\"], allowMethods: [\"*\"]}
+"
+        )
+    ))
+    .await;
+    let sneaky = Request::options(gw.url("HTTP_PORT", "/admin"))
+        .header("host", HOST)
+        .header("access-control-request-method", "DELETE")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(&http1_client(), sneaky).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// A rule's own CORS filter wins over the policy's; an invalid policy CORS
+/// is refused with a status message.
+#[tokio::test]
+async fn route_cors_filter_wins_over_policy_cors_and_bad_origins_are_refused() {
+    let gw = gateway_with(&policy(
+        "  cors: {allowOrigins: [\"https://policy.example\"]}
+",
+    ))
+    .await;
+    let from_policy = get_with(&gw, "/", &[("origin", "https://policy.example")]).await;
+    assert_eq!(
+        from_policy.headers["access-control-allow-origin"],
+        "https://policy.example"
+    );
+
+    let echo = start_echo("echo2").await;
+    gw.reconfigure(&format!(
+        "{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - name: all
+    filters:
+    - type: CORS
+      cors: {{allowOrigins: [\"https://route.example\"]}}
+    backendRefs: [{{name: echo, port: 80}}]
+{}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: bad-cors, namespace: default}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: other}}]
+  cors: {{allowOrigins: [\"app.example.com/path\"]}}
+",
+        gateway(PLAIN_LISTENER),
+        service_yaml("echo", &[echo], None),
+        policy("  cors: {allowOrigins: [\"https://policy.example\"]}\n"),
+    ))
+    .await;
+    let answer = get_with(&gw, "/", &[("origin", "https://policy.example")]).await;
+    assert!(
+        !answer.headers.contains_key("access-control-allow-origin"),
+        "the route's CORS wins"
+    );
+    let answer = get_with(&gw, "/", &[("origin", "https://route.example")]).await;
+    assert_eq!(
+        answer.headers["access-control-allow-origin"],
+        "https://route.example"
+    );
+
+    let status = get(&gw.admin_url("/status"), "admin", &[]).await;
+    let text = String::from_utf8_lossy(&status.body);
+    assert!(
+        text.contains("cors.allowOrigins: \\\"app.example.com/path\\\" is not"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn jwt_hs256_with_a_shared_secret_from_a_secret() {
     let secret = b"0123456789abcdef0123456789abcdef-hs256";

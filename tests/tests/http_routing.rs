@@ -293,6 +293,10 @@ spec:
         .unwrap()
         .contains("PUT"));
     assert_eq!(answer.headers["access-control-max-age"], "600");
+    assert_eq!(answer.headers["access-control-expose-headers"], "x-exposed");
+    assert!(!answer
+        .headers
+        .contains_key("access-control-allow-credentials"));
     assert_eq!(recorder.count(), 0, "preflight must not reach the backend");
 
     let answer = get(
@@ -314,6 +318,103 @@ spec:
     )
     .await;
     assert!(!answer.headers.contains_key("access-control-allow-origin"));
+}
+
+/// Credentials are allowed only where configured and only next to a
+/// matching origin; the origin is echoed even when every origin is allowed
+/// (a browser refuses `*` on a request that carries cookies).
+#[tokio::test]
+async fn cors_credentials_only_where_allowed_and_origins_echoed() {
+    let echo = start_echo("echo").await;
+    let yaml = format!(
+        "{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: cors, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /any-origin}}}}]
+    filters:
+    - type: CORS
+      cors: {{allowOrigins: [\"*\"], allowMethods: [\"*\"], allowHeaders: [\"*\"], allowCredentials: false}}
+    backendRefs: [{{name: echo, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /with-credentials}}}}]
+    filters:
+    - type: CORS
+      cors: {{allowOrigins: [\"https://app.example\", \"https://*.bar.com\"], allowCredentials: true}}
+    backendRefs: [{{name: echo, port: 80}}]
+",
+        gateway_yaml(),
+        service_yaml("echo", &[echo], None)
+    );
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    let with_cookie = |origin: &'static str| [("origin", origin), ("cookie", "sid=abc123")];
+
+    let answer = get(
+        &gw.url("HTTP_PORT", "/any-origin"),
+        "h",
+        &with_cookie("https://other.foo.com:8443"),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.headers["access-control-allow-origin"],
+        "https://other.foo.com:8443"
+    );
+    assert!(!answer
+        .headers
+        .contains_key("access-control-allow-credentials"));
+
+    // A preflight with wildcards answers with what was asked.
+    let preflight = http::Request::options(gw.url("HTTP_PORT", "/any-origin"))
+        .header("host", "h")
+        .header("origin", "https://other.foo.com")
+        .header("access-control-request-method", "PUT")
+        .header("access-control-request-headers", "x-header-1, x-header-2")
+        .body(Default::default())
+        .unwrap();
+    let answer = send(&http1_client(), preflight).await;
+    assert_eq!(
+        answer.headers["access-control-allow-origin"],
+        "https://other.foo.com"
+    );
+    assert_eq!(answer.headers["access-control-allow-methods"], "PUT");
+    assert_eq!(
+        answer.headers["access-control-allow-headers"],
+        "x-header-1, x-header-2"
+    );
+    assert!(!answer
+        .headers
+        .contains_key("access-control-allow-credentials"));
+
+    let answer = get(
+        &gw.url("HTTP_PORT", "/with-credentials"),
+        "h",
+        &with_cookie("https://xpto.www.bar.com"),
+    )
+    .await;
+    assert_eq!(
+        answer.headers["access-control-allow-origin"],
+        "https://xpto.www.bar.com"
+    );
+    assert_eq!(answer.headers["access-control-allow-credentials"], "true");
+
+    let answer = get(
+        &gw.url("HTTP_PORT", "/with-credentials"),
+        "h",
+        &with_cookie("http://not-app.example"),
+    )
+    .await;
+    assert_eq!(
+        answer.status, 200,
+        "not a CORS error at the gateway: the browser decides"
+    );
+    assert!(!answer.headers.contains_key("access-control-allow-origin"));
+    assert!(!answer
+        .headers
+        .contains_key("access-control-allow-credentials"));
 }
 
 #[tokio::test]

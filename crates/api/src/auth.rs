@@ -63,6 +63,10 @@ pub struct AuthRules {
     /// Custom 401 / 403 answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub responses: Option<DenyResponses>,
+    /// CORS for every route the policy reaches, with the fields of the
+    /// Gateway API CORS filter. A route rule's own CORS filter wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsPolicy>,
 }
 
 /// Sections are taken whole: a JWT section is never half from one policy
@@ -81,6 +85,7 @@ impl Merge for AuthRules {
         fill(&mut self.authorization, &lower.authorization);
         fill(&mut self.ip_rules, &lower.ip_rules);
         fill(&mut self.responses, &lower.responses);
+        fill(&mut self.cors, &lower.cors);
     }
 }
 
@@ -406,6 +411,39 @@ pub struct DenyResponse {
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+}
+
+// ---------------------------------------------------------------- CORS
+
+/// Preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
+/// are answered at the gateway before authentication (they carry no
+/// credentials); other responses to an allowed origin, the policy's own
+/// 401 and 403 included, carry the CORS headers, so that a browser
+/// application can read why it was refused.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    /// `scheme://host[:port]` origins; `*` in the host matches any run of
+    /// characters (`https://*.example.com`); `*` alone allows any origin.
+    /// The allowed origin is always echoed, never `*`.
+    #[schemars(length(min = 1))]
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight allows (`*`: the one asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight allows (`*`: the ones asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// `Access-Control-Allow-Credentials: true` (cookies, Authorization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    /// How long a browser may cache a preflight answer (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub max_age_seconds: Option<u32>,
 }
 
 #[cfg(test)]

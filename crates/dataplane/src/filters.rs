@@ -150,17 +150,17 @@ fn origin_matches(pattern: &str, origin: &str) -> bool {
 }
 
 /// Headers for a preflight answer (the request is `OPTIONS` with `Origin` and
-/// `Access-Control-Request-Method`).
+/// `Access-Control-Request-Method`). The allowed origin is always echoed,
+/// never `*`, even when every origin is allowed: browsers refuse `*` on a
+/// request with credentials (cookies, Authorization) whether or not the
+/// route allows credentials, and `Vary: Origin` keeps caches per origin.
 pub fn cors_preflight_headers(
     cors: &Cors,
     origin: &HeaderValue,
     request_headers: &HeaderMap,
 ) -> HeaderMap {
     let mut out = HeaderMap::new();
-    out.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        allow_origin_value(cors, origin),
-    );
+    out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     let methods = if cors.allow_methods.iter().any(|m| m == "*") {
         request_headers
             .get(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -191,16 +191,21 @@ pub fn cors_preflight_headers(
     if let Some(age) = cors.max_age_seconds {
         out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(age));
     }
+    // What the actual response will expose, announced with the preflight
+    // as the Gateway API conformance suite expects.
+    if !cors.expose_headers.is_empty() {
+        out.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            join_header(&cors.expose_headers),
+        );
+    }
     out.insert(header::VARY, HeaderValue::from_static("Origin"));
     out
 }
 
 /// Headers added to an actual (non-preflight) cross-origin response.
 pub fn cors_response_headers(cors: &Cors, origin: &HeaderValue, headers: &mut HeaderMap) {
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        allow_origin_value(cors, origin),
-    );
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     if cors.allow_credentials {
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
@@ -214,15 +219,6 @@ pub fn cors_response_headers(cors: &Cors, origin: &HeaderValue, headers: &mut He
         );
     }
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
-}
-
-/// With credentials the wildcard is not allowed by browsers: echo the origin.
-fn allow_origin_value(cors: &Cors, origin: &HeaderValue) -> HeaderValue {
-    if cors.allow_origins.iter().any(|o| o == "*") && !cors.allow_credentials {
-        HeaderValue::from_static("*")
-    } else {
-        origin.clone()
-    }
 }
 
 fn join_header(values: &[String]) -> HeaderValue {

@@ -214,18 +214,34 @@ async fn route_and_forward(
             format!("{}: {reason}", rule.id),
         ));
     }
-    // IP rules -> authentication -> authorization (see crate::auth). A
-    // CORS preflight carries no credentials by design; the rule's CORS
-    // filter answers it below, without reaching the backend.
-    let preflight = is_preflight(&req) && rule.filters.iter().any(|f| matches!(f, Filter::Cors(_)));
-    if let (Some(auth), false) = (&rule.policies.auth, preflight) {
+    // CORS: a preflight carries no credentials by design, so it is
+    // answered here, before authentication, and never reaches the backend.
+    // The gateway's own refusals below carry the CORS headers too, so that
+    // a browser application can read them.
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let cors = effective_cors(&rule);
+    if let (Some(cors), Some(origin)) = (&cors, &origin) {
+        if is_preflight(&req) {
+            return Ok(preflight_response(cors, origin, req.headers()));
+        }
+    }
+    let refused = |mut resp: Response<Body>| {
+        if let (Some(cors), Some(origin)) = (&cors, &origin) {
+            if filters::cors_origin_allowed(cors, origin.to_str().unwrap_or("")) {
+                filters::cors_response_headers(cors, origin, resp.headers_mut());
+            }
+        }
+        resp
+    };
+    // IP rules -> authentication -> authorization (see crate::auth).
+    if let Some(auth) = &rule.policies.auth {
         let input = crate::auth::AuthInput {
             remote: conn.remote.ip(),
             path: &path,
             query: &mut query,
         };
         if let Err(denied) = crate::auth::check(&shared.auth, auth, input, &mut req).await {
-            return Ok(denied);
+            return Ok(refused(denied));
         }
     }
     // Borrowed from `state`, which this request holds to the end.
@@ -244,13 +260,12 @@ async fn route_and_forward(
             };
             match crate::ratelimit::enforce(&state.rate_limits, &rule, limits, &info).await {
                 Ok(report) => report,
-                Err(rejected) => return Ok(rejected),
+                Err(rejected) => return Ok(refused(rejected)),
             }
         }
         None => None,
     };
 
-    let origin = req.headers().get(header::ORIGIN).cloned();
     // RouteFilters see the path and query as the client sent them, before
     // URL rewrites: captured only for rules that have some.
     let route_filtered = has_route_filters(&rule);
@@ -260,7 +275,7 @@ async fn route_and_forward(
         path,
         query,
         response_filters: Vec::new(),
-        cors: None,
+        cors,
         mirrors: Vec::new(),
         route_filters: Vec::new(),
     };
@@ -269,11 +284,6 @@ async fn route_and_forward(
         apply_request_filters(&rule.filters, &mut ctx, &mut req, matched, &host, conn)
     {
         return Ok(redirect);
-    }
-    if let (Some(cors), Some(origin)) = (ctx.cors.clone(), origin.as_ref()) {
-        if is_preflight(&req) {
-            return Ok(preflight_response(&cors, origin, req.headers()));
-        }
     }
 
     let backend = pick_weighted(&rule.backends).ok_or_else(|| {
@@ -441,7 +451,7 @@ struct RequestContext {
     path: String,
     query: Option<String>,
     response_filters: Vec<portcullis_model::HeaderModifier>,
-    cors: Option<portcullis_model::Cors>,
+    cors: Option<Arc<portcullis_model::Cors>>,
     mirrors: Vec<Mirror>,
     route_filters: Vec<Arc<portcullis_model::route_filter::RouteFilterConfig>>,
 }
@@ -510,8 +520,24 @@ fn apply_request_filters(
     None
 }
 
+/// The CORS in force for a rule: its own CORS filter, else its
+/// AuthPolicy's.
+fn effective_cors(rule: &Rule) -> Option<Arc<portcullis_model::Cors>> {
+    rule.filters
+        .iter()
+        .find_map(|f| match f {
+            Filter::Cors(c) => Some(c.clone()),
+            _ => None,
+        })
+        .or_else(|| rule.policies.auth.as_ref().and_then(|a| a.cors.clone()))
+}
+
+/// A preflight is an `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`; an `OPTIONS` without `Origin` is an
+/// ordinary request (authenticated and forwarded).
 fn is_preflight<B>(req: &Request<B>) -> bool {
     req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN)
         && req
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)

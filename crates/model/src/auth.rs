@@ -37,6 +37,8 @@ pub struct AuthConfig {
     pub unauthenticated: DenyResponse,
     /// 403 answer (custom or default).
     pub unauthorized: DenyResponse,
+    /// The policy's CORS (a route rule's CORS filter wins over it).
+    pub cors: Option<Arc<crate::Cors>>,
 }
 
 impl AuthConfig {

@@ -464,7 +464,7 @@ pub enum Filter {
     RequestRedirect(Redirect),
     UrlRewrite(UrlRewrite),
     RequestMirror(Mirror),
-    Cors(Cors),
+    Cors(Arc<Cors>),
     /// An ExtensionRef to one of our `RouteFilter`s.
     RouteFilter(Arc<route_filter::RouteFilterConfig>),
 }

@@ -25,7 +25,7 @@ use portcullis_model::auth::{
     BasicConfig, CidrSet, ClaimCondition, ClaimToHeader, ClientAddress, ClientCertificateCondition,
     DenyResponse, IpRules, Jwks, JwksSource, JwtConfig, JwtProvider, RemoteJwks, TokenSource,
 };
-use portcullis_model::{HeaderNameSer, HeaderValueSer, RulePolicies};
+use portcullis_model::{Cors, HeaderNameSer, HeaderValueSer, RulePolicies};
 use ring::digest;
 
 use super::policy::{PolicyCompiler, PolicyContext, TargetKind};
@@ -56,6 +56,7 @@ pub(crate) struct ResolvedAuth {
     basic: Option<BasicConfig>,
     authorization: Option<Authorization>,
     responses: Option<(Option<DenyResponse>, Option<DenyResponse>)>,
+    cors: Option<Arc<Cors>>,
 }
 
 impl Merge for ResolvedAuth {
@@ -74,6 +75,7 @@ impl Merge for ResolvedAuth {
         used |= fill(&mut self.basic, &lower.basic);
         used |= fill(&mut self.authorization, &lower.authorization);
         used |= fill(&mut self.responses, &lower.responses);
+        used |= fill(&mut self.cors, &lower.cors);
         if used {
             for s in &lower.sources {
                 if !self.sources.contains(s) {
@@ -114,6 +116,7 @@ impl PolicyCompiler for AuthPolicyCompiler {
                 .map(authorization)
                 .transpose()?,
             responses: rules.responses.as_ref().map(responses).transpose()?,
+            cors: rules.cors.as_ref().map(cors).transpose()?,
         })
     }
 
@@ -137,12 +140,70 @@ impl PolicyCompiler for AuthPolicyCompiler {
             authorization: effective.authorization.clone(),
             unauthenticated: unauthenticated.unwrap_or_else(DenyResponse::default_unauthenticated),
             unauthorized: unauthorized.unwrap_or_else(DenyResponse::default_unauthorized),
+            cors: effective.cors.clone(),
         })
     }
 
     fn install(output: &Arc<AuthConfig>, policies: &mut RulePolicies) {
         policies.auth = Some(output.clone());
     }
+}
+
+/// Checked here so that the data plane only compares origins and joins
+/// values that are already valid header tokens.
+fn cors(c: &api::CorsPolicy) -> Result<Arc<Cors>, String> {
+    if c.allow_origins.is_empty() {
+        return Err("cors.allowOrigins must name at least one origin (or `*`)".into());
+    }
+    if let Some(bad) = c.allow_origins.iter().find(|o| !origin_pattern(o)) {
+        return Err(format!(
+            "cors.allowOrigins: {bad:?} is not `*` or scheme://host[:port] (with at most one `*` in the host)"
+        ));
+    }
+    if let Some(bad) = c
+        .allow_methods
+        .iter()
+        .find(|m| *m != "*" && http::Method::from_bytes(m.as_bytes()).is_err())
+    {
+        return Err(format!("cors.allowMethods: {bad:?} is not an HTTP method"));
+    }
+    for (field, names) in [
+        ("allowHeaders", &c.allow_headers),
+        ("exposeHeaders", &c.expose_headers),
+    ] {
+        if let Some(bad) = names
+            .iter()
+            .find(|h| *h != "*" && HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err(format!("cors.{field}: {bad:?} is not a header name"));
+        }
+    }
+    Ok(Arc::new(Cors {
+        allow_origins: c.allow_origins.clone(),
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        // The Gateway API CORS filter's default.
+        max_age_seconds: Some(c.max_age_seconds.unwrap_or(5)),
+    }))
+}
+
+/// `*`, or `scheme://host[:port]` with at most one `*` in it.
+fn origin_pattern(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && rest.chars().all(|c| c.is_ascii_graphic() && c != '/')
+        && origin.matches('*').count() <= 1
 }
 
 /// Reads referenced objects in the policy's namespace.

@@ -161,7 +161,7 @@ pub(crate) fn compile_filters(
             }
             HttpRouteRulesFiltersType::Cors => {
                 let c = f.cors.as_ref().ok_or_else(missing)?;
-                out.filters.push(Filter::Cors(Cors {
+                out.filters.push(Filter::Cors(std::sync::Arc::new(Cors {
                     allow_origins: c.allow_origins.clone().unwrap_or_default(),
                     allow_methods: c.allow_methods.clone().unwrap_or_default(),
                     allow_headers: c.allow_headers.clone().unwrap_or_default(),
@@ -169,7 +169,7 @@ pub(crate) fn compile_filters(
                     allow_credentials: c.allow_credentials.unwrap_or(false),
                     // The spec's default is 5 seconds.
                     max_age_seconds: Some(c.max_age.map_or(5, |s| s.max(0) as u32)),
-                }));
+                })));
             }
             HttpRouteRulesFiltersType::ExtensionRef => {
                 let (group, kind, name) = f

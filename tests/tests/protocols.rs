@@ -246,7 +246,92 @@ spec:
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(resp.status(), 404);
+    // Answered the gRPC way: trailers-only, UNIMPLEMENTED.
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "12");
+}
+
+/// gRPC status and headers of a call to `path` (trailers-only answers
+/// carry the status in the headers, others in the trailers).
+async fn grpc_status(
+    gw: &TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (String, http::HeaderMap) {
+    let mut req = Request::post(gw.url("HTTP_PORT", path))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from_static(b"\x00\x00\x00\x00\x05hello")))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), h2c_client().request(req))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    assert_eq!(resp.status(), 200, "gRPC answers are HTTP 200");
+    let headers = resp.headers().clone();
+    let collected = resp.into_body().collect().await.expect("body");
+    let status = headers
+        .get("grpc-status")
+        .or_else(|| collected.trailers().and_then(|t| t.get("grpc-status")))
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    (status, headers)
+}
+
+/// A gRPC call refused by the gateway (an AuthPolicy here) gets a gRPC
+/// answer a gRPC library understands, not a bare HTTP 401.
+#[tokio::test]
+async fn grpc_calls_refused_at_the_gateway_get_grpc_statuses() {
+    let echo = start_echo("grpc").await;
+    let yaml = format!(
+        "{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: grpc, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs: [{{name: echo, port: 80}}]
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: caller
+  namespace: default
+  labels: {{portcullis.dev/api-key: \"true\"}}
+stringData: {{api_key: grpc-key-0123456789abcdef}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: keys, namespace: default}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: GRPCRoute, name: grpc}}]
+  apiKeys: {{selector: {{matchLabels: {{portcullis.dev/api-key: \"true\"}}}}}}
+",
+        gateway(PLAIN_LISTENER),
+        service_yaml("echo", &[echo], None)
+    );
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    let (status, headers) = grpc_status(&gw, "/demo.Echo/Say", &[]).await;
+    assert_eq!(status, "16", "UNAUTHENTICATED");
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert!(headers["grpc-message"].to_str().unwrap().contains("401"));
+    assert!(
+        headers.contains_key("www-authenticate"),
+        "the challenge is kept"
+    );
+    let (status, _) = grpc_status(
+        &gw,
+        "/demo.Echo/Say",
+        &[("x-api-key", "grpc-key-0123456789abcdef")],
+    )
+    .await;
+    assert_eq!(status, "0");
 }
 
 #[tokio::test]

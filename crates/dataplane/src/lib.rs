@@ -11,6 +11,7 @@ pub mod backend_tls;
 pub mod body;
 pub mod client_cert;
 pub mod filters;
+pub mod grpc_answer;
 pub mod identity;
 pub mod lb;
 pub mod limits;

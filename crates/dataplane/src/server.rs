@@ -519,7 +519,11 @@ async fn serve_request(
 ) -> Result<hyper::Response<crate::body::Body>, std::convert::Infallible> {
     let ticket = tracker.request_started(limits.max_requests_per_connection);
     let http1 = req.version() < http::Version::HTTP_2;
+    let grpc = crate::grpc_answer::is_grpc_request(req.headers());
     let mut resp = observe::handle(observer, shared, conn, req).await?;
+    if grpc {
+        resp = crate::grpc_answer::answer(resp);
+    }
     // After a request refused by a limit, what is left of it (the body) is
     // not worth reading: HTTP/1 closes (HTTP/2 resets just the stream).
     let refused = matches!(

@@ -184,7 +184,10 @@ impl ProxyLimits {
                 secs(self.request_header_timeout_seconds),
             ),
             ("idle-timeout", secs(self.idle_timeout_seconds)),
-            ("stream-idle-timeout", secs(self.stream_idle_timeout_seconds)),
+            (
+                "stream-idle-timeout",
+                secs(self.stream_idle_timeout_seconds),
+            ),
             (
                 "max-connections",
                 self.max_connections.map(|v| v.to_string()),

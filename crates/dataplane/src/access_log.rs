@@ -231,10 +231,11 @@ pub struct StreamEntry {
     pub outcome: &'static str,
 }
 
-/// What the writer task receives.
+/// What the writer task receives. Requests come boxed already (see
+/// [`crate::observe`]), which keeps the queue's slots small.
 #[derive(Debug)]
 enum Line {
-    Request(Entry),
+    Request(Box<Entry>),
     Stream(StreamEntry),
 }
 
@@ -285,7 +286,7 @@ impl AccessLog {
 
     /// Queues an entry; never waits. A full queue drops the entry and
     /// counts it.
-    pub fn submit(&self, entry: Entry) {
+    pub fn submit(&self, entry: Box<Entry>) {
         self.queue(Line::Request(entry));
     }
 

@@ -175,10 +175,9 @@ impl Refused {
             Refused::Handshake(_) | Refused::NoCertificate(_) | Refused::Timeout => {
                 Outcome::HandshakeError
             }
-            Refused::Io(_)
-            | Refused::Forward(_)
-            | Refused::NotTls(_)
-            | Refused::TooLarge => Outcome::Error,
+            Refused::Io(_) | Refused::Forward(_) | Refused::NotTls(_) | Refused::TooLarge => {
+                Outcome::Error
+            }
         }
     }
 }

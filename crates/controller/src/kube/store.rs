@@ -677,7 +677,12 @@ fn source_needs(s: &Snapshot) -> BTreeMap<(Kind, ObjectKey), Vec<Need>> {
                 }
             }
             Kind::Policy(policy_kind) => {
-                for key in s.policies.get(&policy_kind).into_iter().flat_map(|m| m.keys()) {
+                for key in s
+                    .policies
+                    .get(&policy_kind)
+                    .into_iter()
+                    .flat_map(|m| m.keys())
+                {
                     add(kind, key.clone(), scope::needs_of_policy(key));
                 }
             }

@@ -523,15 +523,25 @@ async fn an_idle_stream_is_closed_on_both_sides_and_logged_with_sni_route_and_by
     assert_eq!(entry["protocol"], "TLS");
     assert_eq!(entry["tls_mode"], "terminate");
     assert_eq!(entry["port"], port);
-    assert_eq!(entry["route"], "tlsroute/default/to-plain/rule/0", "{entry}");
+    assert_eq!(
+        entry["route"], "tlsroute/default/to-plain/rule/0",
+        "{entry}"
+    );
     assert_eq!(entry["backend"], "default/plain:80", "{entry}");
     assert_eq!(entry["upstream"], backend.to_string());
     // Terminated: the plaintext each way, exactly.
     assert_eq!(entry["bytes_received"], "hello\n".len(), "{entry}");
     assert_eq!(entry["bytes"], "plain: hello\n".len(), "{entry}");
-    assert!(entry["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{entry}");
-    assert!(entry["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")));
-    assert!(entry["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        entry["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
+        "{entry}"
+    );
+    assert!(entry["client"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("127.0.0.1:")));
+    assert!(entry["timestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
 }
 
 #[tokio::test]
@@ -596,6 +606,9 @@ async fn streams_log_how_they_ended_closed_no_route_and_backend_connect_error() 
         .await
         .expect("passthrough");
     assert_eq!(answer, "backend-a: last");
-    wait_for_line(&log, |v| v["outcome"] == "closed" && v["client"] != closed["client"]).await;
+    wait_for_line(&log, |v| {
+        v["outcome"] == "closed" && v["client"] != closed["client"]
+    })
+    .await;
     assert_eq!(log_lines(&log).len(), 4, "{:?}", log_lines(&log));
 }

@@ -6,32 +6,11 @@
 # round. Target (issue 5): at least 0.85 of the unauthenticated throughput.
 # No pass/fail: the machine is shared and noisy, read the ratios.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
-BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/portcullis-target}/release/portcullis}
 DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-64}
-WORKERS=${WORKERS:-$(nproc)}
-THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() {
-  for _ in $(seq 1 100); do
-    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2; return 1
-}
 
 echo_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port)
 
@@ -93,16 +72,6 @@ TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=warn "$BIN" run --config-dir "$work/confi
 pids+=($!)
 wait_port "$echo_port"; wait_port "$gw_port"
 
-to_ms() {
-  local v=$1
-  case "$v" in
-    *us) awk -v x="${v%us}" 'BEGIN{printf "%.3f", x/1000}' ;;
-    *ms) awk -v x="${v%ms}" 'BEGIN{printf "%.3f", x}' ;;
-    *s) awk -v x="${v%s}" 'BEGIN{printf "%.3f", x*1000}' ;;
-    *) echo "$v" ;;
-  esac
-}
-
 # One run against a route: prints "<requests/s> <p99 ms>". Any non-2xx
 # answer means the credentials were refused: that is an error here.
 measure() {
@@ -141,7 +110,6 @@ for round in $(seq 1 "$ROUNDS"); do
     printf '%-6s %-8s %12s %10s %14s\n' "$round" "$r" "$rps" "$p99" "$ratio"
   done
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for r in rs256 es256 apikey; do
   # shellcheck disable=SC2086
   echo "median throughput ratio $r / no auth: $(median ${ratios[$r]})"

@@ -12,33 +12,11 @@
 #
 #   DURATION=5s ROUNDS=3 CONNECTIONS=64 WORKERS=2 bench/cache.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
-BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/portcullis-target}/release/portcullis}
 DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-64}
-WORKERS=${WORKERS:-$(nproc)}
-THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
-export PORTCULLIS_ACCESS_LOG=${PORTCULLIS_ACCESS_LOG:-off}
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() {
-  for _ in $(seq 1 200); do
-    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2; return 1
-}
 
 echo_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port); nginx_port=$(free_port)
 HOST=bench.example.com
@@ -120,16 +98,6 @@ for port in "$gw_port" "$nginx_port"; do
   check "$port" /cached/item -; check "$port" /cached/item HIT; check "$port" /bench/item -
 done
 
-to_ms() {
-  local v=$1
-  case "$v" in
-    *us) awk -v x="${v%us}" 'BEGIN{printf "%.3f", x/1000}' ;;
-    *ms) awk -v x="${v%ms}" 'BEGIN{printf "%.3f", x}' ;;
-    *s) awk -v x="${v%s}" 'BEGIN{printf "%.3f", x*1000}' ;;
-    *) echo "$v" ;;
-  esac
-}
-
 # One run: prints "<requests/s> <p99 ms>".
 measure() {
   local port=$1 path=$2 out
@@ -157,7 +125,6 @@ for round in $(seq 1 "$ROUNDS"); do
     printf '%-6s %-20s %12s %10s\n' "$round" "$t" "$r" "$p"
   done
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 declare -A med
 printf '\nmedians\n'
 for t in "${targets[@]}"; do
@@ -166,7 +133,6 @@ for t in "${targets[@]}"; do
   # shellcheck disable=SC2086
   printf '  %-20s %12s req/s  p99 %s ms\n' "$t" "${med[$t]}" "$(median ${p99[$t]})"
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 printf '  portcullis cached / portcullis uncached: %s\n' "$(ratio "${med[portcullis-cached]}" "${med[portcullis-uncached]}")"
 printf '  portcullis cached / nginx proxy_cache:   %s\n' "$(ratio "${med[portcullis-cached]}" "${med[nginx-cached]}")"
 hits=$(curl -s "http://127.0.0.1:$admin_port/metrics" | awk '/^portcullis_cache_requests_total\{filter="default\/bench-cache",result="hit"\}/ {print $2}')

@@ -9,33 +9,11 @@
 #
 #   DURATION=15s CHANGES=1000 CONNECTIONS=64 THREADS=2 WORKERS=2 bench/churn.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
-BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/portcullis-target}/release/portcullis}
 DURATION=${DURATION:-15s}
 CHANGES=${CHANGES:-1000}
 CONNECTIONS=${CONNECTIONS:-64}
-THREADS=${THREADS:-2}
-WORKERS=${WORKERS:-$(nproc)}
-export PORTCULLIS_ACCESS_LOG=${PORTCULLIS_ACCESS_LOG:-off}
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [[ -n ${KEEP_WORK:-} ]] && echo "kept $work" >&2 || rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() {
-  for _ in $(seq 1 200); do
-    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2; return 1
-}
 
 echo_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port)
 HOST='bench.example.com'

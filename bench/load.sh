@@ -13,58 +13,18 @@
 #
 #   DURATION=10s ROUNDS=3 CONNECTIONS_LIST="1 64 512" WORKERS=2 bench/load.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
-BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/portcullis-target}/release/portcullis}
 DURATION=${DURATION:-10s}
 CONNECTIONS_LIST=${CONNECTIONS_LIST:-1 64 512}
 H2_CONNECTIONS=${H2_CONNECTIONS:-64}
 H2_STREAMS=${H2_STREAMS:-10}
-WORKERS=${WORKERS:-$(nproc)}
-THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
 ROUTES_FOR_MEMORY=${ROUTES_FOR_MEMORY:-10000}
 PROXIES=(portcullis nginx haproxy)
-# nginx and HAProxy run without access logs; so does portcullis unless
-# asked otherwise.
-export PORTCULLIS_ACCESS_LOG=${PORTCULLIS_ACCESS_LOG:-off}
+# nginx and HAProxy run without access logs; so does portcullis (lib.sh).
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [[ -n ${KEEP_WORK:-} ]] && echo "kept $work" >&2 || rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() {
-  for _ in $(seq 1 200); do
-    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2; return 1
-}
-# All processes of a proxy: the main one and its children (nginx workers).
-proc_tree() { echo "$1"; pgrep -P "$1" || true; }
-# CPU time (user + system) of a proxy's processes, in clock ticks.
-cpu_ticks() {
-  local total=0 p
-  for p in $(proc_tree "$1"); do
-    [[ -r /proc/$p/stat ]] || continue
-    total=$((total + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
-  done
-  echo "$total"
-}
-rss_kib() {
-  local total=0 p
-  for p in $(proc_tree "$1"); do
-    [[ -r /proc/$p/status ]] || continue
-    total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
-  done
-  echo "$total"
-}
+# Clock ticks per second, for cpu_ticks (lib.sh).
 CLK_TCK=$(getconf CLK_TCK)
 
 echo_port=$(free_port); admin_port=$(free_port)
@@ -174,7 +134,6 @@ for p in "${PROXIES[@]}"; do
   wrk -t1 -c8 -d2s -H "Host: $HOST" "http://127.0.0.1:${port[$p]}/bench" >/dev/null
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 scenarios=()
 for c in $CONNECTIONS_LIST; do scenarios+=("h1:$c"); done
 scenarios+=("h2:$H2_CONNECTIONS")

@@ -8,32 +8,11 @@
 # one client IP, so every request hits the same counter (the worst case for
 # contention). No pass/fail: the machine is shared and noisy.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
 
-BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/portcullis-target}/release/portcullis}
 DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-64}
-WORKERS=${WORKERS:-$(nproc)}
-THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() {
-  for _ in $(seq 1 100); do
-    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 did not open" >&2; return 1
-}
 
 echo_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port); redis_port=$(free_port)
 
@@ -51,8 +30,6 @@ pids+=($!)
 wait_port "$echo_port"; wait_port "$gw_port"
 
 gw_pid=${pids[2]}
-# CPU time (user + system, clock ticks) a process has used.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tick_us=$(awk -v t="$(getconf CLK_TCK)" 'BEGIN{print 1000000 / t}')
 
 # One run: prints "<requests/s> <p99 in ms> <non-2xx count> <gateway CPU
@@ -68,15 +45,6 @@ measure() {
   bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   echo "$rps $(to_ms "$p99") ${bad:-0} $(awk -v t=$((after - before)) -v u="$tick_us" -v n="$requests" 'BEGIN{printf "%.1f", t * u / n}')"
-}
-to_ms() {
-  local v=$1
-  case "$v" in
-    *us) awk -v x="${v%us}" 'BEGIN{printf "%.3f", x/1000}' ;;
-    *ms) awk -v x="${v%ms}" 'BEGIN{printf "%.3f", x}' ;;
-    *s) awk -v x="${v%s}" 'BEGIN{printf "%.3f", x*1000}' ;;
-    *) echo "$v" ;;
-  esac
 }
 
 for h in none local global; do
@@ -109,7 +77,6 @@ for round in $(seq 1 "$ROUNDS"); do
   printf '%-6s %13s %7s %7s %13s %7s %7s %13s %7s %7s %7s %7s\n' "$round" "$n_rps" "$n_p99" "$n_cpu" \
     "$l_rps" "$l_p99" "$l_cpu" "$g_rps" "$g_p99" "$g_cpu" "$lr" "$gr"
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo "median throughput ratio to no limit: local $(median "${local_ratios[@]}"), global $(median "${global_ratios[@]}")"
 nc=$(median "${n_cpus[@]}"); lc=$(median "${l_cpus[@]}"); gc=$(median "${g_cpus[@]}")
 echo "median gateway CPU per request: no limit ${nc} us, local ${lc} us, global ${gc} us;" \

@@ -85,3 +85,41 @@ YAML
 cond() { kubectl -n "$NS" get "$1" "$2" -o jsonpath="{$3[?(@.type==\"$4\")].status}" 2>/dev/null; }
 reason() { kubectl -n "$NS" get "$1" "$2" -o jsonpath="{$3[?(@.type==\"$4\")].reason}" 2>/dev/null; }
 is_true() { [[ $("$@") == True ]]; }
+
+# Service `echo` (port 8080 to the echo pods' 3000) and HTTPRoute `echo`
+# (one rule named `main`) on Gateway `gw`, as YAML documents.
+echo_route_yaml() {
+  cat <<'YAML'
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 8080, targetPort: 3000}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - name: main
+    backendRefs: [{name: echo, port: 8080}]
+YAML
+}
+
+# Waits until Gateway `gw` in $NS has its proxy provisioned and rolled out,
+# an address, and serves http://ADDR:8080/; sets ADDR.
+gateway_serving() {
+  wait_for "proxy Deployment" 60 kubectl -n "$NS" get deployment gw-portcullis \
+    || die "no proxy Deployment provisioned"
+  kubectl -n "$NS" rollout status deployment/gw-portcullis --timeout=90s >&2 \
+    || { kubectl -n "$NS" get deploy,pods -o wide >&2; die "proxy Deployment not available"; }
+  address() { kubectl -n "$NS" get gateway gw -o jsonpath='{.status.addresses[0].value}'; }
+  has_address() { [[ -n $(address) ]]; }
+  wait_for "Gateway address" 60 has_address || die "no Gateway address"
+  ADDR=$(address)
+  served() { curl -sf --max-time 2 "http://$ADDR:8080/" >/dev/null; }
+  wait_for "traffic through the Gateway" 90 served || die "no traffic through $ADDR"
+}

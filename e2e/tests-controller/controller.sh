@@ -89,7 +89,7 @@ bash "$E2E_DIR/scripts/deploy-controller.sh" || fail "deploy-controller.sh faile
 
 step "Gateway, echo backend, HTTPRoute"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-{ echo_deployment_yaml 2; cat <<'YAML'; } | kubectl apply -n "$NS" -f - >/dev/null
+{ echo_deployment_yaml 2; cat <<'YAML'; echo_route_yaml; } | kubectl apply -n "$NS" -f - >/dev/null
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -97,22 +97,6 @@ metadata: {name: gw}
 spec:
   gatewayClassName: portcullis
   listeners: [{name: http, port: 8080, protocol: HTTP}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo}
-spec:
-  selector: {app: echo}
-  ports: [{name: http, port: 8080, targetPort: 3000}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo}
-spec:
-  parentRefs: [{name: gw}]
-  rules:
-  - matches: [{path: {type: PathPrefix, value: /}}]
-    backendRefs: [{name: echo, port: 8080}]
 YAML
 
 CONTROLLER_LOGS="kubectl -n $SYS logs deployment/portcullis-controller --tail=40"

@@ -25,7 +25,7 @@ for crd in backendpolicies ratelimitpolicies authpolicies; do
 done
 
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-{ echo_deployment_yaml 3; cat <<'YAML'; } | kubectl apply -n "$NS" -f - >/dev/null
+{ echo_deployment_yaml 3; cat <<'YAML'; echo_route_yaml; } | kubectl apply -n "$NS" -f - >/dev/null
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -33,37 +33,12 @@ metadata: {name: gw}
 spec:
   gatewayClassName: portcullis
   listeners: [{name: http, port: 8080, protocol: HTTP}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo}
-spec:
-  selector: {app: echo}
-  ports: [{name: http, port: 8080, targetPort: 3000}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo}
-spec:
-  parentRefs: [{name: gw}]
-  rules:
-  - name: main
-    backendRefs: [{name: echo, port: 8080}]
 YAML
 
 wait_for "HTTPRoute Accepted" 60 is_true cond httproute echo '.status.parents[0].conditions' Accepted \
   || { kubectl -n "$NS" get gateway,httproute -o yaml >&2; die "HTTPRoute not Accepted"; }
 kubectl -n "$NS" rollout status deployment/echo --timeout=90s >&2 || die "echo not available"
-wait_for "proxy Deployment" 60 kubectl -n "$NS" get deployment gw-portcullis \
-  || die "no proxy Deployment provisioned"
-kubectl -n "$NS" rollout status deployment/gw-portcullis --timeout=90s >&2 \
-  || { kubectl -n "$NS" get deploy,pods -o wide >&2; die "proxy Deployment not available"; }
-address() { kubectl -n "$NS" get gateway gw -o jsonpath='{.status.addresses[0].value}'; }
-has_address() { [[ -n $(address) ]]; }
-wait_for "Gateway address" 60 has_address || die "no Gateway address"
-ADDR=$(address)
-served() { curl -sf --max-time 2 "http://$ADDR:8080/" >/dev/null; }
-wait_for "traffic through the Gateway" 60 served || die "no traffic through $ADDR"
+gateway_serving
 
 log "BackendPolicy: a session cookie pins a client to one pod"
 kubectl apply -n "$NS" -f - >/dev/null <<'YAML'

@@ -20,6 +20,7 @@ use portcullis_dataplane::DataPlaneConfig;
 use tokio::net::TcpListener;
 
 pub mod redis;
+pub mod websocket;
 
 pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 

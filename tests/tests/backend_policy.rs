@@ -346,6 +346,96 @@ async fn resets_and_connect_failures_are_retried() {
     assert_eq!(eps[0].hits(), before + 1);
 }
 
+/// `config` with the Gateway API `retry` stanza (flow YAML) on rule `main`.
+fn config_with_route_retry(endpoints: &[&Arc<Endpoint>], retry: &str, extra: &str) -> String {
+    let rule = "    backendRefs: [{name: svc, port: 80}]\n";
+    let yaml = config(endpoints, extra);
+    assert!(yaml.contains(rule), "rule main not found");
+    yaml.replacen(rule, &format!("    retry: {retry}\n{rule}"), 1)
+}
+
+#[tokio::test]
+async fn http_route_retry_retries_listed_codes_and_connection_errors() {
+    let eps = fleet(3, &["unavailable", "reset", "good"]).await;
+    eps[0].set(Mode::Status503);
+    eps[1].set(Mode::Reset);
+    let yaml = config_with_route_retry(
+        &[&eps[0], &eps[1], &eps[2]],
+        "{codes: [503], attempts: 2, backoff: 1ms}",
+        "",
+    );
+    let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
+    for _ in 0..12 {
+        let a = request(&gw, "GET", &[], "").await;
+        assert_eq!((a.status.as_u16(), who(&a)), (200, "good".to_string()));
+    }
+    assert!(
+        eps[0].hits() >= 2 && eps[1].hits() >= 2,
+        "both bad endpoints were tried"
+    );
+
+    // A status that is not listed is relayed after one attempt.
+    let eps = fleet(1, &["broken"]).await;
+    eps[0].set(Mode::Status500);
+    gw.reconfigure(&config_with_route_retry(
+        &[&eps[0]],
+        "{codes: [503], attempts: 2, backoff: 1ms}",
+        "",
+    ))
+    .await;
+    assert_eq!(request(&gw, "GET", &[], "").await.status, 500);
+    assert_eq!(eps[0].hits(), 1, "500 is not in codes");
+    // Listed: one attempt and `attempts` retries, then the last answer.
+    gw.reconfigure(&config_with_route_retry(
+        &[&eps[0]],
+        "{codes: [500], attempts: 2, backoff: 1ms}",
+        "",
+    ))
+    .await;
+    assert_eq!(request(&gw, "GET", &[], "").await.status, 500);
+    assert_eq!(eps[0].hits(), 4);
+}
+
+#[tokio::test]
+async fn route_backend_policy_wins_over_route_retry_which_wins_over_the_service_policy() {
+    let eps = fleet(1, &["broken"]).await;
+    eps[0].set(Mode::Status500);
+    let service = service_policy("    retry: {retryOn: [5xx], attempts: 4, backoff: {base: 1ms}}");
+    let gw = TestGateway::start(
+        &config_with_route_retry(
+            &[&eps[0]],
+            "{codes: [500], attempts: 1, backoff: 1ms}",
+            &service,
+        ),
+        &["HTTP_PORT"],
+    )
+    .await;
+    assert_eq!(request(&gw, "GET", &[], "").await.status, 500);
+    assert_eq!(
+        eps[0].hits(),
+        2,
+        "the route's retry (1), not the Service's (4)"
+    );
+
+    let on_route = "---
+apiVersion: portcullis.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: route-policy, namespace: default}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r, sectionName: main}]
+  defaults:
+    retry: {retryOn: [5xx], attempts: 2, backoff: {base: 1ms}}
+";
+    gw.reconfigure(&config_with_route_retry(
+        &[&eps[0]],
+        "{codes: [500], attempts: 1, backoff: 1ms}",
+        &format!("{service}{on_route}"),
+    ))
+    .await;
+    assert_eq!(request(&gw, "GET", &[], "").await.status, 500);
+    assert_eq!(eps[0].hits(), 2 + 3, "the route's BackendPolicy (2) wins");
+}
+
 #[tokio::test]
 async fn retry_budget_and_max_retries_stop_retries() {
     let eps = fleet(1, &["bad"]).await;

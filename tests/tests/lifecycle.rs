@@ -1,6 +1,6 @@
 //! Graceful shutdown over real sockets: readiness goes false, listeners
 //! close (new connections are refused), requests in flight finish, HTTP/2
-//! clients get GOAWAY.
+//! clients get GOAWAY, WebSocket tunnels live until the drain deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -240,5 +240,82 @@ async fn http2_clients_get_goaway_and_their_open_stream_completes() {
         .expect("shutdown task");
     assert!(drained.in_time);
     let _ = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    drop(dir);
+}
+
+/// A gateway in front of the echo server, whose `/` speaks WebSocket.
+async fn gateway_to_websocket_echo() -> TestGateway {
+    let echo = start_echo("ws").await;
+    let yaml = format!(
+        "{}{}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: ws, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs: [{{name: echo, port: 80}}]
+",
+        gateway(PLAIN_LISTENER),
+        service_yaml("echo", &[echo], None),
+    );
+    TestGateway::start(&yaml, &["HTTP_PORT"]).await
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_keeps_working_during_the_drain_and_its_close_ends_it() {
+    let gw = gateway_to_websocket_echo().await;
+    let port = gw.port("HTTP_PORT");
+    let mut ws = websocket::connect(port, "example.com", "/").await;
+    assert_eq!(websocket::round_trip(&mut ws, "before").await, "before");
+
+    let TestGateway { running, dir, .. } = gw;
+    let shutdown = tokio::spawn(running.shutdown(SHUTDOWN));
+    assert!(wait_until_refused(port).await, "listener still open");
+    // The tunnel is not cut when the drain starts, and shutdown waits for it.
+    assert_eq!(
+        websocket::round_trip(&mut ws, "during the drain").await,
+        "during the drain"
+    );
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown must wait for the open tunnel"
+    );
+    // The client ends its session: the drain is complete, well before the
+    // 20 s deadline.
+    drop(ws);
+    let drained = tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown ends once the tunnel is closed")
+        .expect("shutdown task");
+    assert!(drained.in_time);
+    drop(dir);
+}
+
+#[tokio::test]
+async fn the_drain_deadline_closes_websocket_tunnels() {
+    use tokio::io::AsyncReadExt;
+    let gw = gateway_to_websocket_echo().await;
+    let mut ws = websocket::connect(gw.port("HTTP_PORT"), "example.com", "/").await;
+    assert_eq!(websocket::round_trip(&mut ws, "hello").await, "hello");
+
+    let TestGateway { running, dir, .. } = gw;
+    let drained = running
+        .shutdown(Shutdown {
+            delay: Duration::ZERO,
+            drain: Duration::from_millis(300),
+        })
+        .await;
+    assert!(!drained.in_time, "the open tunnel outlived the deadline");
+    // The client sees its tunnel closed, not left hanging.
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), ws.read(&mut buf))
+        .await
+        .expect("the tunnel is closed, not left open");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "expected end of stream, got {read:?}"
+    );
     drop(dir);
 }

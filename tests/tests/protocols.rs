@@ -8,10 +8,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use portcullis::websocket;
 use portcullis_tests::*;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn route_to(service: &str, extra: &str) -> String {
@@ -193,56 +191,9 @@ async fn websocket_upgrade_is_tunneled() {
         route_to("echo", "")
     );
     let gw = TestGateway::start(&yaml, &["HTTP_PORT"]).await;
-    let mut stream = TcpStream::connect(("127.0.0.1", gw.port("HTTP_PORT")))
-        .await
-        .unwrap();
-    let key = "dGhlIHNhbXBsZSBub25jZQ==";
-    stream
-        .write_all(
-            format!(
-                "GET /chat HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    // Read the 101 response head.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        head.push(byte[0]);
-        assert!(head.len() < 8192, "response head too long");
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(
-        head.contains(&format!(
-            "sec-websocket-accept: {}",
-            websocket::accept_key(key.as_bytes()).to_ascii_lowercase()
-        )),
-        "{head}"
-    );
+    let mut stream = websocket::connect(gw.port("HTTP_PORT"), "h", "/chat").await;
     for message in ["hello", "through the gateway"] {
-        stream
-            .write_all(&websocket::encode_frame(
-                websocket::OPCODE_TEXT,
-                message.as_bytes(),
-                Some([7, 1, 9, 3]),
-            ))
-            .await
-            .unwrap();
-        let frame =
-            tokio::time::timeout(Duration::from_secs(5), websocket::read_frame(&mut stream))
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-        assert_eq!(frame.opcode, websocket::OPCODE_TEXT);
-        assert_eq!(frame.payload, message.as_bytes());
+        assert_eq!(websocket::round_trip(&mut stream, message).await, message);
     }
 }
 

@@ -67,6 +67,86 @@ pub struct GatewayParametersSpec {
     /// keeps the proxy's default; see the README's "Limits").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ProxyLimits>,
+    /// What the proxies log and where they send traces (each unset field
+    /// keeps the proxy's default; see the README's "Observe").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<ProxyObservability>,
+}
+
+/// The access log and trace export of the proxies; rendered into the
+/// `portcullis proxy` flags of the same names ([`ProxyObservability::to_args`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyObservability {
+    /// Access log destination: `stdout` (default), `stderr` or `off`. A
+    /// file is not offered: the proxy's root filesystem is read-only and
+    /// the container runtime collects stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern("^(stdout|stderr|off)$"))]
+    pub access_log: Option<String>,
+    /// Access log fields in output order (default: all but `query`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(pattern(
+        "^(timestamp|request_id|trace_id|span_id|client|port|protocol|method|host|path|query|user_agent|status|bytes|duration_ms|upstream|upstream_ms|route|backend|identity|auth_mechanism|rate_limit)$"
+    )))]
+    pub access_log_fields: Option<Vec<String>>,
+    /// Share of requests logged, 0 to 1 (default 1); answers with status
+    /// 500 or more are always logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub access_log_sample_rate: Option<f64>,
+    /// OpenTelemetry collector (OTLP/HTTP) the proxies export a span per
+    /// request to, e.g. `http://otel-collector.observability:4318`. Unset:
+    /// trace context is only propagated and logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern("^http://[^/?#]+(/.*)?$"))]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans (default `portcullis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub otlp_service_name: Option<String>,
+}
+
+impl ProxyObservability {
+    /// `self` with unset fields taken from `fallback`.
+    pub fn or(&self, fallback: &ProxyObservability) -> ProxyObservability {
+        let pick = |mine: &Option<String>, theirs: &Option<String>| {
+            mine.clone().or_else(|| theirs.clone())
+        };
+        ProxyObservability {
+            access_log: pick(&self.access_log, &fallback.access_log),
+            access_log_fields: self
+                .access_log_fields
+                .clone()
+                .or_else(|| fallback.access_log_fields.clone()),
+            access_log_sample_rate: self
+                .access_log_sample_rate
+                .or(fallback.access_log_sample_rate),
+            otlp_endpoint: pick(&self.otlp_endpoint, &fallback.otlp_endpoint),
+            otlp_service_name: pick(&self.otlp_service_name, &fallback.otlp_service_name),
+        }
+    }
+
+    /// The `portcullis proxy` flags (`--name=value`) of the set fields.
+    pub fn to_args(&self) -> Vec<String> {
+        let fields: [(&str, Option<String>); 5] = [
+            ("access-log", self.access_log.clone()),
+            (
+                "access-log-fields",
+                self.access_log_fields.as_ref().map(|f| f.join(",")),
+            ),
+            (
+                "access-log-sample-rate",
+                self.access_log_sample_rate.map(|r| r.to_string()),
+            ),
+            ("otlp-endpoint", self.otlp_endpoint.clone()),
+            ("otlp-service-name", self.otlp_service_name.clone()),
+        ];
+        fields
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| format!("--{name}={v}")))
+            .collect()
+    }
 }
 
 /// Limits a proxy enforces on clients; each becomes the `portcullis proxy`
@@ -244,6 +324,10 @@ impl GatewayParametersSpec {
                 (Some(mine), Some(class)) => Some(mine.or(class)),
                 (mine, class) => mine.clone().or_else(|| class.clone()),
             },
+            observability: match (&self.observability, &fallback.observability) {
+                (Some(mine), Some(class)) => Some(mine.or(class)),
+                (mine, class) => mine.clone().or_else(|| class.clone()),
+            },
         }
     }
 }
@@ -309,6 +393,32 @@ mod tests {
                 "--idle-timeout=30s",
                 "--stream-idle-timeout=600s",
                 "--http2-max-concurrent-streams=64"
+            ]
+        );
+    }
+
+    #[test]
+    fn observability_merges_field_by_field_and_becomes_proxy_flags() {
+        let class = GatewayParametersSpec {
+            observability: Some(ProxyObservability {
+                otlp_endpoint: Some("http://collector:4318".into()),
+                access_log_sample_rate: Some(0.5),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let gateway: GatewayParametersSpec = serde_json::from_value(serde_json::json!({
+            "observability": {"accessLog": "stderr", "accessLogFields": ["timestamp", "status", "route"]}
+        }))
+        .expect("valid spec");
+        let merged = gateway.or(&class).observability.expect("observability");
+        assert_eq!(
+            merged.to_args(),
+            [
+                "--access-log=stderr",
+                "--access-log-fields=timestamp,status,route",
+                "--access-log-sample-rate=0.5",
+                "--otlp-endpoint=http://collector:4318",
             ]
         );
     }

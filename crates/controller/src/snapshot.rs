@@ -11,7 +11,11 @@ use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::httproutes::HttpRoute;
+// HTTPRoute is read with the experimental channel's type, a superset of the
+// standard one: fields such as `rules[].retry` exist only there, and serde
+// would drop them from the standard type. Where the standard CRDs are
+// installed the API server prunes them and they read as unset.
+use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};

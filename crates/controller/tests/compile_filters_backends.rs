@@ -333,6 +333,54 @@ fn timeouts() {
 }
 
 #[test]
+fn http_route_retry() {
+    let c = fixture("retry");
+    let retried = route_for(&c, 80, &get("h", "/retried")).expect("routed");
+    let r = retried.rule.retry.as_deref().expect("retry compiled");
+    assert_eq!(r.codes, [500, 503]);
+    assert_eq!(r.attempts, 3);
+    assert_eq!(r.backoff_base, Duration::from_millis(100));
+    assert!(r.on.connect_failure && r.on.reset && r.retries_timeout());
+    assert!(
+        r.retries_status(503) && !r.retries_status(502),
+        "only the listed codes"
+    );
+
+    // An empty stanza still retries connection errors, with the defaults.
+    let bare = route_for(&c, 80, &get("h", "/bare-stanza")).expect("routed");
+    let b = bare.rule.retry.as_deref().expect("retry compiled");
+    assert!(b.codes.is_empty() && b.attempts == 2 && b.on.connect_failure);
+    assert!(!b.retries_status(503));
+
+    let plain = route_for(&c, 80, &get("h", "/plain")).expect("routed");
+    assert!(plain.rule.retry.is_none());
+
+    let too_many = route_status(&c, "too-many");
+    assert_eq!(
+        sr(too_many.parent_condition("gw", None, "Accepted")),
+        is("False", "UnsupportedValue")
+    );
+    assert!(
+        too_many.status.to_string().contains("retry.attempts 50"),
+        "{}",
+        too_many.status
+    );
+    assert!(route_for(&c, 80, &get("h", "/too-many")).is_none());
+}
+
+#[test]
+fn filter_external_auth_is_not_accepted() {
+    let c = fixture("filter_external_auth");
+    let s = route_status(&c, "ext-auth");
+    assert_eq!(
+        sr(s.parent_condition("gw", None, "Accepted")),
+        is("False", "UnsupportedValue")
+    );
+    assert!(route_for(&c, 80, &get("h", "/guarded")).is_none());
+    assert!(route_for(&c, 80, &get("h", "/open")).is_some());
+}
+
+#[test]
 fn status_observed_generation() {
     let c = fixture("status_observed_generation");
     let s = route_status(&c, "versioned");

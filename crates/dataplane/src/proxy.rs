@@ -42,6 +42,8 @@ pub struct ConnInfo {
     /// SNI (when the client sent one): a request for a host of another
     /// listener's certificate is misdirected.
     pub cert: Option<portcullis_model::HostMatch>,
+    /// For tunnels that outlive the request (upgrades).
+    pub drain: crate::server::DrainWatch,
 }
 
 impl ConnInfo {
@@ -354,8 +356,11 @@ async fn route_and_forward(
         req: upstream_req,
         client_upgrade,
     } = build_upstream_request(req, &ctx, conn, protocol, &state, body_limit)?;
+    // Most specific first: a BackendPolicy on the route, the route's own
+    // `retry`, the Service's BackendPolicy.
     let retry = route_policy
         .and_then(|p| p.retry.as_ref())
+        .or(rule.retry.as_deref())
         .or(target.settings.retry.as_ref());
     let attempts = resilience::retry::Attempts {
         backend: backend_state,
@@ -583,7 +588,13 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// An upstream request plus what is needed to finish an upgrade.
 struct UpstreamRequest {
     req: Request<Body>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
+}
+
+/// The client side of an upgrade, and the drain its tunnel answers to.
+struct ClientUpgrade {
+    on: hyper::upgrade::OnUpgrade,
+    drain: crate::server::DrainWatch,
 }
 
 /// Did forwarding fail because reading the client's request body failed?
@@ -610,7 +621,10 @@ fn build_upstream_request(
     body_limit: Option<(u64, Arc<AtomicBool>)>,
 ) -> Result<UpstreamRequest, ProxyError> {
     let upgrade = is_upgrade(&req) && protocol != AppProtocol::H2c;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrade.then(|| ClientUpgrade {
+        on: hyper::upgrade::on(&mut req),
+        drain: conn.drain.clone(),
+    });
     let upgrade_header = req.headers().get(header::UPGRADE).cloned();
 
     let uri = origin_form_uri(ctx).map_err(|e| {
@@ -884,15 +898,25 @@ async fn forward(
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
+        if let Some(ClientUpgrade { on, mut drain }) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            // The tunnel holds `drain`: a graceful shutdown waits for it
+            // (the client may finish its session) until the deadline,
+            // then closes it.
             tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                match tokio::try_join!(on, upstream_upgrade) {
                     Ok((client_io, upstream_io)) => {
                         let mut client_io = hyper_util::rt::TokioIo::new(client_io);
                         let mut upstream_io = hyper_util::rt::TokioIo::new(upstream_io);
-                        if let Err(e) = copy_bidirectional(&mut client_io, &mut upstream_io).await {
-                            tracing::debug!(error = %e, "upgraded connection closed with error");
+                        tokio::select! {
+                            copied = copy_bidirectional(&mut client_io, &mut upstream_io) => {
+                                if let Err(e) = copied {
+                                    tracing::debug!(error = %e, "upgraded connection closed with error");
+                                }
+                            }
+                            _ = drain.closing() => {
+                                tracing::debug!("drain deadline passed: upgraded connection closed");
+                            }
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),

@@ -350,6 +350,7 @@ mod tests {
                 filters: vec![],
                 backends: vec![],
                 timeouts: Timeouts::default(),
+                retry: None,
                 policies: Default::default(),
             }),
         }

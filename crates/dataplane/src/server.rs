@@ -62,6 +62,19 @@ enum Phase {
     Closing,
 }
 
+/// Lets a task that outlives its request, the tunnel of an upgraded
+/// connection (WebSocket), take part in the drain: while a clone is alive
+/// shutdown waits for it, and the task must end when [`DrainWatch::closing`]
+/// resolves (the drain deadline passed).
+#[derive(Debug, Clone)]
+pub struct DrainWatch(watch::Receiver<Phase>);
+
+impl DrainWatch {
+    pub async fn closing(&mut self) {
+        reached(&mut self.0, Phase::Closing).await
+    }
+}
+
 /// A running data plane.
 pub struct DataPlane {
     pub shared: Arc<Shared>,
@@ -345,6 +358,7 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
         cert: None,
         limits: serving.limits.clone(),
         client_certificate: None,
+        drain: DrainWatch(serving.phase.clone()),
     });
     serve_http(TokioIo::new(stream), conn, serving).await;
 }
@@ -387,6 +401,7 @@ async fn serve_https(
             cert,
             limits: serving.limits.clone(),
             client_certificate,
+            drain: DrainWatch(serving.phase.clone()),
         });
         serve_http(TokioIo::new(tls_stream), conn, serving).await;
     }

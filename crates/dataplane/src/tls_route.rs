@@ -612,6 +612,7 @@ mod tests {
             filters: vec![],
             backends: vec![],
             timeouts: Timeouts::default(),
+            retry: None,
             policies: Default::default(),
         })
     }

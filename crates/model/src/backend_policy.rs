@@ -79,6 +79,9 @@ pub struct RetryOn {
     pub server_error: bool,
     /// 502, 503, 504 and a per-attempt timeout.
     pub gateway_error: bool,
+    /// A per-attempt timeout (`timeouts.backendRequest` or the retry's
+    /// per-try timeout) alone.
+    pub timeout: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -128,6 +131,7 @@ impl RetryPolicy {
                 reset: true,
                 server_error: false,
                 gateway_error: true,
+                timeout: false,
             },
             codes: Vec::new(),
             grpc_status_mask: 0,
@@ -155,7 +159,10 @@ impl RetryPolicy {
 
     /// Is a per-attempt timeout retried?
     pub fn retries_timeout(&self) -> bool {
-        self.on.server_error || self.on.gateway_error || self.codes.contains(&504)
+        self.on.timeout
+            || self.on.server_error
+            || self.on.gateway_error
+            || self.codes.contains(&504)
     }
 }
 

@@ -420,6 +420,10 @@ pub struct Rule {
     /// without usable backends).
     pub backends: Vec<WeightedBackend>,
     pub timeouts: Timeouts,
+    /// The route's own retry stanza (HTTPRoute `rules[].retry`). A
+    /// BackendPolicy attached to the route wins over it; it wins over the
+    /// Service's BackendPolicy.
+    pub retry: Option<Box<backend_policy::RetryPolicy>>,
     /// Our policies in force for this rule where it is served (GEP-713
     /// effective policies: Gateway, listener, route and rule levels merged
     /// by the controller). The same route rule served under two listeners

@@ -314,7 +314,8 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_api::parameters::ProxyLimits;
+    use portcullis_api::parameters::{ProxyLimits, ProxyObservability};
+    use portcullis_dataplane::access_log::Field;
 
     /// What the controller renders from GatewayParameters `spec.limits`
     /// must be flags the proxy accepts, with the same meaning.
@@ -355,6 +356,54 @@ mod tests {
         assert_eq!(parsed.h2_max_concurrent_streams, 64);
         assert_eq!(parsed.h2_max_pending_accept_reset_streams, 10);
         assert_eq!(parsed.h2_max_local_error_reset_streams, 100);
+    }
+
+    /// The same for GatewayParameters `spec.observability`; every field
+    /// name the CRD's schema allows must be one the access log knows,
+    /// or a valid resource would crash-loop the proxies.
+    #[test]
+    fn gateway_parameters_observability_renders_to_accepted_proxy_flags() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(portcullis_api::GatewayParameters::crd()).expect("crd");
+        let pattern = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["observability"]["properties"]["accessLogFields"]["items"]["pattern"]
+            .as_str()
+            .expect("field name pattern");
+        let allowed: Vec<String> = pattern
+            .trim_start_matches("^(")
+            .trim_end_matches(")$")
+            .split('|')
+            .map(String::from)
+            .collect();
+        let known: Vec<&str> = Field::ALL.iter().map(|f| f.key()).collect();
+        assert_eq!(
+            allowed, known,
+            "the CRD allows exactly the access log's fields"
+        );
+
+        let observability = ProxyObservability {
+            access_log: Some("stderr".into()),
+            access_log_fields: Some(allowed),
+            access_log_sample_rate: Some(0.25),
+            otlp_endpoint: Some("http://collector.observability:4318".into()),
+            otlp_service_name: Some("edge-proxy".into()),
+        };
+        let args = ["portcullis", "proxy", "--gateway", "infra/edge"]
+            .map(String::from)
+            .into_iter()
+            .chain(observability.to_args());
+        let cli = Cli::try_parse_from(args).expect("the proxy accepts the rendered flags");
+        let Command::Proxy { serve, .. } = cli.command else {
+            panic!("not the proxy command");
+        };
+        assert_eq!(serve.access_log, "stderr");
+        assert_eq!(serve.access_log_fields.as_deref(), Some(&Field::ALL[..]));
+        assert_eq!(serve.access_log_sample_rate, 0.25);
+        assert_eq!(
+            serve.otlp_endpoint.as_deref(),
+            Some("http://collector.observability:4318")
+        );
+        assert_eq!(serve.otlp_service_name, "edge-proxy");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_api::experimental::httproutes::HttpRouteRulesRetry;
 use portcullis_api::backend_policy::{
     BackendPolicyRules, HealthCheckSpec, LoadBalancerSpec, LoadBalancerType, OutlierDetectionSpec,
     RetryOn as ApiRetryOn, RetrySpec, UpstreamHttpVersion,
@@ -262,6 +263,10 @@ fn duration(field: &str, v: Option<&str>) -> Result<Option<Duration>, String> {
     Ok(Some(d))
 }
 
+/// Retries after the first attempt, at most: more only multiplies the
+/// load on a failing backend.
+const MAX_RETRIES: u32 = 10;
+
 fn retry(r: &RetrySpec) -> Result<RetryPolicy, String> {
     let mut p = RetryPolicy::with_defaults();
     if let Some(on) = &r.retry_on {
@@ -282,8 +287,8 @@ fn retry(r: &RetrySpec) -> Result<RetryPolicy, String> {
         p.codes = codes.clone();
     }
     if let Some(n) = r.attempts {
-        if n > 10 {
-            return Err(format!("retry.attempts {n} is more than 10"));
+        if n > MAX_RETRIES {
+            return Err(format!("retry.attempts {n} is more than {MAX_RETRIES}"));
         }
         p.attempts = n;
     }
@@ -319,6 +324,49 @@ fn retry(r: &RetrySpec) -> Result<RetryPolicy, String> {
     }
     if let Some(n) = r.max_body_bytes {
         p.max_body_bytes = n as usize;
+    }
+    Ok(p)
+}
+
+/// The Gateway API HTTPRoute `rules[].retry` stanza (GEP-1731) on the same
+/// machinery: the listed status codes, connection errors (connect
+/// failure, reset, per-attempt timeout: the spec says implementations
+/// SHOULD retry those once a stanza exists), `attempts` retries after the
+/// first try (default 2) and `backoff` as the minimum wait between tries
+/// (growing with jitter up to ten times it; default 25 ms). Budget, body
+/// replay limit and idempotent-only are the BackendPolicy defaults.
+pub(crate) fn http_route_retry(r: &HttpRouteRulesRetry) -> Result<RetryPolicy, String> {
+    let mut p = RetryPolicy::with_defaults();
+    p.on = RetryOn {
+        connect_failure: true,
+        reset: true,
+        timeout: true,
+        ..RetryOn::default()
+    };
+    if let Some(codes) = &r.codes {
+        if let Some(bad) = codes.iter().find(|c| !(400..=599).contains(*c)) {
+            return Err(format!(
+                "retry.codes: {bad} is not an HTTP error status (400-599)"
+            ));
+        }
+        p.codes = codes.iter().map(|&c| c as u16).collect();
+    }
+    if let Some(n) = r.attempts {
+        p.attempts = match u32::try_from(n) {
+            Ok(n) if n <= MAX_RETRIES => n,
+            _ => {
+                return Err(format!(
+                    "retry.attempts {n} is not between 0 and {MAX_RETRIES}"
+                ))
+            }
+        };
+    }
+    if let Some(b) = &r.backoff {
+        let d: gateway_api::Duration = b.parse().map_err(|e| {
+            format!("retry.backoff {b:?} is not a valid duration (e.g. 100ms, 1s): {e}")
+        })?;
+        p.backoff_base = Duration::new(d.as_secs(), d.subsec_nanos());
+        p.backoff_max = p.backoff_base.saturating_mul(10);
     }
     Ok(p)
 }

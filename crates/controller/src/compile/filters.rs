@@ -1,6 +1,6 @@
 //! HTTPRoute / GRPCRoute filters -> `model::Filter`.
 
-use gateway_api::httproutes::{
+use gateway_api::experimental::httproutes::{
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestHeaderModifier,
     HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersRequestRedirectScheme,
     HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewritePathType,
@@ -201,6 +201,13 @@ pub(crate) fn compile_filters(
                         out.ref_problems.push(problem);
                     }
                 }
+            }
+            // Experimental (GEP-1494). Not accepting the route keeps its
+            // requests from reaching the backend unauthenticated.
+            HttpRouteRulesFiltersType::ExternalAuth => {
+                return Err(format!(
+                    "filters[{i}]: ExternalAuth is not supported by Portcullis (authenticate with an AuthPolicy)"
+                ));
             }
         }
     }

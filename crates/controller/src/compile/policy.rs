@@ -1108,6 +1108,7 @@ mod tests {
             filters: vec![],
             backends: vec![],
             timeouts: Timeouts::default(),
+            retry: None,
             policies: RulePolicies::default(),
         })
     }

@@ -5,11 +5,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::httproutes::{
+use gateway_api::experimental::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
-    HttpRouteRulesMatches, HttpRouteRulesTimeouts,
+    HttpRouteRulesMatches, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
 };
+use gateway_api::grpcroutes::GrpcRoute;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use portcullis_model::{
     Backend, BackendTarget, HostMatch, PathMatch, RequestMatch, RouteKind, Rule, RuleId, Timeouts,
@@ -78,6 +78,7 @@ pub(crate) struct RuleSource<'a> {
     pub filters: Cow<'a, [HttpRouteRulesFilters]>,
     pub backend_refs: Cow<'a, [HttpRouteRulesBackendRefs]>,
     pub timeouts: Option<&'a HttpRouteRulesTimeouts>,
+    pub retry: Option<&'a HttpRouteRulesRetry>,
 }
 
 pub(crate) fn from_http<'a>(key: &'a ObjectKey, route: &'a HttpRoute) -> RouteSource<'a> {
@@ -113,6 +114,7 @@ pub(crate) fn from_http<'a>(key: &'a ObjectKey, route: &'a HttpRoute) -> RouteSo
             filters: Cow::Borrowed(r.filters.as_deref().unwrap_or_default()),
             backend_refs: Cow::Borrowed(r.backend_refs.as_deref().unwrap_or_default()),
             timeouts: r.timeouts.as_ref(),
+            retry: r.retry.as_ref(),
         })
         .collect();
     build(
@@ -179,6 +181,7 @@ pub(crate) fn from_grpc<'a>(key: &'a ObjectKey, route: &'a GrpcRoute) -> RouteSo
             filters: Cow::Owned(filters),
             backend_refs: Cow::Owned(backend_refs),
             timeouts: None,
+            retry: None,
         });
     }
     build(
@@ -391,6 +394,14 @@ pub(crate) fn compile_rules(lookup: &Index<'_>, route: &RouteSource<'_>) -> Comp
                 continue;
             }
         };
+        let retry = match source.retry.map(super::backend_policy::http_route_retry) {
+            None => None,
+            Some(Ok(r)) => Some(Box::new(r)),
+            Some(Err(e)) => {
+                out.invalid.push(at(e));
+                continue;
+            }
+        };
         let mut filters = rule_filters.filters;
         if force_500 {
             // An unimplemented extension filter must not be skipped: no
@@ -409,6 +420,7 @@ pub(crate) fn compile_rules(lookup: &Index<'_>, route: &RouteSource<'_>) -> Comp
             filters,
             backends,
             timeouts,
+            retry,
             policies: Default::default(),
         };
         out.rules.push(CompiledRule {

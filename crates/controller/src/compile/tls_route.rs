@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use gateway_api::httproutes::{HttpRouteParentRefs, HttpRouteRulesBackendRefs};
+use gateway_api::experimental::httproutes::{HttpRouteParentRefs, HttpRouteRulesBackendRefs};
 use gateway_api::tlsroutes::TlsRoute;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use portcullis_model::{HostMatch, RouteKind, Rule, TlsMode};
@@ -52,6 +52,7 @@ pub(crate) fn from_tls<'a>(key: &'a ObjectKey, r: &'a TlsRoute) -> RouteSource<'
             filters: Cow::Owned(Vec::new()),
             backend_refs: Cow::Owned(backend_refs),
             timeouts: None,
+            retry: None,
         });
     }
     if rules.len() > 1 {

@@ -25,9 +25,9 @@
 use std::collections::BTreeSet;
 
 use gateway_api::backendtlspolicies::BackendTlsPolicy;
+use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From};
 use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::httproutes::HttpRoute;
 use gateway_api::tlsroutes::TlsRoute;
 
 use super::store::Kind;

@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use gateway_api::backendtlspolicies::BackendTlsPolicy;
+use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::httproutes::HttpRoute;
 use gateway_api::tlsroutes::TlsRoute;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Resource};

@@ -394,6 +394,7 @@ mod tests {
                 filters: vec![],
             }],
             timeouts: Timeouts::default(),
+            retry: None,
             policies: Default::default(),
         });
         RouteTable {

@@ -243,8 +243,10 @@ pub fn render(
                 format!("0.0.0.0:{ADMIN_PORT}"),
             ]
             .into_iter()
-            // A change of limits rolls the proxies (process settings).
+            // A change of limits or observability rolls the proxies
+            // (process settings).
             .chain(params.limits.iter().flat_map(|l| l.to_args()))
+            .chain(params.observability.iter().flat_map(|o| o.to_args()))
             .collect(),
         ),
         env: Some(vec![
@@ -537,6 +539,11 @@ mod tests {
                 idle_timeout_seconds: Some(20),
                 ..Default::default()
             }),
+            observability: Some(portcullis_api::parameters::ProxyObservability {
+                access_log: Some("off".into()),
+                otlp_endpoint: Some("http://collector:4318".into()),
+                ..Default::default()
+            }),
         };
         let r = render(&gateway(), &params, &ProvisionSettings::default());
         let spec = r.deployment.spec.expect("spec");
@@ -552,9 +559,14 @@ mod tests {
         assert_eq!(c.image.as_deref(), Some("registry.local/portcullis:1.2"));
         let args = c.args.clone().unwrap_or_default();
         assert_eq!(
-            args[args.len() - 2..],
-            ["--max-uri-bytes=2048", "--idle-timeout=20s"],
-            "limits become proxy flags"
+            args[args.len() - 4..],
+            [
+                "--max-uri-bytes=2048",
+                "--idle-timeout=20s",
+                "--access-log=off",
+                "--otlp-endpoint=http://collector:4318"
+            ],
+            "limits and observability become proxy flags"
         );
         assert_eq!(c.resources, params.resources);
         assert_eq!(

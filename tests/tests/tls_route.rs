@@ -405,3 +405,210 @@ async fn tls_route_status_is_reported() {
     assert!(route.contains("BackendNotFound"), "{route}");
     assert!(route.contains("\"reason\":\"Accepted\""), "{route}");
 }
+
+/// The access log lines written to `path` so far (complete lines only).
+fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Waits (bounded) for an access log line matching `pred`.
+async fn wait_for_line(
+    path: &std::path::Path,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..500 {
+        if let Some(v) = log_lines(path).into_iter().find(|v| pred(v)) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "no matching access log line in {:?}",
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+}
+
+/// A gateway with an access log file and the given stream idle timeout.
+async fn logged_gateway(
+    yaml: &str,
+    stream_idle_timeout: Duration,
+) -> (TestGateway, tempfile::TempDir, std::path::PathBuf) {
+    use portcullis_dataplane::access_log::{AccessLog, AccessLogConfig, Destination};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("access.log");
+    let log = AccessLog::spawn(AccessLogConfig {
+        destination: Destination::File(path.clone()),
+        ..AccessLogConfig::default()
+    })
+    .expect("access log");
+    let gw = TestGateway::start_with(yaml, &["TLS_PORT"], |c| {
+        c.access_log = Some(log);
+        c.limits.stream_idle_timeout = stream_idle_timeout;
+    })
+    .await;
+    (gw, dir, path)
+}
+
+/// A plaintext backend that answers lines and reports, on `closed`, when
+/// the gateway closed its side of a connection.
+async fn start_reporting_backend(
+    name: &'static str,
+) -> (SocketAddr, tokio::sync::mpsc::Receiver<()>) {
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                answer_lines(tcp, name).await;
+                let _ = tx.send(()).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+const TERMINATE_LISTENER: &str = "  - name: tls
+    protocol: TLS
+    port: ${TLS_PORT}
+    tls: {mode: Terminate, certificateRefs: [{name: gw-cert}]}";
+
+#[tokio::test]
+async fn an_idle_stream_is_closed_on_both_sides_and_logged_with_sni_route_and_bytes() {
+    let gateway_pki = TestPki::new();
+    let (gw_cert, gw_key) = gateway_pki.server_cert(&["plain.example.com"]);
+    let (backend, mut backend_closed) = start_reporting_backend("plain").await;
+    let yaml = [
+        gateway(TERMINATE_LISTENER),
+        tls_secret_yaml("gw-cert", &gw_cert, &gw_key),
+        service_yaml("plain", &[backend], None),
+        tls_route("to-plain", "[plain.example.com]", "plain"),
+    ]
+    .concat();
+    let (gw, _dir, log) = logged_gateway(&yaml, Duration::from_millis(300)).await;
+    let port = gw.port("TLS_PORT");
+
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(gateway_pki.client_config(&[]));
+    let tls = connector
+        .connect(ServerName::try_from("plain.example.com").unwrap(), tcp)
+        .await
+        .expect("terminated by the gateway");
+    let mut stream = BufReader::new(tls);
+    stream.get_mut().write_all(b"hello\n").await.unwrap();
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "plain: hello\n");
+
+    // Then silence from both: the gateway closes the client's side...
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the idle stream is closed by the gateway");
+    assert!(read.is_err() || rest.is_empty(), "nothing more: {rest:?}");
+    // ... and the backend's.
+    tokio::time::timeout(Duration::from_secs(10), backend_closed.recv())
+        .await
+        .expect("the backend connection is closed too")
+        .expect("reported");
+
+    let entry = wait_for_line(&log, |v| v["sni"] == "plain.example.com").await;
+    assert_eq!(entry["outcome"], "idle-timeout", "{entry}");
+    assert_eq!(entry["protocol"], "TLS");
+    assert_eq!(entry["tls_mode"], "terminate");
+    assert_eq!(entry["port"], port);
+    assert_eq!(
+        entry["route"], "tlsroute/default/to-plain/rule/0",
+        "{entry}"
+    );
+    assert_eq!(entry["backend"], "default/plain:80", "{entry}");
+    assert_eq!(entry["upstream"], backend.to_string());
+    // Terminated: the plaintext each way, exactly.
+    assert_eq!(entry["bytes_received"], "hello\n".len(), "{entry}");
+    assert_eq!(entry["bytes"], "plain: hello\n".len(), "{entry}");
+    assert!(
+        entry["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
+        "{entry}"
+    );
+    assert!(entry["client"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("127.0.0.1:")));
+    assert!(entry["timestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+}
+
+#[tokio::test]
+async fn streams_log_how_they_ended_closed_no_route_and_backend_connect_error() {
+    let backend_pki = TestPki::new();
+    let (cert, key) = backend_pki.server_cert(&["a.example.com", "down.example.com"]);
+    let backend = start_tls_backend("backend-a", &cert, &key).await;
+    // A port nothing listens on: bound, then released.
+    let down = {
+        let l = std::net::TcpListener::bind((LOOPBACK, 0)).unwrap();
+        l.local_addr().unwrap()
+    };
+    let yaml = [
+        gateway(PASSTHROUGH_LISTENER),
+        service_yaml("svc-a", &[backend], None),
+        service_yaml("svc-down", &[down], None),
+        tls_route("route-a", "[a.example.com]", "svc-a"),
+        tls_route("route-down", "[down.example.com]", "svc-down"),
+    ]
+    .concat();
+    // Long enough that no stream here ends by it.
+    let (gw, _dir, log) = logged_gateway(&yaml, Duration::from_secs(600)).await;
+    let port = gw.port("TLS_PORT");
+
+    let (answer, _) = exchange(&backend_pki, port, "a.example.com", "hi")
+        .await
+        .expect("passthrough");
+    assert_eq!(answer, "backend-a: hi");
+    // `exchange` dropped its stream: the client closed, the gateway passed
+    // the close on.
+    let closed = wait_for_line(&log, |v| v["sni"] == "a.example.com").await;
+    assert_eq!(closed["outcome"], "closed", "{closed}");
+    assert_eq!(closed["tls_mode"], "passthrough");
+    assert_eq!(closed["route"], "tlsroute/default/route-a/rule/0");
+    assert_eq!(closed["upstream"], backend.to_string());
+    // Passthrough counts TLS records: at least the ClientHello one way
+    // and the server's handshake and answer the other.
+    let received = closed["bytes_received"].as_u64().expect("bytes_received");
+    let sent = closed["bytes"].as_u64().expect("bytes");
+    assert!(received > "hi\n".len() as u64, "{closed}");
+    assert!(sent > "backend-a: hi\n".len() as u64, "{closed}");
+
+    assert_closed(port, ServerName::try_from("other.example.com").unwrap()).await;
+    let no_route = wait_for_line(&log, |v| v["sni"] == "other.example.com").await;
+    assert_eq!(no_route["outcome"], "no-route", "{no_route}");
+    assert!(no_route["route"].is_null(), "{no_route}");
+    assert_eq!(no_route["bytes"], 0);
+
+    assert_closed(port, ServerName::try_from("down.example.com").unwrap()).await;
+    let refused = wait_for_line(&log, |v| v["sni"] == "down.example.com").await;
+    assert_eq!(refused["outcome"], "backend-connect-error", "{refused}");
+    assert_eq!(refused["route"], "tlsroute/default/route-down/rule/0");
+    assert_eq!(refused["upstream"], down.to_string());
+
+    // A stream without a ClientHello (not TLS) writes no line, like a
+    // connection that never sent an HTTP request.
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    let (answer, _) = exchange(&backend_pki, port, "a.example.com", "last")
+        .await
+        .expect("passthrough");
+    assert_eq!(answer, "backend-a: last");
+    wait_for_line(&log, |v| {
+        v["outcome"] == "closed" && v["client"] != closed["client"]
+    })
+    .await;
+    assert_eq!(log_lines(&log).len(), 4, "{:?}", log_lines(&log));
+}

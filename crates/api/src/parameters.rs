@@ -180,6 +180,11 @@ pub struct ProxyLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub idle_timeout_seconds: Option<u32>,
+    /// TLS streams (TLSRoute) with no bytes either way are closed after
+    /// this many seconds (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub stream_idle_timeout_seconds: Option<u32>,
     /// Open connections per listener (default 10000; 0: unlimited); over
     /// it new connections are closed at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,6 +223,9 @@ impl ProxyLimits {
                 .request_header_timeout_seconds
                 .or(fallback.request_header_timeout_seconds),
             idle_timeout_seconds: self.idle_timeout_seconds.or(fallback.idle_timeout_seconds),
+            stream_idle_timeout_seconds: self
+                .stream_idle_timeout_seconds
+                .or(fallback.stream_idle_timeout_seconds),
             max_connections: self.max_connections.or(fallback.max_connections),
             max_requests_per_connection: self
                 .max_requests_per_connection
@@ -237,7 +245,7 @@ impl ProxyLimits {
     /// The `portcullis proxy` flags (`--name=value`) of the set fields.
     pub fn to_args(&self) -> Vec<String> {
         let secs = |v: Option<u32>| v.map(|s| format!("{s}s"));
-        let fields: [(&str, Option<String>); 11] = [
+        let fields: [(&str, Option<String>); 12] = [
             (
                 "max-request-header-bytes",
                 self.max_request_header_bytes.map(|v| v.to_string()),
@@ -256,6 +264,10 @@ impl ProxyLimits {
                 secs(self.request_header_timeout_seconds),
             ),
             ("idle-timeout", secs(self.idle_timeout_seconds)),
+            (
+                "stream-idle-timeout",
+                secs(self.stream_idle_timeout_seconds),
+            ),
             (
                 "max-connections",
                 self.max_connections.map(|v| v.to_string()),
@@ -368,7 +380,8 @@ mod tests {
             ..Default::default()
         };
         let gateway: GatewayParametersSpec = serde_json::from_value(serde_json::json!({
-            "limits": {"maxUriBytes": 2048, "maxRequestBodyBytes": 0, "http2MaxConcurrentStreams": 64}
+            "limits": {"maxUriBytes": 2048, "maxRequestBodyBytes": 0, "http2MaxConcurrentStreams": 64,
+                       "streamIdleTimeoutSeconds": 600}
         }))
         .expect("valid spec");
         let merged = gateway.or(&class).limits.expect("limits");
@@ -378,6 +391,7 @@ mod tests {
                 "--max-uri-bytes=2048",
                 "--max-request-body-bytes=0",
                 "--idle-timeout=30s",
+                "--stream-idle-timeout=600s",
                 "--http2-max-concurrent-streams=64"
             ]
         );

@@ -9,6 +9,13 @@
 //! Which fields are written is configurable ([`Field`]); sampling keeps a
 //! share of successful requests while errors (status >= 500) are always
 //! logged.
+//!
+//! TLS streams (TLSRoute, [`crate::tls_route`]) get one line each when they
+//! end ([`StreamEntry`]), with the configured fields that make sense for a
+//! stream: `host` becomes `sni`, `status` becomes `outcome`, `bytes` is
+//! what the client received and `bytes_received` what it sent. Streams that
+//! ended normally (`closed`) are sampled like successful requests; every
+//! other outcome is always logged.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -200,10 +207,42 @@ pub struct Entry {
     pub rate_limit: Option<RateLimitDecision>,
 }
 
+/// One TLS stream (TLSRoute), written when it ends.
+#[derive(Debug)]
+pub struct StreamEntry {
+    /// When the connection was accepted.
+    pub start: SystemTime,
+    pub client: SocketAddr,
+    pub port: u16,
+    /// `None`: the ClientHello carried no SNI.
+    pub sni: Option<String>,
+    /// `passthrough` or `terminate`, once a route was found.
+    pub mode: Option<&'static str>,
+    pub route: Option<Arc<str>>,
+    pub backend: Option<Arc<str>>,
+    pub upstream: Option<SocketAddr>,
+    /// Bytes the client sent (Passthrough: TLS records; Terminate: the
+    /// plaintext).
+    pub bytes_received: u64,
+    /// Bytes the client was sent (same rule).
+    pub bytes_sent: u64,
+    pub duration: Duration,
+    /// How it ended: `closed`, `idle-timeout`, `no-route`, ...
+    pub outcome: &'static str,
+}
+
+/// What the writer task receives. Requests come boxed already (see
+/// [`crate::observe`]), which keeps the queue's slots small.
+#[derive(Debug)]
+enum Line {
+    Request(Box<Entry>),
+    Stream(StreamEntry),
+}
+
 /// The sending side, shared by every connection of a data plane.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: mpsc::Sender<Entry>,
+    tx: mpsc::Sender<Line>,
     sample_rate: f64,
 }
 
@@ -231,22 +270,40 @@ impl AccessLog {
 
     /// Whether a request with this status is logged (sampling).
     pub fn wants(&self, status: StatusCode) -> bool {
-        status.is_server_error()
-            || self.sample_rate >= 1.0
+        status.is_server_error() || self.sampled()
+    }
+
+    /// Whether a stream with this outcome is logged: every outcome but a
+    /// normal close is, and normal closes are sampled like requests.
+    pub fn wants_stream(&self, outcome: &str) -> bool {
+        outcome != "closed" || self.sampled()
+    }
+
+    fn sampled(&self) -> bool {
+        self.sample_rate >= 1.0
             || (self.sample_rate > 0.0 && rand::random::<f64>() < self.sample_rate)
     }
 
     /// Queues an entry; never waits. A full queue drops the entry and
     /// counts it.
-    pub fn submit(&self, entry: Entry) {
-        if self.tx.try_send(entry).is_err() {
+    pub fn submit(&self, entry: Box<Entry>) {
+        self.queue(Line::Request(entry));
+    }
+
+    /// Queues a stream's entry, like [`AccessLog::submit`].
+    pub fn submit_stream(&self, entry: StreamEntry) {
+        self.queue(Line::Stream(entry));
+    }
+
+    fn queue(&self, line: Line) {
+        if self.tx.try_send(line).is_err() {
             metrics::global().record_access_log_dropped();
         }
     }
 }
 
 async fn write_entries(
-    mut rx: mpsc::Receiver<Entry>,
+    mut rx: mpsc::Receiver<Line>,
     mut out: Box<dyn AsyncWrite + Send + Unpin>,
     fields: Vec<Field>,
 ) {
@@ -255,9 +312,16 @@ async fn write_entries(
     // Writes whatever has queued up in one go: one syscall per batch, not
     // per line.
     while rx.recv_many(&mut batch, 256).await > 0 {
-        for entry in batch.drain(..) {
-            if write_line(&mut buf, &entry, &fields).is_err() {
-                continue;
+        for line in batch.drain(..) {
+            // A line that fails to serialize leaves a partial object:
+            // cut it off so the next line starts clean.
+            let len = buf.len();
+            let written = match &line {
+                Line::Request(entry) => write_line(&mut buf, entry, &fields),
+                Line::Stream(entry) => write_stream_line(&mut buf, entry, &fields),
+            };
+            if written.is_err() {
+                buf.truncate(len);
             }
         }
         if let Err(e) = out.write_all(&buf).await {
@@ -315,6 +379,54 @@ pub fn write_line(buf: &mut Vec<u8>, entry: &Entry, fields: &[Field]) -> serde_j
             Field::RateLimit => {
                 map.serialize_entry(key, &entry.rate_limit.map(|d| format!("{d:?}")))?
             }
+        }
+    }
+    SerializeMap::end(map)?;
+    buf.push(b'\n');
+    Ok(())
+}
+
+/// Appends one JSON line for a stream: the configured fields that apply
+/// to streams, in the configured order (see the module doc).
+pub fn write_stream_line(
+    buf: &mut Vec<u8>,
+    entry: &StreamEntry,
+    fields: &[Field],
+) -> serde_json::Result<()> {
+    let mut ser = serde_json::Serializer::new(&mut *buf);
+    let mut map = ser.serialize_map(None)?;
+    for field in fields {
+        let key = field.key();
+        match field {
+            Field::Timestamp => map.serialize_entry(key, &rfc3339(entry.start))?,
+            Field::Client => map.serialize_entry(key, &entry.client.to_string())?,
+            Field::Port => map.serialize_entry(key, &entry.port)?,
+            Field::Protocol => {
+                map.serialize_entry(key, "TLS")?;
+                map.serialize_entry("tls_mode", &entry.mode)?;
+            }
+            Field::Host => map.serialize_entry("sni", &entry.sni)?,
+            Field::Status => map.serialize_entry("outcome", entry.outcome)?,
+            Field::Bytes => {
+                map.serialize_entry(key, &entry.bytes_sent)?;
+                map.serialize_entry("bytes_received", &entry.bytes_received)?;
+            }
+            Field::DurationMs => map.serialize_entry(key, &millis(entry.duration))?,
+            Field::Upstream => map.serialize_entry(key, &entry.upstream.map(|a| a.to_string()))?,
+            Field::Route => map.serialize_entry(key, &entry.route.as_deref())?,
+            Field::Backend => map.serialize_entry(key, &entry.backend.as_deref())?,
+            // Request-only.
+            Field::RequestId
+            | Field::TraceId
+            | Field::SpanId
+            | Field::Method
+            | Field::Path
+            | Field::Query
+            | Field::UserAgent
+            | Field::UpstreamMs
+            | Field::Identity
+            | Field::AuthMechanism
+            | Field::RateLimit => {}
         }
     }
     SerializeMap::end(map)?;
@@ -425,6 +537,42 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&buf).unwrap(),
             "{\"status\":200,\"query\":\"token=secret\"}\n"
+        );
+    }
+
+    #[test]
+    fn a_stream_line_maps_host_to_sni_and_status_to_outcome() {
+        let stream = StreamEntry {
+            start: UNIX_EPOCH + Duration::from_millis(1_795_359_376_123),
+            client: "127.0.0.1:5555".parse().unwrap(),
+            port: 8443,
+            sni: Some("a.example.com".into()),
+            mode: Some("passthrough"),
+            route: Some(Arc::from("tlsroute/ns/r/rule/0")),
+            backend: Some(Arc::from("ns/svc:443")),
+            upstream: Some("10.0.0.1:443".parse().unwrap()),
+            bytes_received: 517,
+            bytes_sent: 4096,
+            duration: Duration::from_millis(20),
+            outcome: "idle-timeout",
+        };
+        let mut buf = Vec::new();
+        write_stream_line(&mut buf, &stream, &Field::defaults()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["sni"], "a.example.com");
+        assert_eq!(v["outcome"], "idle-timeout");
+        assert_eq!(v["protocol"], "TLS");
+        assert_eq!(v["tls_mode"], "passthrough");
+        assert_eq!(v["bytes"], 4096);
+        assert_eq!(v["bytes_received"], 517);
+        assert_eq!(v["route"], "tlsroute/ns/r/rule/0");
+        assert!(v.get("method").is_none(), "request-only fields: {v}");
+
+        let mut buf = Vec::new();
+        write_stream_line(&mut buf, &stream, &[Field::Status, Field::Client]).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            "{\"outcome\":\"idle-timeout\",\"client\":\"127.0.0.1:5555\"}\n"
         );
     }
 

@@ -1,6 +1,6 @@
 //! Limits on what a client may make the gateway hold: header size and
 //! count, URI length, body size, how long headers may take to arrive, idle
-//! connections, connections per listener, HTTP/2 streams and abusive frame
+//! connections and TLS streams, connections per listener, HTTP/2 streams and abusive frame
 //! patterns, requests per connection.
 //!
 //! [`Limits`] is process-wide data-plane configuration (CLI flags of `run`
@@ -51,6 +51,11 @@ pub struct Limits {
     /// (HTTP/2 with GOAWAY). HTTP/1 keep-alive connections are also bound
     /// by `request_header_timeout`, whichever is shorter.
     pub idle_timeout: Duration,
+    /// TLS streams (TLSRoute): a stream with no bytes either way for this
+    /// long is closed on both sides, so a half-dead peer does not hold
+    /// two sockets forever. Longer than `idle_timeout`: streams carry
+    /// protocols that are quiet for minutes (Envoy's TCP proxy default).
+    pub stream_idle_timeout: Duration,
     /// Open connections per listener; `None`: unlimited. Over it, a new
     /// connection is accepted and closed at once (see
     /// [`crate::server`]).
@@ -81,6 +86,7 @@ impl Default for Limits {
             max_request_body_bytes: Some(64 * 1024 * 1024),
             request_header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(3600),
             max_connections_per_listener: Some(10_000),
             max_requests_per_connection: None,
             h2_max_concurrent_streams: 256,

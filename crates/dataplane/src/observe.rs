@@ -420,7 +420,7 @@ impl Finish {
         if let Some((log, mut entry)) = self.log {
             entry.bytes = bytes;
             entry.duration = elapsed;
-            log.submit(*entry);
+            log.submit(entry);
         }
     }
 }

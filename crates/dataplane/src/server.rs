@@ -328,8 +328,13 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, port: u16, serv
             // A stream, not requests: it stays on the table it started
             // with, and is cut when the drain deadline passes.
             let mut closing = serving.phase.clone();
+            let settings = crate::tls_route::StreamSettings {
+                handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+                idle_timeout: serving.limits.stream_idle_timeout,
+                access_log: serving.observer.access_log.clone(),
+            };
             tokio::select! {
-                result = crate::tls_route::serve(stream, remote, state, port_state, TLS_HANDSHAKE_TIMEOUT) => {
+                result = crate::tls_route::serve(stream, remote, state, port_state, &settings) => {
                     if let Err(e) = result {
                         tracing::debug!(port, %remote, error = %e, "TLS connection closed");
                     }

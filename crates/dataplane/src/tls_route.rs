@@ -11,19 +11,27 @@
 //! No SNI, an SNI no route serves, or a route without a usable backend or
 //! endpoint: the connection is closed (that is all TLS lets a gateway say
 //! before a handshake).
+//!
+//! A stream with no bytes either way for the stream idle timeout
+//! ([`crate::limits::Limits::stream_idle_timeout`]) is closed on both
+//! sides. Every connection that sent a ClientHello gets one access-log
+//! line when it ends ([`crate::access_log::StreamEntry`]): SNI, route,
+//! backend, bytes each way, duration and how it ended ([`Outcome`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
 use portcullis_model::{BackendTarget, HostMatch, PortConfig, Rule, TlsMode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::access_log::{AccessLog, StreamEntry};
 use crate::lb::PickInput;
 use crate::state::{PortState, Prepared};
 
@@ -45,6 +53,9 @@ pub struct SniRoutes {
 pub struct SniRoute {
     pub mode: TlsMode,
     pub rule: Option<Arc<Rule>>,
+    /// The rule's name in logs and metrics (`tlsroute/ns/name/rule/0`),
+    /// made once per table.
+    pub label: Option<Arc<str>>,
 }
 
 impl SniRoutes {
@@ -55,6 +66,10 @@ impl SniRoutes {
             out.routes.push(SniRoute {
                 mode: r.mode,
                 rule: r.rule.clone(),
+                label: r
+                    .rule
+                    .as_ref()
+                    .map(|rule| Arc::from(crate::metrics::route_label(rule))),
             });
             match &r.hostname {
                 HostMatch::Exact(h) => {
@@ -91,6 +106,12 @@ impl SniRoutes {
 pub enum Refused {
     #[error("reading the ClientHello: {0}")]
     Io(#[from] std::io::Error),
+    #[error("TLS handshake with the client: {0}")]
+    Handshake(std::io::Error),
+    #[error("{0}")]
+    Connect(String),
+    #[error("sending the ClientHello to the backend: {0}")]
+    Forward(std::io::Error),
     #[error("not a TLS ClientHello: {0}")]
     NotTls(rustls::Error),
     #[error("ClientHello larger than {MAX_CLIENT_HELLO} bytes")]
@@ -105,6 +126,156 @@ pub enum Refused {
     NoBackend(String),
     #[error("no certificate for terminating SNI {0:?}")]
     NoCertificate(String),
+}
+
+/// How a stream ended: the access log's `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both sides finished (or one closed and the close was passed on).
+    Closed,
+    /// No bytes either way for the stream idle timeout.
+    IdleTimeout,
+    /// No SNI, or no route serves it.
+    NoRoute,
+    /// The route has no usable backend or no ready endpoint.
+    NoBackend,
+    /// Connecting to the chosen endpoint failed or timed out.
+    BackendConnectError,
+    /// Terminate: the handshake with the client failed (or no
+    /// certificate for its SNI).
+    HandshakeError,
+    /// A read or write failed mid-stream (e.g. a reset).
+    Error,
+    /// Cut when the gateway's drain deadline passed.
+    Shutdown,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Closed => "closed",
+            Outcome::IdleTimeout => "idle-timeout",
+            Outcome::NoRoute => "no-route",
+            Outcome::NoBackend => "no-backend",
+            Outcome::BackendConnectError => "backend-connect-error",
+            Outcome::HandshakeError => "handshake-error",
+            Outcome::Error => "error",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl Refused {
+    /// The outcome a refusal after the ClientHello is logged with.
+    fn outcome(&self) -> Outcome {
+        match self {
+            Refused::NoSni | Refused::NoRoute(_) => Outcome::NoRoute,
+            Refused::NoBackend(_) => Outcome::NoBackend,
+            Refused::Connect(_) => Outcome::BackendConnectError,
+            Refused::Handshake(_) | Refused::NoCertificate(_) | Refused::Timeout => {
+                Outcome::HandshakeError
+            }
+            Refused::Io(_) | Refused::Forward(_) | Refused::NotTls(_) | Refused::TooLarge => {
+                Outcome::Error
+            }
+        }
+    }
+}
+
+/// How a TLS port serves streams (process-wide settings).
+#[derive(Clone)]
+pub struct StreamSettings {
+    /// For the ClientHello, and for the handshake when terminating.
+    pub handshake_timeout: Duration,
+    /// No bytes either way for this long: the stream is closed.
+    pub idle_timeout: Duration,
+    pub access_log: Option<AccessLog>,
+}
+
+/// Bytes each way and the last time any moved, shared by both directions
+/// of a stream.
+struct Traffic {
+    started: Instant,
+    from_client: AtomicU64,
+    to_client: AtomicU64,
+    /// Milliseconds after `started` of the last read or write.
+    last_active_ms: AtomicU64,
+}
+
+impl Traffic {
+    fn new(started: Instant) -> Traffic {
+        Traffic {
+            started,
+            from_client: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+            last_active_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Returns once nothing moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+            let deadline = self.started + last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// One stream's access-log line, written when it is dropped: also when
+/// the connection's task is cut (drain deadline), with whatever was known
+/// by then.
+struct StreamRecord {
+    log: Option<AccessLog>,
+    start: SystemTime,
+    client: SocketAddr,
+    port: u16,
+    sni: Option<String>,
+    mode: Option<TlsMode>,
+    route: Option<Arc<str>>,
+    backend: Option<Arc<str>>,
+    upstream: Option<SocketAddr>,
+    traffic: Traffic,
+    /// Until the stream ends on its own, the only way it can end is being
+    /// cut by the drain deadline.
+    outcome: Outcome,
+}
+
+impl Drop for StreamRecord {
+    fn drop(&mut self) {
+        let Some(log) = self.log.take() else {
+            return;
+        };
+        let outcome = self.outcome.as_str();
+        if !log.wants_stream(outcome) {
+            return;
+        }
+        log.submit_stream(StreamEntry {
+            start: self.start,
+            client: self.client,
+            port: self.port,
+            sni: self.sni.take(),
+            mode: self.mode.map(|m| match m {
+                TlsMode::Passthrough => "passthrough",
+                TlsMode::Terminate => "terminate",
+            }),
+            route: self.route.take(),
+            backend: self.backend.take(),
+            upstream: self.upstream,
+            bytes_received: self.traffic.from_client.load(Ordering::Relaxed),
+            bytes_sent: self.traffic.to_client.load(Ordering::Relaxed),
+            duration: self.traffic.started.elapsed(),
+            outcome,
+        });
+    }
 }
 
 /// The ClientHello, read and kept byte for byte.
@@ -148,17 +319,58 @@ async fn read_client_hello(stream: &mut TcpStream) -> Result<Hello, Refused> {
     }
 }
 
-/// Serves one connection of a TLS port.
+/// Serves one connection of a TLS port. Refusals before a ClientHello
+/// (not TLS, too slow, too large) are returned and not access-logged,
+/// like a connection that never sent an HTTP request; everything after is
+/// logged (see [`StreamRecord`]) and returned for the debug log.
 pub async fn serve(
     mut stream: TcpStream,
     remote: SocketAddr,
     state: Arc<Prepared>,
     port: Arc<PortState>,
-    handshake_timeout: Duration,
+    settings: &StreamSettings,
 ) -> Result<(), Refused> {
-    let hello = tokio::time::timeout(handshake_timeout, read_client_hello(&mut stream))
+    let start = SystemTime::now();
+    let started = Instant::now();
+    let hello = tokio::time::timeout(settings.handshake_timeout, read_client_hello(&mut stream))
         .await
         .map_err(|_| Refused::Timeout)??;
+    let mut record = StreamRecord {
+        log: settings.access_log.clone(),
+        start,
+        client: remote,
+        port: port.routes.config().port,
+        sni: hello.sni.clone(),
+        mode: None,
+        route: None,
+        backend: None,
+        upstream: None,
+        traffic: Traffic::new(started),
+        outcome: Outcome::Shutdown,
+    };
+    match proxy_stream(stream, hello, &mut record, &state, &port, settings).await {
+        Ok(outcome) => {
+            record.outcome = outcome;
+            Ok(())
+        }
+        Err(refused) => {
+            record.outcome = refused.outcome();
+            Err(refused)
+        }
+    }
+}
+
+/// Routes a stream by its SNI and pipes it to a backend endpoint until it
+/// ends; fills `record` as it learns.
+async fn proxy_stream(
+    stream: TcpStream,
+    hello: Hello,
+    record: &mut StreamRecord,
+    state: &Prepared,
+    port: &PortState,
+    settings: &StreamSettings,
+) -> Result<Outcome, Refused> {
+    let remote = record.client;
     let sni = hello.sni.ok_or(Refused::NoSni)?;
     let Some(routes) = port.tls_routes.as_ref() else {
         return Err(Refused::NoRoute(sni));
@@ -170,6 +382,8 @@ pub async fn serve(
         .rule
         .as_ref()
         .ok_or_else(|| Refused::NoRoute(sni.clone()))?;
+    record.mode = Some(route.mode);
+    record.route = route.label.clone();
     let backend = crate::proxy::pick_weighted(&rule.backends)
         .ok_or_else(|| Refused::NoBackend(format!("{}: no backend with weight", rule.id)))?;
     let backend = match &backend.target {
@@ -185,6 +399,7 @@ pub async fn serve(
         .backends
         .get(&backend.name)
         .ok_or_else(|| Refused::NoBackend(format!("{}: unknown backend", backend.name)))?;
+    record.backend = Some(backend_state.label.clone());
     let headers = HeaderMap::new();
     let endpoint = backend_state
         .pick(&PickInput {
@@ -195,15 +410,25 @@ pub async fn serve(
         })
         .ok_or_else(|| Refused::NoBackend(format!("{}: no ready endpoint", backend.name)))?
         .clone();
+    record.upstream = Some(endpoint.addr);
     let connect_timeout = backend_state.settings.connect_timeout;
     let _active = endpoint.start_request();
+    let traffic = &record.traffic;
 
     match route.mode {
         TlsMode::Passthrough => {
             let mut upstream = connect(endpoint.addr, connect_timeout, &backend.name).await?;
-            upstream.write_all(&hello.bytes).await?;
+            upstream
+                .write_all(&hello.bytes)
+                .await
+                .map_err(Refused::Forward)?;
+            traffic.from_client.fetch_add(
+                u64::try_from(hello.bytes.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            traffic.touch();
             tracing::debug!(%remote, %sni, backend = %backend.name, endpoint = %endpoint.addr, "TLS passthrough");
-            pipe(stream, upstream).await;
+            Ok(pipe(stream, upstream, traffic, settings.idle_timeout).await)
         }
         TlsMode::Terminate => {
             let tls = port
@@ -215,15 +440,16 @@ pub async fn serve(
                 pos: 0,
                 inner: stream,
             };
-            let (client, _) = tokio::time::timeout(handshake_timeout, tls.accept(replay))
+            let (client, _) = tokio::time::timeout(settings.handshake_timeout, tls.accept(replay))
                 .await
-                .map_err(|_| Refused::Timeout)??;
+                .map_err(|_| Refused::Timeout)?
+                .map_err(Refused::Handshake)?;
             let upstream = connect(endpoint.addr, connect_timeout, &backend.name).await?;
+            traffic.touch();
             tracing::debug!(%remote, %sni, backend = %backend.name, endpoint = %endpoint.addr, "TLS terminated");
-            pipe(client, upstream).await;
+            Ok(pipe(client, upstream, traffic, settings.idle_timeout).await)
         }
     }
-    Ok(())
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration, backend: &str) -> Result<TcpStream, Refused> {
@@ -232,23 +458,93 @@ async fn connect(addr: SocketAddr, timeout: Duration, backend: &str) -> Result<T
             let _ = s.set_nodelay(true);
             Ok(s)
         }
-        Ok(Err(e)) => Err(Refused::NoBackend(format!(
+        Ok(Err(e)) => Err(Refused::Connect(format!(
             "{backend}: connecting to {addr}: {e}"
         ))),
-        Err(_) => Err(Refused::NoBackend(format!(
+        Err(_) => Err(Refused::Connect(format!(
             "{backend}: connecting to {addr} timed out"
         ))),
     }
 }
 
-/// Copies both ways until both sides are done (a half-close is passed on).
-async fn pipe<A, B>(mut a: A, mut b: B)
+/// Copies both ways until both sides are done (a half-close is passed
+/// on), or until nothing moved either way for `idle_timeout`: then both
+/// sockets are dropped, which closes them.
+async fn pipe<A, B>(client: A, upstream: B, traffic: &Traffic, idle_timeout: Duration) -> Outcome
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
-        tracing::debug!(error = %e, "TLS route stream ended with error");
+    let mut client = Counted {
+        inner: client,
+        written: &traffic.to_client,
+        traffic,
+    };
+    let mut upstream = Counted {
+        inner: upstream,
+        written: &traffic.from_client,
+        traffic,
+    };
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match result {
+            Ok(_) => Outcome::Closed,
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS route stream ended with error");
+                Outcome::Error
+            }
+        },
+        _ = traffic.idle_for(idle_timeout) => Outcome::IdleTimeout,
+    }
+}
+
+/// One side of a stream: counts the bytes written to it, and marks the
+/// stream active on every read or write that moved bytes.
+struct Counted<'a, S> {
+    inner: S,
+    written: &'a AtomicU64,
+    traffic: &'a Traffic,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.traffic.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &poll {
+            if *n > 0 {
+                this.written
+                    .fetch_add(u64::try_from(*n).unwrap_or(u64::MAX), Ordering::Relaxed);
+                this.traffic.touch();
+            }
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

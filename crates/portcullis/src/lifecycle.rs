@@ -71,6 +71,10 @@ pub struct LimitOptions {
     /// Connections with no request in flight are closed after this long.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub idle_timeout: Duration,
+    /// TLS streams (TLSRoute) with no bytes either way are closed after
+    /// this long.
+    #[arg(long, value_parser = parse_duration, default_value = "60m")]
+    pub stream_idle_timeout: Duration,
     /// Open connections per listener (0: unlimited); over it new
     /// connections are closed at once.
     #[arg(long, default_value_t = Limits::default().max_connections_per_listener.unwrap_or(0))]
@@ -99,8 +103,13 @@ impl LimitOptions {
                 self.max_request_header_bytes
             );
         }
-        if self.request_header_timeout.is_zero() || self.idle_timeout.is_zero() {
-            anyhow::bail!("--request-header-timeout and --idle-timeout must be above zero");
+        if self.request_header_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+            || self.stream_idle_timeout.is_zero()
+        {
+            anyhow::bail!(
+                "--request-header-timeout, --idle-timeout and --stream-idle-timeout must be above zero"
+            );
         }
         if self.http2_max_concurrent_streams == 0 {
             anyhow::bail!("--http2-max-concurrent-streams must be at least 1");
@@ -113,6 +122,7 @@ impl LimitOptions {
             max_request_body_bytes: nonzero(self.max_request_body_bytes),
             request_header_timeout: self.request_header_timeout,
             idle_timeout: self.idle_timeout,
+            stream_idle_timeout: self.stream_idle_timeout,
             max_connections_per_listener: (self.max_connections > 0)
                 .then_some(self.max_connections),
             max_requests_per_connection: nonzero(self.max_requests_per_connection),

@@ -328,6 +328,7 @@ mod tests {
             max_request_body_bytes: Some(0),
             request_header_timeout_seconds: Some(5),
             idle_timeout_seconds: Some(20),
+            stream_idle_timeout_seconds: Some(900),
             max_connections: Some(100),
             max_requests_per_connection: Some(1000),
             http2_max_concurrent_streams: Some(64),
@@ -349,6 +350,7 @@ mod tests {
         assert_eq!(parsed.max_request_body_bytes, None, "0 is unlimited");
         assert_eq!(parsed.request_header_timeout, Duration::from_secs(5));
         assert_eq!(parsed.idle_timeout, Duration::from_secs(20));
+        assert_eq!(parsed.stream_idle_timeout, Duration::from_secs(900));
         assert_eq!(parsed.max_connections_per_listener, Some(100));
         assert_eq!(parsed.max_requests_per_connection, Some(1000));
         assert_eq!(parsed.h2_max_concurrent_streams, 64);

@@ -24,6 +24,7 @@
 
 use std::collections::BTreeSet;
 
+use gateway_api::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From};
 use gateway_api::grpcroutes::GrpcRoute;
@@ -278,13 +279,7 @@ pub fn needs_of(object: &KubeObject) -> Vec<Need> {
         KubeObject::Policy(_, p) | KubeObject::RouteFilter(p) => {
             return needs_of_policy(&ObjectKey::of(&p.metadata))
         }
-        KubeObject::BackendTlsPolicy(p) => {
-            let ns = ObjectKey::of(&p.metadata).namespace;
-            let refs = p.spec.validation.ca_certificate_refs.iter().flatten();
-            for r in refs {
-                ca_need(&mut needs, &ns, &r.group, &r.kind, None, &r.name);
-            }
-        }
+        KubeObject::BackendTlsPolicy(p) => return needs_of_backend_tls_policy(p),
         KubeObject::HttpRoute(r) => return needs_of_http_route(r),
         KubeObject::GrpcRoute(r) => return needs_of_grpc_route(r),
         KubeObject::TlsRoute(r) => return needs_of_tls_route(r),
@@ -311,6 +306,20 @@ fn ca_need(
     };
     let namespace = namespace.filter(|n| !n.is_empty()).unwrap_or(own_namespace);
     needs.push((kind, ObjectKey::new(namespace, name)));
+}
+
+/// The ConfigMaps and Secrets a BackendTLSPolicy's `caCertificateRefs`
+/// name (always in the policy's namespace).
+pub fn needs_of_backend_tls_policy(policy: &BackendTlsPolicy) -> Vec<Need> {
+    let ns = ObjectKey::of(&policy.metadata).namespace;
+    let mut needs = Vec::new();
+    let refs = policy.spec.validation.ca_certificate_refs.iter().flatten();
+    for r in refs {
+        ca_need(&mut needs, &ns, &r.group, &r.kind, None, &r.name);
+    }
+    needs.sort();
+    needs.dedup();
+    needs
 }
 
 pub fn needs_of_http_route(route: &HttpRoute) -> Vec<Need> {

@@ -561,56 +561,7 @@ impl Stores {
         let Some(proxy) = self.proxy.as_mut() else {
             return;
         };
-        let mut sources = BTreeMap::new();
-        let s = &self.snapshot;
-        let objects = s
-            .gateways
-            .values()
-            .map(|o| KubeObject::Gateway(o.clone()))
-            .chain(
-                s.gateway_classes
-                    .values()
-                    .map(|o| KubeObject::GatewayClass(o.clone())),
-            );
-        for object in objects {
-            let needs = scope::needs_of(&object);
-            if !needs.is_empty() {
-                sources.insert((Kind::of(&object), ObjectKey::of(object.meta())), needs);
-            }
-        }
-        // Routes are many: no clone of the object, only of the needs.
-        for (key, route) in &s.http_routes {
-            let needs = scope::needs_of_http_route(route);
-            if !needs.is_empty() {
-                sources.insert((Kind::HttpRoute, key.clone()), needs);
-            }
-        }
-        for (key, route) in &s.grpc_routes {
-            let needs = scope::needs_of_grpc_route(route);
-            if !needs.is_empty() {
-                sources.insert((Kind::GrpcRoute, key.clone()), needs);
-            }
-        }
-        for (key, route) in &s.tls_routes {
-            let needs = scope::needs_of_tls_route(route);
-            if !needs.is_empty() {
-                sources.insert((Kind::TlsRoute, key.clone()), needs);
-            }
-        }
-        for (kind, policies) in &s.policies {
-            for key in policies.keys() {
-                sources.insert(
-                    (Kind::Policy(*kind), key.clone()),
-                    scope::needs_of_policy(key),
-                );
-            }
-        }
-        for key in s.route_filters.keys() {
-            sources.insert(
-                (Kind::RouteFilter, key.clone()),
-                scope::needs_of_policy(key),
-            );
-        }
+        let sources = source_needs(&self.snapshot);
         let mut needed: BTreeMap<Need, usize> = BTreeMap::new();
         for need in sources.values().flatten() {
             *needed.entry(need.clone()).or_insert(0) += 1;
@@ -675,6 +626,82 @@ impl ProxyState {
             }
         }
     }
+}
+
+/// The needs of every stored source object, by kind and key (sources
+/// that need nothing are left out). One exhaustive match over the kinds,
+/// so that a new source kind cannot be forgotten here: a forgotten kind
+/// loses its dependents at the first relist of any source kind (as
+/// BackendTLSPolicies once lost their CA ConfigMaps).
+fn source_needs(s: &Snapshot) -> BTreeMap<(Kind, ObjectKey), Vec<Need>> {
+    let mut sources = BTreeMap::new();
+    let mut add = |kind: Kind, key: ObjectKey, needs: Vec<Need>| {
+        if !needs.is_empty() {
+            sources.insert((kind, key), needs);
+        }
+    };
+    for kind in Kind::ALL {
+        match kind {
+            // Few: cloned into a KubeObject to reuse `needs_of`.
+            Kind::Gateway => {
+                for g in s.gateways.values() {
+                    let object = KubeObject::Gateway(g.clone());
+                    add(kind, ObjectKey::of(object.meta()), scope::needs_of(&object));
+                }
+            }
+            Kind::GatewayClass => {
+                for c in s.gateway_classes.values() {
+                    let object = KubeObject::GatewayClass(c.clone());
+                    add(kind, ObjectKey::of(object.meta()), scope::needs_of(&object));
+                }
+            }
+            // Many: no clone of the object, only of the needs.
+            Kind::HttpRoute => {
+                for (key, r) in &s.http_routes {
+                    add(kind, key.clone(), scope::needs_of_http_route(r));
+                }
+            }
+            Kind::GrpcRoute => {
+                for (key, r) in &s.grpc_routes {
+                    add(kind, key.clone(), scope::needs_of_grpc_route(r));
+                }
+            }
+            Kind::TlsRoute => {
+                for (key, r) in &s.tls_routes {
+                    add(kind, key.clone(), scope::needs_of_tls_route(r));
+                }
+            }
+            Kind::BackendTlsPolicy => {
+                for (key, p) in &s.backend_tls_policies {
+                    add(kind, key.clone(), scope::needs_of_backend_tls_policy(p));
+                }
+            }
+            Kind::Policy(policy_kind) => {
+                for key in s
+                    .policies
+                    .get(&policy_kind)
+                    .into_iter()
+                    .flat_map(|m| m.keys())
+                {
+                    add(kind, key.clone(), scope::needs_of_policy(key));
+                }
+            }
+            Kind::RouteFilter => {
+                for key in s.route_filters.keys() {
+                    add(kind, key.clone(), scope::needs_of_policy(key));
+                }
+            }
+            // Not sources: they need nothing.
+            Kind::ReferenceGrant
+            | Kind::Service
+            | Kind::EndpointSlice
+            | Kind::Secret
+            | Kind::ConfigMap
+            | Kind::Namespace
+            | Kind::GatewayParameters => {}
+        }
+    }
+    sources
 }
 
 /// Needed by name, or through a namespace-wide need of that kind (our
@@ -1201,6 +1228,90 @@ mod tests {
             assert_eq!(names(&s.snapshot().config_maps), ["apps/jwks"]);
             s.apply(Change::Deleted(policy));
             assert!(s.snapshot().config_maps.is_empty());
+        }
+
+        fn secret(namespace: &str, name: &str) -> KubeObject {
+            object(json!({
+                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": name, "namespace": namespace},
+                "data": {"tls.crt": "", "tls.key": ""}
+            }))
+        }
+
+        /// The shape of the conformance test GatewayBackendClientCertificateFeature:
+        /// the Gateway, its route and the BackendTLSPolicy all exist when
+        /// the proxy starts, so they arrive in the first lists (not as
+        /// changes). The policy's CA ConfigMap and the Gateway's client
+        /// certificate must both be stored, and stay stored when a source
+        /// kind is listed again (a watch restart).
+        #[test]
+        fn a_backend_tls_policy_listed_at_start_keeps_its_ca_config_map() {
+            let mut s = stores();
+            let gateway = object(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": "edge", "namespace": "infra"},
+                "spec": {"gatewayClassName": "c",
+                    "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
+                        "allowedRoutes": {"namespaces": {"from": "Same"}}}],
+                    "tls": {"backend": {"clientCertificateRef": {"group": "", "kind": "Secret", "name": "client"}}}}
+            }));
+            let policy = object(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "BackendTLSPolicy",
+                "metadata": {"name": "tls", "namespace": "infra"},
+                "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "app"}],
+                    "validation": {"caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "ca"}],
+                        "hostname": "abc.example.com"}}
+            }));
+            // The policy's kind lists before the others, as well as after:
+            // each later source list recounts every need.
+            list(&mut s, Kind::BackendTlsPolicy, vec![policy]);
+            list(&mut s, Kind::Gateway, vec![gateway]);
+            list(
+                &mut s,
+                Kind::HttpRoute,
+                vec![route("r", "infra", "edge", "app")],
+            );
+            for kind in Kind::ALL {
+                if Role::of(kind) != Role::Dependent
+                    && !matches!(
+                        kind,
+                        Kind::Gateway | Kind::HttpRoute | Kind::BackendTlsPolicy
+                    )
+                {
+                    list(&mut s, kind, vec![]);
+                }
+            }
+            let scopes: BTreeMap<Kind, WatchScope> = s.watch_scopes().into_iter().collect();
+            assert_eq!(scopes[&Kind::ConfigMap].namespace.as_deref(), Some("infra"));
+            for (kind, scope) in &scopes {
+                s.apply(Change::Rescoped(*kind, scope.epoch));
+            }
+            list(
+                &mut s,
+                Kind::ConfigMap,
+                vec![config_map("infra", "ca"), config_map("infra", "other")],
+            );
+            list(
+                &mut s,
+                Kind::Secret,
+                vec![secret("infra", "client"), secret("infra", "other")],
+            );
+            list(&mut s, Kind::Service, vec![service("infra", "app")]);
+            list(&mut s, Kind::EndpointSlice, vec![slice("infra", "app")]);
+            list(&mut s, Kind::GatewayParameters, vec![]);
+            assert!(s.is_synced(), "{:?}", s.unsynced());
+            assert_eq!(names(&s.snapshot().config_maps), ["infra/ca"]);
+            assert_eq!(names(&s.snapshot().secrets), ["infra/client"]);
+
+            // A watch restart of any source kind recounts the needs: the
+            // policy's still count.
+            list(
+                &mut s,
+                Kind::HttpRoute,
+                vec![route("r", "infra", "edge", "app")],
+            );
+            assert_eq!(names(&s.snapshot().config_maps), ["infra/ca"]);
+            assert!(s.watch_scopes().is_empty(), "nothing to list again");
         }
 
         #[test]

@@ -356,6 +356,48 @@ async fn attack_unknown_kid_flood_fetches_the_jwks_a_bounded_number_of_times() {
     );
 }
 
+/// The caches of remote JWKS no policy names any more are dropped when the
+/// configuration changes (the map never outgrows the configuration).
+#[tokio::test]
+async fn remote_jwks_caches_of_removed_policies_are_dropped() {
+    let pki = TestPki::new();
+    let key = EcSigner::generate("k1");
+    let server = JwksServer::start(&pki, jwks(&[key.jwk()])).await;
+    let gw = gateway_with(&format!(
+        "{}{}",
+        ca_config_map_yaml("idp-ca", &pki.ca_cert.pem()),
+        policy(&format!(
+            "  jwt:
+    providers:
+    - name: idp
+      issuer: {ISSUER}
+      jwks:
+        remote: {{url: {}, caConfigMapRef: {{name: idp-ca}}, minRefreshIntervalSeconds: 3600}}
+",
+            server.url
+        ))
+    ))
+    .await;
+    let auth = &gw.running.dataplane.shared.auth;
+    assert_eq!(
+        bearer(&gw, "/", &key.sign(&claims())).await.status,
+        StatusCode::OK
+    );
+    assert_eq!((server.hits(), auth.jwks_caches()), (1, 1));
+
+    let config = std::fs::read_to_string(gw.dir.path().join("config.yaml")).expect("config");
+    gw.reconfigure(&config.replace(&server.url, &format!("{}?moved", server.url)))
+        .await;
+    assert_eq!(auth.jwks_caches(), 0, "the old URL's cache is gone");
+    // Back to the first URL: a new cache, so a new fetch.
+    gw.reconfigure(&config).await;
+    assert_eq!(
+        bearer(&gw, "/", &key.sign(&claims())).await.status,
+        StatusCode::OK
+    );
+    assert_eq!((server.hits(), auth.jwks_caches()), (2, 1));
+}
+
 #[tokio::test]
 async fn attack_oversize_token_is_refused() {
     let gw = gateway_with(&inline_rsa_jwt_policy()).await;

@@ -123,6 +123,7 @@ impl Shared {
     /// Swaps in a new table. Requests already running keep the old one.
     pub fn swap(&self, table: Arc<RouteTable>) {
         let previous = self.current.load();
+        self.auth.remote_jwks.retain_used(&table);
         let next = Prepared::new(table, Some(&previous), &self.upstreams);
         self.current.store(Arc::new(next));
     }

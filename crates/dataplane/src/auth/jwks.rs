@@ -48,6 +48,32 @@ impl RemoteCaches {
         keys
     }
 
+    /// Drops the caches of JWKS URLs no policy of `table` names any more
+    /// (called on every table swap, so the map never outgrows the
+    /// configuration). Caches still named keep their keys.
+    pub fn retain_used(&self, table: &portcullis_model::RouteTable) {
+        let mut used = std::collections::HashSet::new();
+        for port in &table.ports {
+            for route in port.virtual_hosts.iter().flat_map(|v| &v.routes) {
+                let Some(auth) = &route.rule.policies.auth else {
+                    continue;
+                };
+                for provider in auth.jwt.iter().flat_map(|j| &j.providers) {
+                    if let portcullis_model::auth::JwksSource::Remote(r) = &provider.keys {
+                        used.insert(r.url.as_str());
+                    }
+                }
+            }
+        }
+        let mut remotes = self.remotes.lock().unwrap_or_else(|e| e.into_inner());
+        remotes.retain(|url, _| used.contains(url.as_str()));
+    }
+
+    /// How many remote JWKS caches are kept (for tests).
+    pub fn count(&self) -> usize {
+        self.remotes.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// How many fetches of `url` were started (for logs and tests).
     pub fn fetches(&self, url: &str) -> u64 {
         let remotes = self.remotes.lock().unwrap_or_else(|e| e.into_inner());

@@ -49,6 +49,11 @@ impl AuthState {
     pub fn jwks_fetches(&self, url: &str) -> u64 {
         self.remote_jwks.fetches(url)
     }
+
+    /// How many remote JWKS caches are kept (one per URL in use).
+    pub fn jwks_caches(&self) -> usize {
+        self.remote_jwks.count()
+    }
 }
 
 /// The parts of the request the stage reads besides headers.

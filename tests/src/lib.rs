@@ -19,6 +19,7 @@ use portcullis::standalone::Standalone;
 use portcullis_dataplane::DataPlaneConfig;
 use tokio::net::TcpListener;
 
+pub mod grpc;
 pub mod redis;
 pub mod websocket;
 

@@ -308,12 +308,10 @@ async fn attack_wrong_audience_is_refused() {
     assert_invalid_token(&bearer(&gw, "/", &RsaSigner::new().sign("rsa-1", &c)).await);
 }
 
-#[tokio::test]
-async fn attack_unknown_kid_flood_fetches_the_jwks_a_bounded_number_of_times() {
-    let pki = TestPki::new();
-    let good = EcSigner::generate("good");
-    let server = JwksServer::start(&pki, jwks(&[good.jwk()])).await;
-    let gw = gateway_with(&format!(
+/// One JWT provider with a remote JWKS at `url` (served with a certificate
+/// of `pki`), plus `settings` in its `remote` block.
+async fn remote_jwks_gateway(pki: &TestPki, url: &str, settings: &str) -> TestGateway {
+    gateway_with(&format!(
         "{}{}",
         ca_config_map_yaml("idp-ca", &pki.ca_cert.pem()),
         policy(&format!(
@@ -322,12 +320,19 @@ async fn attack_unknown_kid_flood_fetches_the_jwks_a_bounded_number_of_times() {
     - name: idp
       issuer: {ISSUER}
       jwks:
-        remote: {{url: {}, caConfigMapRef: {{name: idp-ca}}, minRefreshIntervalSeconds: 3600}}
-",
-            server.url
+        remote: {{url: {url}, caConfigMapRef: {{name: idp-ca}}, {settings}}}
+"
         ))
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn attack_unknown_kid_flood_fetches_the_jwks_a_bounded_number_of_times() {
+    let pki = TestPki::new();
+    let good = EcSigner::generate("good");
+    let server = JwksServer::start(&pki, jwks(&[good.jwk()])).await;
+    let gw = remote_jwks_gateway(&pki, &server.url, "minRefreshIntervalSeconds: 3600").await;
     assert_eq!(
         bearer(&gw, "/", &good.sign(&claims())).await.status,
         StatusCode::OK
@@ -363,21 +368,7 @@ async fn remote_jwks_caches_of_removed_policies_are_dropped() {
     let pki = TestPki::new();
     let key = EcSigner::generate("k1");
     let server = JwksServer::start(&pki, jwks(&[key.jwk()])).await;
-    let gw = gateway_with(&format!(
-        "{}{}",
-        ca_config_map_yaml("idp-ca", &pki.ca_cert.pem()),
-        policy(&format!(
-            "  jwt:
-    providers:
-    - name: idp
-      issuer: {ISSUER}
-      jwks:
-        remote: {{url: {}, caConfigMapRef: {{name: idp-ca}}, minRefreshIntervalSeconds: 3600}}
-",
-            server.url
-        ))
-    ))
-    .await;
+    let gw = remote_jwks_gateway(&pki, &server.url, "minRefreshIntervalSeconds: 3600").await;
     let auth = &gw.running.dataplane.shared.auth;
     assert_eq!(
         bearer(&gw, "/", &key.sign(&claims())).await.status,

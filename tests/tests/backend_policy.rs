@@ -1044,28 +1044,8 @@ async fn flaky_grpc_backend(failures: usize, code: u8) -> (SocketAddr, Arc<Atomi
 /// Sends one unary gRPC call through the gateway: (grpc-status from the
 /// headers or trailers, response message).
 async fn grpc_call(gw: &TestGateway) -> (String, Bytes) {
-    let message = Bytes::from_static(b"\x00\x00\x00\x00\x05hello");
-    let req = Request::post(gw.url("HTTP_PORT", "/demo.Echo/Say"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(message))
-        .expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(10), h2c_client().request(req))
-        .await
-        .expect("in time")
-        .expect("answered");
-    assert_eq!(resp.status(), 200);
-    let header_status = resp.headers().get("grpc-status").cloned();
-    let collected = resp.into_body().collect().await.expect("body");
-    let status = header_status
-        .or_else(|| {
-            collected
-                .trailers()
-                .and_then(|t| t.get("grpc-status").cloned())
-        })
-        .map(|v| v.to_str().unwrap_or("").to_string())
-        .unwrap_or_default();
-    (status, collected.to_bytes())
+    let answer = grpc::call(&gw.url("HTTP_PORT", "/demo.Echo/Say"), &[]).await;
+    (answer.status, answer.body)
 }
 
 fn grpc_config(backend: SocketAddr, retry: &str) -> String {
